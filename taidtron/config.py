@@ -1,0 +1,434 @@
+"""The whole experiment as one validated dataclass tree, loaded from YAML and overridden from the CLI.
+
+    cfg = load_config("configs/smoke.yaml", ["optim.lr=3e-4", "parallel.tp=2"])
+
+Every field carries a docstring with its unit. Validation that needs no process group happens in
+`__post_init__` (per section) and in `TrainConfig.validate_layout(world_size)` (cross-section, once the world
+size is known). User mistakes raise `ConfigError` (a `ValueError`) naming the bad value and the flag to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value the user must change."""
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """A Llama / Qwen2 family decoder (RMSNorm, SwiGLU, RoPE, GQA)."""
+
+    family: str = "llama"
+    """`llama` or `qwen2` (qwen2 = llama with a bias on the QKV projection)."""
+    num_layers: int = 2
+    """Transformer layers."""
+    hidden_size: int = 64
+    """Model width (elements)."""
+    num_attention_heads: int = 4
+    """Query heads."""
+    num_query_groups: int | None = None
+    """Key/value heads (GQA). None means as many as the query heads (plain MHA)."""
+    ffn_hidden_size: int = 128
+    """Width of the SwiGLU MLP (elements, per gate)."""
+    vocab_size: int = 256
+    """Rows of the embedding in the original checkpoint (may already include the model's own padding)."""
+    rotary_base: float = 10000.0
+    """RoPE theta."""
+    norm_epsilon: float = 1e-6
+    """RMSNorm epsilon."""
+    add_qkv_bias: bool | None = None
+    """Bias on the QKV projection. None means the family default (True for qwen2, False for llama)."""
+    tie_embeddings: bool = False
+    """Share the input embedding and the output layer (Qwen2-1.5B does, Qwen2-7B/72B do not)."""
+    init: str | None = None
+    """Checkpoint to start from: a taidtron checkpoint directory (see `tools/convert.py import`). None: random."""
+
+    def __post_init__(self) -> None:
+        if self.family not in ("llama", "qwen2"):
+            raise ConfigError(f"model.family={self.family!r} is not supported; use 'llama' or 'qwen2'.")
+        if self.num_query_groups is None:
+            self.num_query_groups = self.num_attention_heads
+        if self.add_qkv_bias is None:
+            self.add_qkv_bias = self.family == "qwen2"
+        for name in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
+                     "vocab_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name}={getattr(self, name)} must be positive.")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"model.hidden_size ({self.hidden_size}) must be a multiple of "
+                              f"model.num_attention_heads ({self.num_attention_heads}).")
+        if self.num_attention_heads % self.num_query_groups:
+            raise ConfigError(f"model.num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                              f"model.num_query_groups ({self.num_query_groups}).")
+
+    @property
+    def kv_channels(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+@dataclass(kw_only=True)
+class ParallelConfig:
+    """Layout shared by teacher and student. Data parallelism is what is left: world / (tp * pp)."""
+
+    tp: int = 1
+    """Tensor-parallel degree. 1 means disabled."""
+    pp: int = 1
+    """Pipeline-parallel stages. 1 means disabled."""
+    sequence_parallel: bool = False
+    """Shard LayerNorm/dropout activations along the sequence across the TP group (needs tp > 1)."""
+    micro_batch_size: int = 1
+    """Sequences per micro-batch per data-parallel rank."""
+    global_batch_size: int = 8
+    """Sequences per optimizer step over all data-parallel ranks (= micro * dp * accumulation steps)."""
+    distributed_optimizer: bool = True
+    """Shard optimizer state over data-parallel ranks (megatron-core distributed optimizer, ZeRO-1)."""
+
+    def __post_init__(self) -> None:
+        for name in ("tp", "pp", "micro_batch_size", "global_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"parallel.{name}={getattr(self, name)} must be >= 1.")
+        if self.sequence_parallel and self.tp == 1:
+            raise ConfigError("parallel.sequence_parallel=true needs parallel.tp > 1; set parallel.sequence_parallel=false.")
+
+    def data_parallel_size(self, world_size: int) -> int:
+        if world_size % (self.tp * self.pp):
+            raise ConfigError(f"world size {world_size} is not divisible by parallel.tp * parallel.pp = "
+                              f"{self.tp} * {self.pp}; change the number of processes or the layout.")
+        return world_size // (self.tp * self.pp)
+
+    def accumulation_steps(self, world_size: int) -> int:
+        dp = self.data_parallel_size(world_size)
+        per_step = self.micro_batch_size * dp
+        if self.global_batch_size % per_step:
+            raise ConfigError(f"parallel.global_batch_size ({self.global_batch_size}) must be a multiple of "
+                              f"parallel.micro_batch_size * data-parallel size = {self.micro_batch_size} * {dp}.")
+        return self.global_batch_size // per_step
+
+
+@dataclass(kw_only=True)
+class TAIDConfig:
+    """The distillation objective and the adaptive interpolation schedule (DESIGN.md §1)."""
+
+    loss: str = "taid"
+    """Objective from the registry: taid, fkl, rkl, tvd, skew_fkl, skew_rkl, js."""
+    t_start: float = 0.4
+    """Interpolation t at step 0."""
+    t_end: float = 1.0
+    """Largest t (1.0 = pure teacher)."""
+    alpha: float = 5e-4
+    """Step size of the adaptive increment."""
+    beta: float = 0.99
+    """Momentum of the relative loss change."""
+    adaptive: bool = True
+    """Adaptive t. False gives the linear schedule t_start -> t_end."""
+    skew: float = 0.1
+    """Mixing weight of the skew KL baselines (skew_fkl, skew_rkl)."""
+    js_beta: float = 0.5
+    """Weight of the generalized Jensen-Shannon baseline (js)."""
+    chunk_tokens: int = 4096
+    """Tokens per chunk inside the fused loss; bounds its fp32 temporaries to chunk_tokens * vocab / tp."""
+
+    def __post_init__(self) -> None:
+        valid = ("taid", "fkl", "rkl", "tvd", "skew_fkl", "skew_rkl", "js")
+        if self.loss not in valid:
+            raise ConfigError(f"taid.loss={self.loss!r} is unknown; choose one of {', '.join(valid)}.")
+        if not 0.0 <= self.t_start <= self.t_end <= 1.0:
+            raise ConfigError(f"need 0 <= taid.t_start ({self.t_start}) <= taid.t_end ({self.t_end}) <= 1.")
+        if not 0.0 <= self.beta < 1.0:
+            raise ConfigError(f"taid.beta={self.beta} must be in [0, 1).")
+        if self.alpha < 0:
+            raise ConfigError(f"taid.alpha={self.alpha} must be >= 0.")
+        if self.chunk_tokens < 1:
+            raise ConfigError(f"taid.chunk_tokens={self.chunk_tokens} must be >= 1.")
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay to min_lr."""
+
+    lr: float = 3e-4
+    """Peak learning rate."""
+    min_lr: float = 3e-5
+    """Learning rate at the end of the cosine decay."""
+    warmup_steps: int = 10
+    """Optimizer steps of linear warm-up from 0."""
+    train_steps: int = 100
+    """Optimizer steps in the run (also the horizon of the linear t floor)."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay (not applied to norms and biases)."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.95
+    """AdamW beta2."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    clip_grad: float = 1.0
+    """Global gradient-norm clip. 0 disables clipping."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError(f"need optim.lr > 0 and 0 <= optim.min_lr <= optim.lr (got lr={self.lr}, "
+                              f"min_lr={self.min_lr}).")
+        if self.train_steps < 1:
+            raise ConfigError(f"optim.train_steps={self.train_steps} must be >= 1.")
+        if not 0 <= self.warmup_steps <= self.train_steps:
+            raise ConfigError(f"optim.warmup_steps ({self.warmup_steps}) must be in [0, optim.train_steps "
+                              f"({self.train_steps})].")
+        if self.clip_grad < 0:
+            raise ConfigError(f"optim.clip_grad={self.clip_grad} must be >= 0 (0 disables clipping).")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Tokenized megatron indexed datasets (see tools/preprocess_data.py) and the tokenizer both models share."""
+
+    blend: list[Any] = field(default_factory=list)
+    """Dataset prefixes (path without .bin/.idx), optionally weighted: [prefix] or [w1, prefix1, w2, prefix2]."""
+    split: str = "98,2,0"
+    """Train, valid, test proportions of each dataset."""
+    seq_length: int = 128
+    """Tokens per training sequence."""
+    tokenizer: str = ""
+    """Tokenizer file shared by both models: a sentencepiece .model or an HF tokenizer.json."""
+    teacher_tokenizer: str | None = None
+    """Tokenizer the teacher was trained with; must equal `tokenizer`. None: the same file."""
+    seed: int = 1234
+    """Seed of the dataset shuffle."""
+    cache_dir: str | None = None
+    """Where megatron-core caches its sample indices. None: next to the data."""
+
+    def __post_init__(self) -> None:
+        if self.seq_length < 2:
+            raise ConfigError(f"data.seq_length={self.seq_length} must be >= 2.")
+        if self.blend and len(self.blend) > 1:
+            if len(self.blend) % 2:
+                raise ConfigError("data.blend with weights must alternate weight and prefix: [w1, p1, w2, p2, ...].")
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    """Saving and resuming (student, optimizer, scheduler, TAID state, data position, RNG)."""
+
+    dir: str | None = None
+    """Checkpoint directory. None: <logging.run_dir>/checkpoints."""
+    save_interval: int = 0
+    """Save every this many optimizer steps. 0: only at the end (and on SIGTERM/SIGUSR1)."""
+    keep_last: int = 2
+    """Keep the newest K checkpoints. 0 keeps all."""
+    resume: bool = True
+    """Resume from `latest` in `dir` when it exists."""
+
+    def __post_init__(self) -> None:
+        if self.save_interval < 0 or self.keep_last < 0:
+            raise ConfigError("checkpoint.save_interval and checkpoint.keep_last must be >= 0.")
+
+
+@dataclass(kw_only=True)
+class LoggingConfig:
+    """Console, metrics.jsonl and wandb."""
+
+    run_dir: str = "runs/default"
+    """Directory of this run: metrics.jsonl, config.yaml, checkpoints, wandb files."""
+    log_interval: int = 1
+    """Print to the console every this many optimizer steps (metrics.jsonl gets every step)."""
+    eval_interval: int = 0
+    """Validation every this many optimizer steps. 0 disables periodic validation (one runs at the end)."""
+    eval_iters: int = 2
+    """Global batches per validation."""
+    wandb_mode: str = "offline"
+    """wandb mode: offline (default, sync later with `wandb sync`), online, or disabled."""
+    wandb_project: str = "taidtron"
+    """wandb project name."""
+
+    def __post_init__(self) -> None:
+        if self.wandb_mode not in ("offline", "online", "disabled"):
+            raise ConfigError(f"logging.wandb_mode={self.wandb_mode!r}; use offline, online or disabled.")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Root of the tree: one experiment."""
+
+    student: ModelConfig = field(default_factory=ModelConfig)
+    """The model being trained."""
+    teacher: ModelConfig = field(default_factory=ModelConfig)
+    """The frozen model distilled from (same tokenizer as the student)."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    taid: TAIDConfig = field(default_factory=TAIDConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    precision: str = "auto"
+    """bf16, fp32, or auto (bf16 on GPU, fp32 on CPU)."""
+    seed: int = 1234
+    """Seed of model initialisation and dropout."""
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"precision={self.precision!r}; use auto, bf16 or fp32.")
+
+    def padded_vocab_size(self) -> int:
+        """One vocabulary size for both models, divisible by 128 * tp, so their logit shards align."""
+        multiple = 128 * self.parallel.tp
+        largest = max(self.student.vocab_size, self.teacher.vocab_size)
+        return int(math.ceil(largest / multiple) * multiple)
+
+    def validate_layout(self, world_size: int) -> None:
+        """Checks that need the world size: divisibility of both models under tp/pp, and the batch arithmetic."""
+        par = self.parallel
+        par.accumulation_steps(world_size)
+        for role in ("student", "teacher"):
+            model: ModelConfig = getattr(self, role)
+            if model.num_attention_heads % par.tp:
+                raise ConfigError(f"{role}.num_attention_heads ({model.num_attention_heads}) is not divisible by "
+                                  f"parallel.tp ({par.tp}); choose tp dividing it.")
+            if model.num_query_groups % par.tp:
+                raise ConfigError(f"{role} has {model.num_query_groups} key/value groups, so parallel.tp "
+                                  f"({par.tp}) must divide it (tp <= {model.num_query_groups}).")
+            if model.ffn_hidden_size % par.tp:
+                raise ConfigError(f"{role}.ffn_hidden_size ({model.ffn_hidden_size}) is not divisible by "
+                                  f"parallel.tp ({par.tp}).")
+            if model.num_layers % par.pp:
+                raise ConfigError(f"{role}.num_layers ({model.num_layers}) is not divisible by parallel.pp "
+                                  f"({par.pp}); both models are split into the same number of even stages.")
+        if par.sequence_parallel and self.data.seq_length % par.tp:
+            raise ConfigError(f"data.seq_length ({self.data.seq_length}) must be divisible by parallel.tp "
+                              f"({par.tp}) with sequence parallelism.")
+        if self.logging.eval_interval and not self.data.blend:
+            raise ConfigError("logging.eval_interval > 0 needs data.blend.")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# YAML + CLI overrides
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert a YAML/CLI value to the annotated type, or raise ConfigError naming the key."""
+    if isinstance(annotation, str):
+        raise AssertionError("annotations must be resolved")
+    origin = get_origin(annotation)
+    args = get_args(annotation)
+    if origin is None and dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}.")
+        return _build(annotation, value, where)
+    if annotation is Any:
+        return value
+    if args and type(None) in args:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}.")
+        return list(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where} must be true or false, got {value!r}.")
+    if annotation in (int, float, str):
+        if annotation is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{where} must be an integer, got {value!r}.")
+        try:
+            return annotation(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be of type {annotation.__name__}, got {value!r}.") from None
+    return value
+
+
+def _build(cls: type, values: dict, where: str = "") -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; valid keys under "
+                          f"{where or 'the root'}: {', '.join(sorted(known))}.")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {key} is not a section.")
+    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML file (or start from defaults) and apply `section.key=value` overrides."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass --config with a file from configs/.")
+        tree = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level.")
+    for item in overrides or []:
+        item = item[2:] if item.startswith("--") else item
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. optim.lr=3e-4).")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), raw.strip())
+    return _build(TrainConfig, tree)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config next to the run's outputs (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(path)
+
+
+def config_help() -> str:
+    """Every key with its default and docstring, for `--help`."""
+    import ast
+    import inspect
+
+    def docs(cls: type) -> dict[str, str]:
+        out: dict[str, str] = {}
+        tree = ast.parse(inspect.getsource(cls))
+        body = tree.body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                out[node.target.id] = str(nxt.value.value)
+        return out
+
+    lines: list[str] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        doc = docs(cls)
+        default = cls()
+        for f in fields(cls):
+            value = getattr(default, f.name)
+            if dataclasses.is_dataclass(value):
+                lines.append(f"\n[{prefix}{f.name}]  {doc.get(f.name, (type(value).__doc__ or '').strip())}")
+                walk(type(value), f"{prefix}{f.name}.")
+            else:
+                lines.append(f"  {prefix}{f.name}={value!r}  {doc.get(f.name, '')}")
+
+    walk(TrainConfig, "")
+    return "\n".join(lines)
