@@ -1,0 +1,147 @@
+"""Process groups: rank discovery (torchrun, SLURM srun, DeepSpeed launcher), the device, megatron parallel_state.
+
+The rest of taidtron receives a `ParallelContext` and passes its groups explicitly; nothing else reads the
+environment or megatron's global parallel state for group handles.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from taidtron.config import ParallelConfig
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    """Where this process sits in the job, whichever launcher started it."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    launcher: str
+
+
+def _first_slurm_host(nodelist: str) -> str:
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             check=True, timeout=30).stdout.split()
+        return out[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        # Without scontrol (unusual inside a job) a single-node list is the host itself.
+        return nodelist.split(",")[0].split("[")[0]
+
+
+def read_launch_env(environ: dict[str, str] | None = None) -> LaunchEnv:
+    """torchrun and DeepSpeed's launcher export RANK/WORLD_SIZE/LOCAL_RANK/MASTER_*; srun-native tasks export
+    SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID. A plain `python -m taidtron.train` is a world of one."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        launcher = "deepspeed" if "CROSS_RANK" in env or "DS_ACCELERATOR" in env else "torchrun"
+        return LaunchEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
+                         env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)), launcher)
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        job_id = int(env.get("SLURM_JOB_ID", "0"))
+        return LaunchEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
+                         env.get("MASTER_ADDR") or _first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
+                         int(env.get("MASTER_PORT", 20000 + job_id % 20000)), "slurm")
+    return LaunchEnv(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT", 29500)), "single")
+
+
+@dataclass(frozen=True)
+class ParallelContext:
+    """Groups and coordinates of this rank. Teacher and student share all of them."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    tp_group: dist.ProcessGroup
+    pp_group: dist.ProcessGroup
+    dp_group: dist.ProcessGroup
+    tp_rank: int
+    pp_rank: int
+    dp_rank: int
+    tp: int
+    pp: int
+    dp: int
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.pp - 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(parallel: ParallelConfig, *, timeout_minutes: int = 30) -> ParallelContext:
+    """Start torch.distributed (NCCL on GPU, gloo on CPU), install the CPU shim when there is no GPU, and build
+    megatron's tensor/pipeline/data-parallel groups in its default order (tp fastest, then dp, then pp)."""
+    from megatron.core import parallel_state
+
+    launch = read_launch_env()
+    parallel.data_parallel_size(launch.world_size)  # fails early with a clear message
+    if torch.cuda.is_available():
+        torch.cuda.set_device(launch.local_rank % torch.cuda.device_count())
+        device, backend = torch.device("cuda", torch.cuda.current_device()), "nccl"
+    else:
+        from taidtron import cpu_shim
+
+        cpu_shim.install()
+        device, backend = torch.device("cpu"), "gloo"
+
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", launch.master_addr)
+        os.environ.setdefault("MASTER_PORT", str(launch.master_port))
+        dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size,
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=parallel.tp,
+            pipeline_model_parallel_size=parallel.pp,
+            distributed_timeout_minutes=timeout_minutes,
+        )
+    return ParallelContext(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        device=device,
+        tp_group=parallel_state.get_tensor_model_parallel_group(),
+        pp_group=parallel_state.get_pipeline_model_parallel_group(),
+        dp_group=parallel_state.get_data_parallel_group(),
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+        dp_rank=parallel_state.get_data_parallel_rank(),
+        tp=parallel.tp,
+        pp=parallel.pp,
+        dp=parallel_state.get_data_parallel_world_size(),
+    )
+
+
+def seed_everything(seed: int, ctx: ParallelContext) -> None:
+    """Same seed on every data-parallel replica, different per pipeline stage (megatron's convention); the
+    model-parallel RNG tracker gets its TP-dependent streams."""
+    from megatron.core import tensor_parallel
+
+    stage_seed = seed + 100 * ctx.pp_rank
+    torch.manual_seed(stage_seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(stage_seed)
+
+
+def destroy_distributed() -> None:
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

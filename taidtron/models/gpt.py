@@ -1,0 +1,131 @@
+"""Llama / Qwen2 decoders as megatron-core GPTModels. Teacher and student differ only by their ModelConfig.
+
+The layer spec is chosen once, here: Transformer Engine's when it is installed (GPU clusters), otherwise
+megatron-core's local spec with torch RMSNorm (CPU, or GPUs without TE).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from taidtron.config import ModelConfig, ParallelConfig
+
+
+class RMSNorm(torch.nn.RMSNorm):
+    """torch RMSNorm with megatron's norm constructor signature.
+
+    megatron-core's `WrappedTorchNorm` refuses sequence parallelism; the norm itself is the same under it, only
+    its weight gradient is partial on each TP rank. Tagging the weight `sequence_parallel` makes
+    `finalize_model_grads` all-reduce that gradient over the TP group, as TE's norms do.
+    """
+
+    def __init__(self, config, hidden_size: int, eps: float = 1e-6, **_unused):
+        super().__init__(hidden_size, eps=eps, dtype=config.params_dtype)
+        setattr(self.weight, "sequence_parallel", config.sequence_parallel)
+
+
+def _has_transformer_engine() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def layer_spec(num_local_layers: int):
+    """The block spec for one pipeline stage: `num_local_layers` decoder layers and the final norm."""
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
+    )
+    from megatron.core.transformer.spec_utils import ModuleSpec
+    from megatron.core.transformer.transformer_block import TransformerBlock, TransformerBlockSubmodules
+
+    if _has_transformer_engine():
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        layer, final_norm = get_gpt_layer_with_transformer_engine_spec(), TENorm
+    else:
+        local = get_gpt_layer_local_spec(normalization="RMSNorm")
+        submodules = dataclasses.replace(local.submodules, input_layernorm=RMSNorm, pre_mlp_layernorm=RMSNorm)
+        layer, final_norm = dataclasses.replace(local, submodules=submodules), RMSNorm
+    return ModuleSpec(module=TransformerBlock,
+                      submodules=TransformerBlockSubmodules(layer_specs=[layer] * num_local_layers,
+                                                            layer_norm=final_norm))
+
+
+def transformer_config(model: ModelConfig, parallel: ParallelConfig, *, params_dtype: torch.dtype,
+                       use_cpu_initialization: bool):
+    """megatron-core TransformerConfig of a Llama/Qwen2 decoder under the shared layout."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    return TransformerConfig(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.num_query_groups,
+        ffn_hidden_size=model.ffn_hidden_size,
+        kv_channels=model.kv_channels,
+        normalization="RMSNorm",
+        layernorm_epsilon=model.norm_epsilon,
+        gated_linear_unit=True,  # SwiGLU
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=model.add_qkv_bias,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=0.02,
+        tensor_model_parallel_size=parallel.tp,
+        pipeline_model_parallel_size=parallel.pp,
+        sequence_parallel=parallel.sequence_parallel,
+        params_dtype=params_dtype,
+        pipeline_dtype=params_dtype,
+        bf16=params_dtype == torch.bfloat16,
+        use_cpu_initialization=use_cpu_initialization,
+        # Fusions need CUDA kernels (apex/TE); the unfused paths are exact and work everywhere.
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        # The loss is a token sum; megatron divides gradients by the global token count (STYLE §4.7).
+        calculate_per_token_loss=True,
+    )
+
+
+def build_gpt(model: ModelConfig, parallel: ParallelConfig, *, padded_vocab_size: int, max_seq_length: int,
+              pp_rank: int, params_dtype: torch.dtype, device: torch.device):
+    """This rank's pipeline stage of a GPTModel; its output layer holds the vocab shard [V_padded / tp]."""
+    from megatron.core.models.gpt import GPTModel
+
+    config = transformer_config(model, parallel, params_dtype=params_dtype,
+                                use_cpu_initialization=device.type == "cpu")
+    gpt = GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(model.num_layers // parallel.pp),
+        vocab_size=padded_vocab_size,
+        max_sequence_length=max_seq_length,
+        pre_process=pp_rank == 0,
+        post_process=pp_rank == parallel.pp - 1,
+        share_embeddings_and_output_weights=model.tie_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(model.rotary_base),
+        parallel_output=True,  # keep logits vocab-sharded: the TAID loss reduces across TP itself
+    )
+    return gpt.to(device)
+
+
+def pipeline_config(student_config, teacher_config):
+    """The config megatron's schedules read from the pair: the student's, except that stage boundaries carry
+    both hidden states concatenated, so p2p buffers are [seq, micro_batch, h_student + h_teacher].
+
+    A shallow copy with one field reassigned: re-running TransformerConfig's validation would reject a width
+    that is not a multiple of the head count, and the width is only used to size p2p buffers."""
+    config = copy.copy(student_config)
+    config.hidden_size = student_config.hidden_size + teacher_config.hidden_size
+    return config
