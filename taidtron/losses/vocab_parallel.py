@@ -1,0 +1,396 @@
+"""Vocab-parallel distillation losses: the fused TAID loss and the baselines it is compared against.
+
+Conventions shared by every loss here (megatron layout):
+  * `student_logits`, `teacher_logits`: [..., V_local] (e.g. [seq, batch, V/tp]), same shape and dtype (fp32,
+    bf16 or fp16). Rank r of `group` holds global columns r*V_local .. (r+1)*V_local - 1 of both.
+  * `vocab_size`: the true vocabulary. Global columns >= vocab_size are padding: they are sliced off before any
+    softmax, so whatever they hold (even inf/nan) is ignored, and their gradient is zero. None: no padding.
+  * `group`: the tensor-parallel process group; None means no tensor parallelism (no collectives).
+  * Result: the per-token loss, fp32, shaped like the logits without the last dim, identical on every rank of
+    `group`. Each rank back-propagates its own copy (as megatron's vocab_parallel_cross_entropy): the gradient it
+    receives is for its own vocabulary slice, in the logits' dtype. The teacher never receives a gradient.
+  * No temperature; all statistics in fp32.
+
+Every loss is also in `LOSSES` under one uniform signature, so a trainer can call any of them the same way:
+
+    loss_fn = get_loss(name)
+    per_token = loss_fn(student_logits, teacher_logits, t=t, vocab_size=V, group=tp_group, **options)
+
+`t` is used by `taid` only (the others ignore it); options are `chunk_tokens` (all), `skew` (skew_fkl, skew_rkl)
+and `beta` (js). An option a loss does not take raises TypeError.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed
+from torch.utils.checkpoint import checkpoint
+
+from taidtron.losses import _math
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+# Default chunk: about this many logits per chunk, so one fp32 temporary is ~1 MiB per column-thousand of tokens
+# and stays cache-resident on a CPU (measured best on the benchmark in docs/losses.md), small next to the
+# gradient on a GPU. Set chunk_tokens explicitly to override.
+_CHUNK_ELEMENTS = 1 << 18
+
+
+# ---- argument handling --------------------------------------------------------------------------------------------
+
+
+def _check_inputs(student: torch.Tensor, teacher: torch.Tensor, vocab_size: int | None, group, chunk_tokens):
+    """Validate the shared arguments; return (rank, world_size, valid local columns, chunk tokens)."""
+    if not isinstance(student, torch.Tensor) or not isinstance(teacher, torch.Tensor):
+        raise ValueError("student_logits and teacher_logits must be torch.Tensors.")
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student_logits {tuple(student.shape)} and teacher_logits {tuple(teacher.shape)} must have the same "
+            "shape: shard both models' output layers identically (pad both vocabularies to one common size)."
+        )
+    if student.dtype != teacher.dtype:
+        raise ValueError(
+            f"student_logits ({student.dtype}) and teacher_logits ({teacher.dtype}) must have the same dtype; "
+            "cast the teacher's logits to the student's dtype."
+        )
+    if student.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"logits dtype {student.dtype} is not supported; use float32, bfloat16 or float16.")
+    if student.device != teacher.device:
+        raise ValueError(f"student_logits on {student.device} but teacher_logits on {teacher.device}.")
+    if student.dim() < 1 or student.shape[-1] < 1:
+        raise ValueError(f"logits need a non-empty last (vocabulary) dimension, got shape {tuple(student.shape)}.")
+    local_vocab = student.shape[-1]
+    if group is None:
+        rank, world = 0, 1
+    else:
+        rank, world = torch.distributed.get_rank(group), torch.distributed.get_world_size(group)
+    padded = local_vocab * world
+    if vocab_size is None:
+        vocab_size = padded
+    if not isinstance(vocab_size, int) or not 1 <= vocab_size <= padded:
+        raise ValueError(
+            f"vocab_size={vocab_size!r} must be an int in [1, {padded}] (= {local_vocab} local columns x {world} "
+            "tensor-parallel ranks); pass the tokenizer's true vocabulary size."
+        )
+    if chunk_tokens is None:
+        chunk_tokens = max(1, _CHUNK_ELEMENTS // local_vocab)
+    elif not isinstance(chunk_tokens, int) or chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens={chunk_tokens!r} must be a positive int (or None for automatic).")
+    return rank, world, _math.valid_columns(vocab_size, local_vocab, rank), chunk_tokens
+
+
+def _check_t(t) -> float:
+    if isinstance(t, torch.Tensor):
+        if t.numel() != 1:
+            raise ValueError(f"t must be a scalar, got a tensor of shape {tuple(t.shape)}.")
+        t = t.item()
+    try:
+        t = float(t)
+    except (TypeError, ValueError):
+        raise ValueError(f"t must be a float in [0, 1], got {t!r}.") from None
+    if not 0.0 <= t <= 1.0:  # also rejects nan
+        raise ValueError(f"t={t} is outside [0, 1]; take it from TAIDSchedule.t.")
+    return t
+
+
+def _chunks(n_tokens: int, chunk_tokens: int):
+    for start in range(0, n_tokens, chunk_tokens):
+        yield slice(start, min(start + chunk_tokens, n_tokens))
+
+
+# ---- the fused TAID loss ------------------------------------------------------------------------------------------
+
+
+class _VocabParallelTAIDLoss(torch.autograd.Function):
+    """-sum_v p_t(v) log q(v) per token, vocabulary sharded over `group`; gradient q - p_t w.r.t. the student.
+
+    Shapes: student, teacher [N, V_local] (N tokens, any float dtype, same for both); output [N] fp32.
+    Forward: one pass over the logits in chunks of `chunk_tokens` tokens, each giving local maxima [n, 2] and
+    local sums [n, 3] (Z_z, Z_s, A) relative to them (`_math.taid_chunk_stats`). Then
+        collective 1: all_reduce(MAX) of maxes [N, 2] (m_z, m_s)
+        (local sums rescaled to the global maxima, `_math.rescale_partial_stats`)
+        collective 2: all_reduce(SUM) of sums [N, 3] ([N, 4] with the entropy term for the KL variant)
+    Saved for backward: the two logits tensors (references, no copy) and lse [N, 2] fp32 (log-partitions of z and
+    s, base 2). No [N, V] temporary is kept.
+    Backward: zero collectives. Per chunk, grad = (exp(s - lse_s) - exp(z - lse_z)) * g recomputed from the
+    saved statistics (`_math.taid_chunk_grad`), written straight into the [N, V_local] gradient (logits' dtype);
+    padding columns get zeros.
+    Extra memory: O(N) statistics plus two fp32 [chunk_tokens, V_local] temporaries, plus the gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, t, n_valid, group, chunk_tokens, with_entropy):
+        n_tokens = student.shape[0]
+        maxes = torch.full((n_tokens, 2), -math.inf, dtype=torch.float32, device=student.device)
+        sums = torch.zeros((n_tokens, 4 if with_entropy else 3), dtype=torch.float32, device=student.device)
+        if n_valid > 0 and n_tokens > 0:  # a rank whose slice is all padding gives -inf maxima and zero sums
+            work = _math.new_workspace(with_entropy, min(chunk_tokens, n_tokens), n_valid, student.device)
+            for rows in _chunks(n_tokens, chunk_tokens):
+                maxes[rows], sums[rows] = _math.taid_chunk_stats(
+                    student[rows, :n_valid], teacher[rows, :n_valid], t, with_entropy, work
+                )
+            del work
+        if group is not None:
+            local_max = maxes.clone()
+            torch.distributed.all_reduce(maxes, op=torch.distributed.ReduceOp.MAX, group=group)
+            if n_valid > 0:
+                sums = _math.rescale_partial_stats(local_max, maxes, sums)
+            torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM, group=group)
+        loss, lse = _math.taid_finalize(maxes, sums)
+        ctx.save_for_backward(student, teacher, lse)
+        ctx.t, ctx.n_valid, ctx.chunk_tokens = t, n_valid, chunk_tokens
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None, None
+        student, teacher, lse = ctx.saved_tensors
+        n_valid = ctx.n_valid
+        grad = torch.empty_like(student)  # [N, V_local], the logits' dtype
+        if n_valid < student.shape[1]:
+            grad[:, n_valid:].zero_()  # padding columns take no part in the softmax
+        n_tokens = student.shape[0]
+        g = grad_loss.reshape(-1).float()
+        negative = g < 0
+        has_negative = bool(negative.any())
+        if has_negative:  # the chunk kernel folds log(g) into the exponent: give it |g|, restore the sign after
+            g = g.abs()
+        if n_valid > 0 and n_tokens > 0:
+            work = _math.new_workspace(False, min(ctx.chunk_tokens, n_tokens), n_valid, student.device)
+            for rows in _chunks(n_tokens, ctx.chunk_tokens):
+                _math.taid_chunk_grad(
+                    student[rows, :n_valid], teacher[rows, :n_valid], ctx.t, lse[rows], g[rows],
+                    grad[rows, :n_valid], work,
+                )
+            del work
+        if has_negative:
+            grad[negative] = -grad[negative]
+        return grad, None, None, None, None, None, None
+
+
+def _fused_taid(student_logits, teacher_logits, t, vocab_size, group, chunk_tokens, with_entropy):
+    _, _, n_valid, chunk_tokens = _check_inputs(student_logits, teacher_logits, vocab_size, group, chunk_tokens)
+    lead, local_vocab = student_logits.shape[:-1], student_logits.shape[-1]
+    loss = _VocabParallelTAIDLoss.apply(
+        student_logits.reshape(-1, local_vocab),
+        teacher_logits.detach().reshape(-1, local_vocab),
+        t,
+        n_valid,
+        group,
+        chunk_tokens,
+        with_entropy,
+    )
+    return loss.view(lead)
+
+
+def vocab_parallel_taid_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    t: float,
+    *,
+    vocab_size: int | None = None,
+    group: torch.distributed.ProcessGroup | None = None,
+    chunk_tokens: int | None = None,
+) -> torch.Tensor:
+    """TAID loss per token: -sum_v p_t(v) log q(v), p_t = softmax((1-t) stopgrad(s) + t T), q = softmax(s).
+
+    Args:
+        student_logits: [..., V_local], e.g. [seq, batch, V/tp]; fp32, bf16 or fp16. Receives the gradient
+            (q - p_t) * upstream, in its own dtype.
+        teacher_logits: same shape and dtype; never receives a gradient.
+        t: interpolation in [0, 1] (TAIDSchedule.t). t=1 gives the cross-entropy from the teacher.
+        vocab_size: true vocabulary (global columns >= vocab_size are padding). None: no padding.
+        group: tensor-parallel process group; None for no tensor parallelism.
+        chunk_tokens: tokens per chunk (bounds the fp32 temporaries to 2 x chunk_tokens x V_local).
+            None: about 2**18 logits per chunk.
+    Returns:
+        fp32 [...] per-token loss, the same on every rank of `group`.
+    Collectives: forward one MAX all-reduce of [tokens, 2] and one SUM all-reduce of [tokens, 3]; backward none.
+    """
+    return _fused_taid(student_logits, teacher_logits, _check_t(t), vocab_size, group, chunk_tokens, False)
+
+
+def vocab_parallel_fkl_loss(student_logits, teacher_logits, *, vocab_size=None, group=None, chunk_tokens=None):
+    """Forward KL(p_T || q) per token: the fused TAID kernel at t=1 minus the teacher's entropy (no gradient).
+
+    Same conventions and collectives as `vocab_parallel_taid_loss` (the SUM all-reduce is [tokens, 4]).
+    """
+    return _fused_taid(student_logits, teacher_logits, 1.0, vocab_size, group, chunk_tokens, True)
+
+
+# ---- baselines: autograd through a vocab-parallel log-softmax -----------------------------------------------------
+
+
+class _VocabParallelLogSumExp(torch.autograd.Function):
+    """log sum_v exp(x_v) over the vocabulary sharded on `group`. x: [n, v] fp32 valid columns (v may be 0); out [n].
+
+    Forward: MAX all-reduce [n] and SUM all-reduce [n]. Backward: SUM all-reduce [n] of the incoming gradient (each
+    rank uses the lse only in its own vocabulary terms, so the total derivative is the sum over ranks), then
+    grad_x = exp(x - lse) * g locally. Saves x (reference) and lse [n].
+    """
+
+    @staticmethod
+    def forward(ctx, x, group):
+        if x.shape[1] > 0:
+            m = x.amax(dim=-1)
+        else:
+            m = torch.full(x.shape[:1], -math.inf, dtype=torch.float32, device=x.device)
+        if group is not None:
+            torch.distributed.all_reduce(m, op=torch.distributed.ReduceOp.MAX, group=group)
+        sumexp = torch.sub(x, m.unsqueeze(-1)).exp_().sum(dim=-1) if x.shape[1] > 0 else torch.zeros_like(m)
+        if group is not None:
+            torch.distributed.all_reduce(sumexp, op=torch.distributed.ReduceOp.SUM, group=group)
+        lse = m + sumexp.log()
+        ctx.save_for_backward(x, lse)
+        ctx.group = group
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad_lse):
+        x, lse = ctx.saved_tensors
+        g = grad_lse.float().clone()
+        if ctx.group is not None:
+            torch.distributed.all_reduce(g, op=torch.distributed.ReduceOp.SUM, group=ctx.group)
+        return torch.sub(x, lse.unsqueeze(-1)).exp_().mul_(g.unsqueeze(-1)), None
+
+
+class _SumOverVocabShards(torch.autograd.Function):
+    """All-reduce(SUM) of per-rank partial losses [n]; the result is replicated, so the backward is the identity."""
+
+    @staticmethod
+    def forward(ctx, partial, group):
+        out = partial.clone()
+        if group is not None:
+            torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.SUM, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def _log_softmax(x: torch.Tensor, group) -> torch.Tensor:
+    """fp32 log-softmax of this rank's valid columns over the sharded vocabulary, differentiable."""
+    x = x.float()  # one cast, so both gradient paths add up in fp32 and are rounded to the logits' dtype once
+    return x - _VocabParallelLogSumExp.apply(x, group).unsqueeze(-1)
+
+
+def _divergence_chunk(student, teacher, group, terms, options):
+    log_q = _log_softmax(student, group)  # [n, v] fp32
+    with torch.no_grad():
+        log_p = _log_softmax(teacher, group)
+    return _SumOverVocabShards.apply(terms(log_p, log_q, **options).sum(dim=-1), group)
+
+
+def _vocab_parallel_divergence(student_logits, teacher_logits, vocab_size, group, chunk_tokens, terms, **options):
+    """Sum over the sharded vocabulary of `terms(log_p_teacher, log_q_student)`, per token, chunked over tokens.
+
+    With gradients on, each chunk runs under activation checkpointing, so only the logits are kept between forward
+    and backward and the fp32 temporaries are bounded by one chunk (recomputed in the backward). Collectives per
+    chunk: forward 5 all-reduces of [chunk] (2 per log-softmax, 1 for the sum); backward 2 more ([chunk] each) for
+    the recompute and 1 for the log-sum-exp gradient.
+    """
+    _, _, n_valid, chunk_tokens = _check_inputs(student_logits, teacher_logits, vocab_size, group, chunk_tokens)
+    lead, local_vocab = student_logits.shape[:-1], student_logits.shape[-1]
+    student = student_logits.reshape(-1, local_vocab)[:, :n_valid]
+    teacher = teacher_logits.detach().reshape(-1, local_vocab)[:, :n_valid]
+    grad_needed = torch.is_grad_enabled() and student.requires_grad
+    losses = []
+    for s_chunk, t_chunk in zip(torch.split(student, chunk_tokens), torch.split(teacher, chunk_tokens)):
+        if grad_needed:
+            losses.append(
+                checkpoint(_divergence_chunk, s_chunk, t_chunk, group, terms, options, use_reentrant=False)
+            )
+        else:
+            losses.append(_divergence_chunk(s_chunk, t_chunk, group, terms, options))
+    if not losses:  # zero tokens
+        return student_logits.new_zeros(lead, dtype=torch.float32)
+    return torch.cat(losses).view(lead)
+
+
+def _check_weight(name: str, value: float, low_open: bool) -> float:
+    value = float(value)
+    ok = (0.0 < value < 1.0) if low_open else (0.0 <= value < 1.0)
+    if not ok:
+        raise ValueError(f"{name}={value} must be in {'(0, 1)' if low_open else '[0, 1)'}.")
+    return value
+
+
+def vocab_parallel_rkl_loss(student_logits, teacher_logits, *, vocab_size=None, group=None, chunk_tokens=None):
+    """Reverse KL(q || p_T) per token (vocab-parallel; conventions in the module docstring)."""
+    return _vocab_parallel_divergence(student_logits, teacher_logits, vocab_size, group, chunk_tokens, _math.rkl_terms)
+
+
+def vocab_parallel_tvd_loss(student_logits, teacher_logits, *, vocab_size=None, group=None, chunk_tokens=None):
+    """Total variation distance 0.5 * sum_v |p_T - q| per token."""
+    return _vocab_parallel_divergence(student_logits, teacher_logits, vocab_size, group, chunk_tokens, _math.tvd_terms)
+
+
+def vocab_parallel_skew_fkl_loss(
+    student_logits, teacher_logits, *, skew=0.1, vocab_size=None, group=None, chunk_tokens=None
+):
+    """Skew forward KL(p_T || skew p_T + (1 - skew) q) per token (DistiLLM; skew in [0, 1), 0 gives forward KL)."""
+    skew = _check_weight("skew", skew, low_open=False)
+    return _vocab_parallel_divergence(
+        student_logits, teacher_logits, vocab_size, group, chunk_tokens, _math.skew_fkl_terms, skew=skew
+    )
+
+
+def vocab_parallel_skew_rkl_loss(
+    student_logits, teacher_logits, *, skew=0.1, vocab_size=None, group=None, chunk_tokens=None
+):
+    """Skew reverse KL(q || skew q + (1 - skew) p_T) per token (DistiLLM; skew in [0, 1), 0 gives reverse KL)."""
+    skew = _check_weight("skew", skew, low_open=False)
+    return _vocab_parallel_divergence(
+        student_logits, teacher_logits, vocab_size, group, chunk_tokens, _math.skew_rkl_terms, skew=skew
+    )
+
+
+def vocab_parallel_js_loss(student_logits, teacher_logits, *, beta=0.5, vocab_size=None, group=None, chunk_tokens=None):
+    """Generalized Jensen-Shannon beta KL(p_T || m) + (1 - beta) KL(q || m), m = beta p_T + (1 - beta) q; beta in (0, 1)."""
+    beta = _check_weight("beta", beta, low_open=True)
+    return _vocab_parallel_divergence(
+        student_logits, teacher_logits, vocab_size, group, chunk_tokens, _math.js_terms, beta=beta
+    )
+
+
+# ---- registry -----------------------------------------------------------------------------------------------------
+
+
+def _uniform(fn: Callable, takes_t: bool) -> Callable:
+    def loss(student_logits, teacher_logits, *, t, vocab_size, group, **options):
+        if takes_t:
+            return fn(student_logits, teacher_logits, t, vocab_size=vocab_size, group=group, **options)
+        return fn(student_logits, teacher_logits, vocab_size=vocab_size, group=group, **options)
+
+    loss.__name__ = loss.__qualname__ = fn.__name__
+    loss.__doc__ = (fn.__doc__ or "") + (
+        "\n\nRegistry form: (student_logits, teacher_logits, *, t, vocab_size, group, **options)"
+        + ("" if takes_t else "; t is ignored.")
+    )
+    return loss
+
+
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "taid": _uniform(vocab_parallel_taid_loss, takes_t=True),
+    "fkl": _uniform(vocab_parallel_fkl_loss, takes_t=False),
+    "rkl": _uniform(vocab_parallel_rkl_loss, takes_t=False),
+    "tvd": _uniform(vocab_parallel_tvd_loss, takes_t=False),
+    "skew_fkl": _uniform(vocab_parallel_skew_fkl_loss, takes_t=False),
+    "skew_rkl": _uniform(vocab_parallel_skew_rkl_loss, takes_t=False),
+    "js": _uniform(vocab_parallel_js_loss, takes_t=False),
+}
+"""name -> loss with the uniform signature (student_logits, teacher_logits, *, t, vocab_size, group, **options)."""
+
+
+def get_loss(name: str) -> Callable[..., Any]:
+    """The registry entry for `name`; ValueError listing the valid names otherwise."""
+    try:
+        return LOSSES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}.") from None

@@ -1,0 +1,134 @@
+"""torchrun worker for the tensor-parallel loss tests (gloo, CPU). Run by tests/losses/test_*.py via run_torchrun.
+
+    python -m torch.distributed.run --nproc-per-node N tests/losses/tp_worker.py {taid|baselines|count}
+
+Every rank builds the same global logits, keeps its vocabulary slice, and checks the loss and its gradient slice
+against the float64 reference and against the unsharded (group=None) result. Prints one "OK ..." line per check.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.distributed as dist
+
+from loss_reference import PADDED_VOCAB, VOCAB, divergence_reference, make_logits, taid_reference  # noqa: E402
+from taidtron.losses import LOSSES, vocab_parallel_taid_loss  # noqa: E402
+
+SEQ, BATCH, CHUNK = 7, 3, 5
+OPTIONS = {"skew_fkl": {"skew": 0.1}, "skew_rkl": {"skew": 0.1}, "js": {"beta": 0.5}}
+REFERENCE_OPTION = {"skew_fkl": 0.1, "skew_rkl": 0.1, "js": 0.5}
+
+
+def upstream() -> torch.Tensor:
+    g = torch.rand(SEQ, BATCH, generator=torch.Generator().manual_seed(99), dtype=torch.float64) + 0.1
+    g[0, 0], g[1, 2] = 0.0, -0.7
+    return g
+
+
+def shard(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    width = x.shape[-1] // world
+    return x[..., rank * width : (rank + 1) * width].contiguous()
+
+
+def run_loss(name, student, teacher, *, t, vocab_size, group, g):
+    s = student.clone().requires_grad_(True)
+    loss = LOSSES[name](s, teacher, t=t, vocab_size=vocab_size, group=group, chunk_tokens=CHUNK,
+                        **OPTIONS.get(name, {}))
+    (loss * g.to(loss.dtype)).sum().backward()
+    return loss.detach(), s.grad
+
+
+def check(name, student, teacher, *, t, vocab_size, group, rank, world, tol):
+    """Sharded loss/grad == unsharded loss/grad slice == float64 reference (loss, grad slice)."""
+    g = upstream()
+    loss, grad = run_loss(name, shard(student, rank, world), shard(teacher, rank, world),
+                          t=t, vocab_size=vocab_size, group=group, g=g)
+    full_loss, full_grad = run_loss(name, student, teacher, t=t, vocab_size=vocab_size, group=None, g=g)
+    if name == "taid":
+        ref_loss, ref_grad = taid_reference(student, teacher, t, vocab_size)
+        ref_grad = ref_grad * g.unsqueeze(-1)
+    else:
+        ref_loss, ref_grad = divergence_reference(name, student, teacher, vocab_size, REFERENCE_OPTION.get(name), g)
+    ctx = f"{name} t={t} dtype={student.dtype} rank={rank}/{world} vocab={vocab_size}"
+    torch.testing.assert_close(loss, full_loss, rtol=tol["same"], atol=tol["same"], msg=lambda m: f"{ctx}: {m}")
+    torch.testing.assert_close(grad, shard(full_grad, rank, world), rtol=tol["same"], atol=tol["same"],
+                               msg=lambda m: f"{ctx}: {m}")
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=tol["loss"], atol=tol["loss"], msg=lambda m: f"{ctx}: {m}")
+    torch.testing.assert_close(grad.double(), shard(ref_grad, rank, world), rtol=tol["grad"], atol=tol["grad"],
+                               msg=lambda m: f"{ctx}: {m}")
+    padding = grad.new_zeros(grad.shape, dtype=torch.bool)
+    width = grad.shape[-1]
+    first = rank * width
+    padding[..., max(0, vocab_size - first):] = True
+    assert torch.all(grad[padding] == 0), f"{ctx}: non-zero gradient in padding columns"
+
+
+FP32 = {"same": 2e-5, "loss": 3e-5, "grad": 2e-5}
+BF16 = {"same": 2e-2, "loss": 2e-4, "grad": 5e-3}
+
+
+def main(mode: str) -> None:
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    group = dist.new_group(list(range(world)))  # an explicit TP group object, not the default one
+
+    if mode == "taid":
+        student, teacher = make_logits((SEQ, BATCH), "extreme", seed=21)
+        for t in (0.0, 0.4, 0.93, 1.0):
+            check("taid", student, teacher, t=t, vocab_size=VOCAB, group=group, rank=rank, world=world, tol=FP32)
+        s16, t16 = make_logits((SEQ, BATCH), "wide", seed=22, dtype=torch.bfloat16)
+        check("taid", s16, t16, t=0.4, vocab_size=VOCAB, group=group, rank=rank, world=world, tol=BF16)
+        for name in LOSSES:  # every baseline under TP too
+            check(name, student.div(4), teacher.div(4), t=0.4, vocab_size=VOCAB, group=group, rank=rank,
+                  world=world, tol=FP32)
+        print(f"OK taid rank={rank}", flush=True)
+
+        if world == 4:
+            # vocab 700 of 1008 columns: rank 2 holds 196 real columns, rank 3 only padding
+            for name in ("taid", "fkl", "rkl"):
+                check(name, student, teacher, t=0.4, vocab_size=700, group=group, rank=rank, world=world, tol=FP32)
+            print(f"OK all-padding-rank rank={rank}", flush=True)
+
+            # two TP=2 groups inside a world of 4: ranks use their rank *within* their own group
+            pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+            pair = pairs[rank // 2]
+            for name in ("taid", "tvd"):
+                check(name, student, teacher, t=0.93, vocab_size=VOCAB, group=pair, rank=rank % 2, world=2,
+                      tol=FP32)
+            print(f"OK tp2-subgroups rank={rank}", flush=True)
+
+    elif mode == "count":
+        calls: list[str] = []
+        original = torch.distributed.all_reduce
+        op_names = {dist.ReduceOp.MAX: "MAX", dist.ReduceOp.SUM: "SUM"}
+
+        def counting_all_reduce(tensor, op=dist.ReduceOp.SUM, group=None, async_op=False):
+            assert group is pair_group, "the loss must reduce over the group it was given"
+            calls.append(f"{op_names.get(op, op)} {tuple(tensor.shape)}")
+            return original(tensor, op=op, group=group, async_op=async_op)
+
+        pair_group = group
+        student, teacher = make_logits((SEQ, BATCH), "wide", seed=23)
+        s = shard(student, rank, world).requires_grad_(True)
+        torch.distributed.all_reduce = counting_all_reduce
+        try:
+            loss = vocab_parallel_taid_loss(s, shard(teacher, rank, world), 0.4, vocab_size=VOCAB, group=group,
+                                            chunk_tokens=CHUNK)
+            forward = list(calls)
+            calls.clear()
+            loss.mean().backward()
+            backward = list(calls)
+        finally:
+            torch.distributed.all_reduce = original
+        print(f"OK collectives forward=[{', '.join(forward)}] backward=[{', '.join(backward)}]", flush=True)
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
