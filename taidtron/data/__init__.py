@@ -1,0 +1,22 @@
+"""Data: the shared tokenizer, building megatron indexed datasets, and loading batches from them.
+
+The trainer needs two calls:
+
+    tokenizer = load_shared_tokenizer(cfg.data)            # checks teacher_tokenizer == tokenizer
+    train_iter, make_valid_iter = build_data_iterators(cfg.data, tokenizer, micro_batch_size=..., ...)
+"""
+
+from taidtron.data.indexed import build_indexed_dataset
+from taidtron.data.loader import PretrainingBatchSampler, build_data_iterators, build_datasets
+from taidtron.data.tokenizer import Tokenizer, check_same_tokenizer, load_shared_tokenizer, load_tokenizer
+
+__all__ = [
+    "PretrainingBatchSampler",
+    "Tokenizer",
+    "build_data_iterators",
+    "build_datasets",
+    "build_indexed_dataset",
+    "check_same_tokenizer",
+    "load_shared_tokenizer",
+    "load_tokenizer",
+]

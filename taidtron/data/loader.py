@@ -1,0 +1,337 @@
+"""Training and validation batches from megatron indexed datasets, through megatron-core's GPTDataset.
+
+    train_iter, make_valid_iter = build_data_iterators(
+        data_cfg, tokenizer, micro_batch_size=2, global_batch_size=16, dp_rank=r, dp_size=4,
+        train_steps=1000, eval_iters=10, consumed_samples=step * 16)
+    batch = next(train_iter)   # tokens/labels/position_ids [b, s] int64, loss_mask [b, s] float32
+
+Samples. megatron-core's `BlendedMegatronDatasetBuilder` turns `data_cfg.blend` (one prefix, or weights and
+prefixes) and `data_cfg.split` into a train and a valid dataset of exactly the sizes asked for (train:
+train_steps * global_batch_size, valid: eval_iters * global_batch_size), shuffled once with `data_cfg.seed`.
+Sample i is a window of seq_length + 1 tokens over EOD-separated documents; labels are the tokens shifted by one.
+
+Order. Global batch g is samples [g * G, (g + 1) * G) of the train dataset (G = global_batch_size). It is cut into
+dp_size contiguous parts; data-parallel rank r takes part r and walks it in micro-batches. Resuming from
+`consumed_samples` (a multiple of G) therefore continues with exactly the samples a run without the restart
+would have seen, provided blend, split, seq_length, seed, train_steps and global_batch_size are unchanged (they
+define the shuffle). Validation always reads the same eval_iters global batches, from a fresh iterator per call.
+
+Index cache. GPTDataset caches its shuffle/sample indices as .npy files. They go under `data_cfg.cache_dir` (or
+`<directory of the first dataset>/cache`), in a subdirectory keyed by the datasets' content, so rebuilding a
+dataset under the same prefix can never reuse stale indices. With torch.distributed initialised, global rank 0
+builds them and the others wait at a barrier and read them, so the cache must be on a filesystem every rank sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+
+from taidtron.data.indexed import dataset_files, read_meta
+from taidtron.data.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+Batch = dict[str, torch.Tensor]
+BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# megatron-core's C++ dataset helpers
+
+
+def ensure_dataset_helpers() -> None:
+    """Make `megatron.core.datasets.helpers_cpp` importable (GPTDataset builds its sample index with it).
+
+    The megatron-core wheels on PyPI ship it compiled (e.g. helpers_cpp.cpython-311-x86_64-linux-gnu.so), so
+    normally this only imports it. Where it is missing (a source install, an unusual platform) it is compiled
+    once from the helpers.cpp that megatron-core ships, which needs a C++ compiler and `pip install pybind11`.
+    The build goes into the package directory when writable, else `$TAIDTRON_CACHE` (default
+    ~/.cache/taidtron), and is written under a temporary name then renamed, so concurrent ranks are safe.
+    """
+    try:
+        importlib.import_module("megatron.core.datasets.helpers_cpp")
+        return
+    except ImportError:
+        pass
+    import subprocess
+    import sys
+    import sysconfig
+
+    import megatron.core.datasets as mcd
+
+    src = Path(mcd.__file__).parent / "helpers.cpp"
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    pkg_dir = Path(mcd.__file__).parent
+    out_dir = pkg_dir if os.access(pkg_dir, os.W_OK) else Path(
+        os.environ.get("TAIDTRON_CACHE", Path.home() / ".cache" / "taidtron"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"helpers_cpp{suffix}"
+    if not target.exists():
+        try:
+            import pybind11
+        except ImportError:
+            raise RuntimeError("megatron-core's C++ dataset helpers are not compiled in this install and pybind11 is "
+                               "missing; run `pip install pybind11` (a C++ compiler is needed too), or install a "
+                               "megatron-core wheel that ships helpers_cpp.") from None
+        tmp = out_dir / f".helpers_cpp.{os.getpid()}{suffix}"
+        cmd = [os.environ.get("CXX", "c++"), "-O3", "-Wall", "-shared", "-std=c++17", "-fPIC",
+               f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}", str(src), "-o", str(tmp)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"compiling megatron-core's dataset helpers failed:\n{' '.join(cmd)}\n{proc.stderr}")
+        os.replace(tmp, target)
+    if out_dir != pkg_dir:  # load it from the cache under the name megatron imports
+        spec = importlib.util.spec_from_file_location("megatron.core.datasets.helpers_cpp", target)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["megatron.core.datasets.helpers_cpp"] = module
+    importlib.import_module("megatron.core.datasets.helpers_cpp")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# blend, split and cache
+
+
+def parse_blend(blend: list[Any]) -> tuple[list[str], list[float] | None]:
+    """`[prefix, ...]` or `[w1, prefix1, w2, prefix2, ...]` -> (prefixes, weights or None)."""
+    if not blend:
+        raise ValueError("data.blend is empty; set it to a dataset prefix built by tools/preprocess_data.py, "
+                         "e.g. data.blend=[data/smoke/smoke_text_document].")
+    if len(blend) == 1:
+        return [str(blend[0])], None
+    if len(blend) % 2:
+        raise ValueError(f"data.blend={blend} must alternate weight and prefix: [w1, p1, w2, p2, ...].")
+    weights, prefixes = [], []
+    for w, p in zip(blend[0::2], blend[1::2]):
+        try:
+            weight = float(w)
+        except (TypeError, ValueError):
+            raise ValueError(f"data.blend weight {w!r} (before {p!r}) is not a number; the blend must alternate "
+                             "weight and prefix: [w1, p1, w2, p2, ...].") from None
+        if weight <= 0:
+            raise ValueError(f"data.blend weight {w!r} for {p!r} must be > 0.")
+        weights.append(weight)
+        prefixes.append(str(p))
+    return prefixes, weights
+
+
+def parse_split(split: str) -> list[float]:
+    """"98,2,0" -> normalized [train, valid, test] shares, as megatron-core reads it."""
+    parts = [s for s in re.split(r"[,/ ]+", str(split).strip()) if s]
+    try:
+        values = [float(s) for s in parts]
+    except ValueError:
+        raise ValueError(f"data.split={split!r} must be up to three numbers, e.g. '98,2,0'.") from None
+    if not 1 <= len(values) <= 3 or any(v < 0 for v in values) or sum(values) <= 0 or values[0] <= 0:
+        raise ValueError(f"data.split={split!r} must be up to three non-negative numbers with a positive train "
+                         "share, e.g. '98,2,0'.")
+    values += [0.0] * (3 - len(values))
+    return [v / sum(values) for v in values]
+
+
+def _check_dataset(prefix: str, tokenizer: Tokenizer, shares: list[float]) -> None:
+    """Clear errors before megatron-core's asserts: missing files, another tokenizer, a split left empty."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    bin_path, idx_path, _ = dataset_files(prefix)
+    if not (bin_path.is_file() and idx_path.is_file()):
+        raise ValueError(f"dataset {prefix} not found (need {bin_path} and {idx_path}); build it with "
+                         "tools/preprocess_data.py or fix data.blend.")
+    meta = read_meta(prefix)
+    if meta is not None and meta.get("tokenizer_fingerprint") not in (None, tokenizer.fingerprint()):
+        raise ValueError(f"dataset {prefix} was tokenized with {meta.get('tokenizer')} (fingerprint "
+                         f"{meta['tokenizer_fingerprint'][:12]}), not with data.tokenizer {tokenizer.path} "
+                         f"({tokenizer.fingerprint()[:12]}); re-run tools/preprocess_data.py with this tokenizer.")
+    num_docs = len(IndexedDataset(prefix).sequence_lengths)
+    bounds = [0.0]
+    for share in shares:
+        bounds.append(bounds[-1] + share)
+    for name, beg, end in zip(("train", "valid", "test"), bounds[:-1], bounds[1:]):
+        # megatron-core rounds the split bookends to documents the same way
+        if end > beg and int(round(end * num_docs)) <= int(round(beg * num_docs)):
+            raise ValueError(f"dataset {prefix} has {num_docs} documents, so data.split leaves its {name} part "
+                             f"empty; use more data or change data.split.")
+
+
+def _content_key(prefixes: list[str]) -> str:
+    """A digest of the datasets' content (.idx bytes and .bin size), independent of mtime and location."""
+    h = hashlib.sha256()
+    for prefix in prefixes:
+        bin_path, idx_path, _ = dataset_files(prefix)
+        h.update(f"{prefix}\0{bin_path.stat().st_size}\0{idx_path.stat().st_size}\0".encode())
+        with open(idx_path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def index_cache_dir(cache_dir: str | None, prefixes: list[str]) -> str:
+    """Where megatron-core keeps this blend's sample indices: `<cache_dir or data dir/cache>/<content digest>`."""
+    root = Path(cache_dir) if cache_dir else Path(prefixes[0]).parent / "cache"
+    return str(root / _content_key(prefixes))
+
+
+@contextlib.contextmanager
+def _process_group_for_build() -> Iterator[None]:
+    """megatron-core's dataset builders assume torch.distributed (BlendedDataset calls get_rank() unguarded).
+    Without one, a private single-process gloo group stands in for the build and is destroyed afterwards."""
+    if dist.is_initialized():
+        yield
+        return
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# datasets
+
+
+def build_datasets(data_cfg: Any, tokenizer: Tokenizer, *, train_samples: int, valid_samples: int):
+    """(train, valid) megatron datasets with at least these many samples; valid is None when it has no share
+    or valid_samples is 0. Collective: with torch.distributed initialised every rank must call it."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    prefixes, weights = parse_blend(data_cfg.blend)
+    shares = parse_split(data_cfg.split)
+    for prefix in prefixes:
+        _check_dataset(prefix, tokenizer, shares)
+    ensure_dataset_helpers()
+    if train_samples < 1:
+        raise ValueError(f"train_samples={train_samples} must be >= 1.")
+    want_valid = shares[1] > 0 and valid_samples > 0
+    config = GPTDatasetConfig(
+        random_seed=data_cfg.seed,
+        sequence_length=data_cfg.seq_length,
+        blend=(prefixes, weights),
+        split=data_cfg.split,  # as given whatever eval_iters is: the train part must not depend on it
+        path_to_cache=index_cache_dir(data_cfg.cache_dir, prefixes),
+        tokenizer=tokenizer,
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,  # the EOD is a token the student must predict too
+        create_attention_mask=False,  # causal attention builds its own mask; [s, s] per sample is waste
+        mid_level_dataset_surplus=0.05,  # small datasets: give the weighted blend room to draw from
+    )
+    # 0 rather than None for unused splits: megatron-core wants a size for every split of a weighted blend.
+    sizes = [train_samples, valid_samples if want_valid else 0, 0]
+    with _process_group_for_build():
+        train, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
+    return train, (valid if want_valid else None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# sampling and batching
+
+
+class PretrainingBatchSampler:
+    """Micro-batches of sample indices for one data-parallel rank (see the module docstring for the order).
+
+    Yields lists of `micro_batch_size` indices, global batch after global batch, from `consumed_samples` (global
+    count, a multiple of global_batch_size) up to the last full global batch below `total_samples`.
+    """
+
+    def __init__(self, *, total_samples: int, consumed_samples: int, micro_batch_size: int, global_batch_size: int,
+                 dp_rank: int, dp_size: int) -> None:
+        if not 0 <= dp_rank < dp_size:
+            raise ValueError(f"dp_rank={dp_rank} must be in [0, dp_size={dp_size}).")
+        if micro_batch_size < 1 or global_batch_size % (micro_batch_size * dp_size):
+            raise ValueError(f"global_batch_size ({global_batch_size}) must be a multiple of micro_batch_size * "
+                             f"dp_size = {micro_batch_size} * {dp_size}.")
+        if consumed_samples < 0 or consumed_samples % global_batch_size:
+            raise ValueError(f"consumed_samples={consumed_samples} must be a non-negative multiple of "
+                             f"global_batch_size ({global_batch_size}): resume only at optimizer-step boundaries.")
+        self.total_samples = total_samples
+        self.consumed_samples = consumed_samples
+        self.micro_batch_size = micro_batch_size
+        self.global_batch_size = global_batch_size
+        self.dp_rank = dp_rank
+        self.per_rank = global_batch_size // dp_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        mbs = self.micro_batch_size
+        for start in range(self.consumed_samples, self.total_samples - self.global_batch_size + 1,
+                           self.global_batch_size):
+            part = start + self.dp_rank * self.per_rank
+            for offset in range(0, self.per_rank, mbs):
+                yield list(range(part + offset, part + offset + mbs))
+
+    def __len__(self) -> int:
+        steps = max(0, (self.total_samples - self.consumed_samples) // self.global_batch_size)
+        return steps * (self.per_rank // self.micro_batch_size)
+
+
+def collate(samples: list[dict]) -> Batch:
+    """Stack GPTDataset samples into a micro-batch (dropping the blend's `dataset_id`)."""
+    batch = {key: torch.stack([s[key] for s in samples]) for key in BATCH_KEYS}
+    batch["loss_mask"] = batch["loss_mask"].float()
+    return batch
+
+
+def _loader(dataset, sampler: PretrainingBatchSampler, num_workers: int) -> Iterator[Batch]:
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                                         collate_fn=collate, persistent_workers=False)
+    return iter(loader)
+
+
+def build_data_iterators(
+    data_cfg: Any,
+    tokenizer: Tokenizer,
+    *,
+    micro_batch_size: int,
+    global_batch_size: int,
+    dp_rank: int,
+    dp_size: int,
+    train_steps: int,
+    eval_iters: int,
+    consumed_samples: int = 0,
+    num_workers: int = 0,
+) -> tuple[Iterator[Batch], Callable[[], Iterator[Batch]] | None]:
+    """(train iterator, factory of validation iterators) for this data-parallel rank.
+
+    The train iterator yields this rank's micro-batches for optimizer steps consumed_samples / global_batch_size
+    up to train_steps, global_batch_size / (micro_batch_size * dp_size) per step, then stops. Each call of the
+    factory returns a fresh iterator over the same eval_iters global batches of the valid split (this rank's
+    parts); the factory is None when data.split has no valid share or eval_iters is 0. Every batch is a dict of
+    `tokens`, `labels`, `position_ids` ([b, s] int64) and `loss_mask` ([b, s] float32); attention is causal.
+
+    Collective when torch.distributed is initialised: every rank of the default group must call it (all TP/PP
+    ranks of a data-parallel replica pass the same dp_rank and read the same batches).
+    `num_workers` > 0 loads batches in that many DataLoader worker processes.
+    """
+    if train_steps < 1:
+        raise ValueError(f"train_steps={train_steps} must be >= 1.")
+    train_samples = train_steps * global_batch_size
+    if consumed_samples > train_samples:
+        raise ValueError(f"consumed_samples={consumed_samples} is beyond the run's {train_samples} samples "
+                         f"(train_steps * global_batch_size); raise optim.train_steps to train further.")
+    train_ds, valid_ds = build_datasets(data_cfg, tokenizer, train_samples=train_samples,
+                                        valid_samples=max(0, eval_iters) * global_batch_size)
+    common = dict(micro_batch_size=micro_batch_size, global_batch_size=global_batch_size, dp_rank=dp_rank,
+                  dp_size=dp_size)
+    train_iter = _loader(train_ds, PretrainingBatchSampler(total_samples=train_samples,
+                                                           consumed_samples=consumed_samples, **common),
+                         num_workers)
+    if valid_ds is None:
+        return train_iter, None
+    valid_samples = eval_iters * global_batch_size
+
+    def make_valid_iter() -> Iterator[Batch]:
+        return _loader(valid_ds, PretrainingBatchSampler(total_samples=valid_samples, consumed_samples=0, **common),
+                       num_workers)
+
+    return train_iter, make_valid_iter
