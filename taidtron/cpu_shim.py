@@ -18,6 +18,9 @@ in taidtron patches a library.
 6. Sequence parallel with the local spec: megatron's `WrappedTorchNorm` asserts `not sequence_parallel`; we
    use `SequenceParallelTorchNorm` (in `taidtron.models`), built on torch RMSNorm with its parameters tagged
    `sequence_parallel` so their grads are all-reduced over TP (see `taidtron/models/gpt.py`).
+7. dist_checkpointing's writer creates its results queue through a *spawn* multiprocessing Manager on the first
+   save of each process: 5-12 s on CPU, and it re-imports `__main__`. A fork-context Manager does the same job in
+   ~0.4 s; forking is safe here because a CPU process has no CUDA context.
 """
 
 from __future__ import annotations
@@ -81,6 +84,13 @@ def install() -> None:
     # 2. and 3.
     torch.cuda.current_device = lambda: _CPU
     torch.cuda.synchronize = lambda device=None: None
+    # 7.
+    import multiprocessing
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        filesystem_async._results_queue = multiprocessing.get_context("fork").Manager().Queue()
     # 4. and 5. A process-wide mode; entering it here and never leaving is intentional.
     _CudaToCpu().__enter__()
     _INSTALLED = True

@@ -295,3 +295,77 @@ class StopSignal:
 
 
 PREEMPTED_EXIT_CODE = 75
+
+
+def fit(cfg: TrainConfig, ctx: ParallelContext) -> int:
+    """The whole run: build, resume, train with periodic eval/checkpoints, final eval and save. Returns the
+    process exit code: 0 when done, PREEMPTED_EXIT_CODE after a signal-triggered save."""
+    from pathlib import Path
+
+    from taidtron import checkpoint
+    from taidtron.config import save_config
+    from taidtron.data import build_data_iterators, load_shared_tokenizer
+    from taidtron.metrics import MetricsLogger, peak_flops_per_gpu
+
+    tokenizer = load_shared_tokenizer(cfg.data)
+    trainer = Trainer(cfg, ctx, vocab_size=tokenizer.vocab_size)
+    student = trainer.model.module.student
+    run_dir = Path(cfg.logging.run_dir)
+    ckpt_dir = Path(cfg.checkpoint.dir or run_dir / "checkpoints")
+    latest = checkpoint.find_latest(ckpt_dir) if cfg.checkpoint.resume else None
+    if latest is not None:
+        meta = checkpoint.load_checkpoint(latest, model=student, optimizer=trainer.optimizer)
+        checkpoint.check_teacher_unchanged(meta.get("teacher_source"), trainer.teacher_source)
+        trainer.load_state_dict(meta["trainer"])
+    if ctx.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+
+    train_iter, make_valid_iter = build_data_iterators(
+        cfg.data, tokenizer, micro_batch_size=cfg.parallel.micro_batch_size,
+        global_batch_size=cfg.parallel.global_batch_size, dp_rank=ctx.dp_rank, dp_size=ctx.dp,
+        train_steps=cfg.optim.train_steps, eval_iters=cfg.logging.eval_iters,
+        consumed_samples=trainer.consumed_samples)
+    logger = MetricsLogger(cfg.logging, enabled=ctx.is_main, total_steps=cfg.optim.train_steps,
+                           start_step=trainer.step, config_dict=cfg.to_dict())
+    if latest is not None:
+        logger.write_console(f"resumed from {latest} at step {trainer.step} (t={trainer.schedule.t:.4f})")
+    peak_flops = peak_flops_per_gpu(torch.cuda.get_device_name() if ctx.device.type == "cuda" else None)
+    # Model FLOPs per token: 6N for the student (forward + backward), 2N for the teacher (forward only).
+    flops_per_token = 6 * trainer.student_params + 2 * trainer.teacher_params
+
+    def save() -> None:
+        meta = {"trainer": trainer.state_dict(), "has_optimizer": True, "config": cfg.to_dict(),
+                "model": cfg.to_dict()["student"], "padded_vocab_size": trainer.padded_vocab_size,
+                "tokenizer_fingerprint": tokenizer.fingerprint(), "teacher_source": trainer.teacher_source}
+        path = checkpoint.save_checkpoint(ckpt_dir, trainer.step, model=student, optimizer=trainer.optimizer,
+                                          meta=meta, keep_last=cfg.checkpoint.keep_last)
+        logger.write_console(f"saved {path}")
+
+    stop = StopSignal()
+    try:
+        while trainer.step < cfg.optim.train_steps:
+            result = trainer.train_step(train_iter)
+            tokens_per_s = result.tokens / result.seconds
+            row = {"step": trainer.step, "consumed_samples": trainer.consumed_samples,
+                   "consumed_tokens": trainer.consumed_samples * cfg.data.seq_length, "loss": result.loss,
+                   "taid_t": result.taid_t, "lr": result.lr, "grad_norm": result.grad_norm,
+                   "tokens_per_s": tokens_per_s, "step_time_s": result.seconds}
+            if peak_flops:
+                row["mfu"] = flops_per_token * tokens_per_s / (peak_flops * ctx.world_size)
+            logger.log(row)
+            if make_valid_iter and cfg.logging.eval_interval and trainer.step % cfg.logging.eval_interval == 0:
+                logger.log_eval({"step": trainer.step, **trainer.evaluate(make_valid_iter(), cfg.logging.eval_iters)})
+            preempted = stop.agreed(ctx)
+            periodic = cfg.checkpoint.save_interval and trainer.step % cfg.checkpoint.save_interval == 0
+            if preempted or periodic or trainer.step == cfg.optim.train_steps:
+                save()
+            if preempted:
+                logger.write_console(f"signal {stop.received}: saved at step {trainer.step}; exiting with "
+                                     f"{PREEMPTED_EXIT_CODE} so the job is requeued")
+                return PREEMPTED_EXIT_CODE
+        if make_valid_iter:
+            final = trainer.evaluate(make_valid_iter(), cfg.logging.eval_iters)
+            logger.log_eval({"step": trainer.step, "final": True, **final})
+        return 0
+    finally:
+        logger.close()

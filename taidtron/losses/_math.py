@@ -69,12 +69,12 @@ def taid_chunk_stats(
     z2.sub_(m_z2)
     if with_entropy:
         e_z = torch.exp2(z2, out=work[2, :n])  # the entropy term needs z - m_z and its exp side by side
-        B2 = torch.linalg.vecdot(e_z, z2)
+        B2 = z2.mul_(e_z).sum(dim=-1)  # products in place: no temporary beyond the workspace
     else:
         e_z = z2.exp2_()  # exp(z - m_z)
-    d_s2 = torch.add(m_s2.neg(), s, alpha=LOG2E, out=work[1, :n])  # log2(e) * (s - m_s), fp32
-    A2 = torch.linalg.vecdot(e_z, d_s2)
     Z_z = e_z.sum(dim=-1)
+    d_s2 = torch.add(m_s2.neg(), s, alpha=LOG2E, out=work[1, :n])  # log2(e) * (s - m_s), fp32
+    A2 = e_z.mul_(d_s2).sum(dim=-1)  # e_z is not needed after this
     Z_s = d_s2.exp2_().sum(dim=-1)
     sums = [Z_z, Z_s, A2, B2] if with_entropy else [Z_z, Z_s, A2]
     return torch.cat([m_z2, m_s2], dim=-1), torch.stack(sums, dim=-1)

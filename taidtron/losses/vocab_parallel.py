@@ -34,10 +34,12 @@ from taidtron.losses import _math
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-# Default chunk: about this many logits per chunk, so one fp32 temporary is ~1 MiB per column-thousand of tokens
-# and stays cache-resident on a CPU (measured best on the benchmark in docs/losses.md), small next to the
-# gradient on a GPU. Set chunk_tokens explicitly to override.
-_CHUNK_ELEMENTS = 1 << 18
+# Default chunk size, in logits per chunk (chunk_tokens = this // V_local). CPU: 2**20 (4 MiB per fp32 buffer)
+# keeps the chunk's two buffers near the caches, the best setting in the benchmark of docs/losses.md. GPU: 2**26
+# (256 MiB per buffer) keeps the number of kernel launches small while the temporaries stay far below the
+# gradient. Set chunk_tokens to override.
+_CHUNK_ELEMENTS = {"cpu": 1 << 20}
+_CHUNK_ELEMENTS_ACCELERATOR = 1 << 26
 
 
 # ---- argument handling --------------------------------------------------------------------------------------------
@@ -77,7 +79,8 @@ def _check_inputs(student: torch.Tensor, teacher: torch.Tensor, vocab_size: int 
             "tensor-parallel ranks); pass the tokenizer's true vocabulary size."
         )
     if chunk_tokens is None:
-        chunk_tokens = max(1, _CHUNK_ELEMENTS // local_vocab)
+        budget = _CHUNK_ELEMENTS.get(student.device.type, _CHUNK_ELEMENTS_ACCELERATOR)
+        chunk_tokens = max(1, budget // local_vocab)
     elif not isinstance(chunk_tokens, int) or chunk_tokens < 1:
         raise ValueError(f"chunk_tokens={chunk_tokens!r} must be a positive int (or None for automatic).")
     return rank, world, _math.valid_columns(vocab_size, local_vocab, rank), chunk_tokens
@@ -207,7 +210,7 @@ def vocab_parallel_taid_loss(
         vocab_size: true vocabulary (global columns >= vocab_size are padding). None: no padding.
         group: tensor-parallel process group; None for no tensor parallelism.
         chunk_tokens: tokens per chunk (bounds the fp32 temporaries to 2 x chunk_tokens x V_local).
-            None: about 2**18 logits per chunk.
+            None: about 2**20 logits per chunk on CPU, 2**26 on a GPU.
     Returns:
         fp32 [...] per-token loss, the same on every rank of `group`.
     Collectives: forward one MAX all-reduce of [tokens, 2] and one SUM all-reduce of [tokens, 3]; backward none.
