@@ -229,37 +229,47 @@ def vocab_parallel_fkl_loss(student_logits, teacher_logits, *, vocab_size=None, 
 # ---- baselines: autograd through a vocab-parallel log-softmax -----------------------------------------------------
 
 
-class _VocabParallelLogSumExp(torch.autograd.Function):
-    """log sum_v exp(x_v) over the vocabulary sharded on `group`. x: [n, v] fp32 valid columns (v may be 0); out [n].
+class _VocabParallelLogSumExpPair(torch.autograd.Function):
+    """log sum_v exp(.) of the student and of the teacher over the vocabulary sharded on `group`, in one go.
 
-    Forward: MAX all-reduce [n] and SUM all-reduce [n]. Backward: SUM all-reduce [n] of the incoming gradient (each
-    rank uses the lse only in its own vocabulary terms, so the total derivative is the sum over ranks), then
-    grad_x = exp(x - lse) * g locally. Saves x (reference) and lse [n].
+    student: [n, v] fp32 valid columns (v may be 0); teacher: [n, v] any float dtype. Returns (lse_s, lse_T),
+    [n] fp32 each; lse_T is not differentiable.
+    Forward: one MAX all-reduce of [n, 2] and one SUM all-reduce of [n, 2]. Backward: one SUM all-reduce [n] of
+    the incoming gradient (each rank uses lse_s only in its own vocabulary terms, so the total derivative is the
+    sum over ranks), then grad_s = exp(s - lse_s) * g locally. Saves the student chunk (reference) and lse_s.
     """
 
     @staticmethod
-    def forward(ctx, x, group):
-        if x.shape[1] > 0:
-            m = x.amax(dim=-1)
+    def forward(ctx, student, teacher, group):
+        n, v = student.shape
+        if v > 0:
+            m = torch.stack([student.amax(dim=-1), teacher.amax(dim=-1).float()], dim=-1)  # [n, 2]
         else:
-            m = torch.full(x.shape[:1], -math.inf, dtype=torch.float32, device=x.device)
+            m = torch.full((n, 2), -math.inf, dtype=torch.float32, device=student.device)
         if group is not None:
             torch.distributed.all_reduce(m, op=torch.distributed.ReduceOp.MAX, group=group)
-        sumexp = torch.sub(x, m.unsqueeze(-1)).exp_().sum(dim=-1) if x.shape[1] > 0 else torch.zeros_like(m)
+        if v > 0:
+            sumexp = torch.stack(
+                [torch.sub(x, m[:, i : i + 1]).exp_().sum(dim=-1) for i, x in enumerate((student, teacher))], dim=-1
+            )
+        else:
+            sumexp = torch.zeros_like(m)
         if group is not None:
             torch.distributed.all_reduce(sumexp, op=torch.distributed.ReduceOp.SUM, group=group)
-        lse = m + sumexp.log()
-        ctx.save_for_backward(x, lse)
+        lse = m + sumexp.log()  # [n, 2]
+        lse_s, lse_t = lse[:, 0].contiguous(), lse[:, 1].contiguous()
+        ctx.save_for_backward(student, lse_s)
         ctx.group = group
-        return lse
+        ctx.mark_non_differentiable(lse_t)
+        return lse_s, lse_t
 
     @staticmethod
-    def backward(ctx, grad_lse):
-        x, lse = ctx.saved_tensors
-        g = grad_lse.float().clone()
+    def backward(ctx, grad_lse_s, grad_lse_t):
+        student, lse_s = ctx.saved_tensors
+        g = grad_lse_s.float().clone()
         if ctx.group is not None:
             torch.distributed.all_reduce(g, op=torch.distributed.ReduceOp.SUM, group=ctx.group)
-        return torch.sub(x, lse.unsqueeze(-1)).exp_().mul_(g.unsqueeze(-1)), None
+        return torch.sub(student, lse_s.unsqueeze(-1)).exp_().mul_(g.unsqueeze(-1)), None, None
 
 
 class _SumOverVocabShards(torch.autograd.Function):
@@ -277,16 +287,12 @@ class _SumOverVocabShards(torch.autograd.Function):
         return grad, None
 
 
-def _log_softmax(x: torch.Tensor, group) -> torch.Tensor:
-    """fp32 log-softmax of this rank's valid columns over the sharded vocabulary, differentiable."""
-    x = x.float()  # one cast, so both gradient paths add up in fp32 and are rounded to the logits' dtype once
-    return x - _VocabParallelLogSumExp.apply(x, group).unsqueeze(-1)
-
-
 def _divergence_chunk(student, teacher, group, terms, options):
-    log_q = _log_softmax(student, group)  # [n, v] fp32
-    with torch.no_grad():
-        log_p = _log_softmax(teacher, group)
+    """Per-token divergence of one chunk: fp32 log-softmaxes over the sharded vocabulary, then sum over ranks."""
+    student = student.float()  # one cast, so all gradient paths add up in fp32 and round to the logits' dtype once
+    lse_s, lse_t = _VocabParallelLogSumExpPair.apply(student, teacher, group)
+    log_q = student - lse_s.unsqueeze(-1)  # [n, v] fp32, differentiable
+    log_p = teacher.float() - lse_t.unsqueeze(-1)  # [n, v] fp32, constant
     return _SumOverVocabShards.apply(terms(log_p, log_q, **options).sum(dim=-1), group)
 
 
@@ -295,13 +301,15 @@ def _vocab_parallel_divergence(student_logits, teacher_logits, vocab_size, group
 
     With gradients on, each chunk runs under activation checkpointing, so only the logits are kept between forward
     and backward and the fp32 temporaries are bounded by one chunk (recomputed in the backward). Collectives per
-    chunk: forward 5 all-reduces of [chunk] (2 per log-softmax, 1 for the sum); backward 2 more ([chunk] each) for
-    the recompute and 1 for the log-sum-exp gradient.
+    chunk: forward 3 all-reduces (MAX [chunk, 2], SUM [chunk, 2] for both log-softmaxes, SUM [chunk] of the
+    partial divergences); backward 3 (the recompute's MAX and SUM, and SUM [chunk] of the log-sum-exp gradient).
     """
     _, _, n_valid, chunk_tokens = _check_inputs(student_logits, teacher_logits, vocab_size, group, chunk_tokens)
     lead, local_vocab = student_logits.shape[:-1], student_logits.shape[-1]
-    student = student_logits.reshape(-1, local_vocab)[:, :n_valid]
-    teacher = teacher_logits.detach().reshape(-1, local_vocab)[:, :n_valid]
+    student = student_logits.reshape(-1, local_vocab)
+    teacher = teacher_logits.detach().reshape(-1, local_vocab)
+    if n_valid < local_vocab:  # drop padding columns (only then: a slice's backward allocates a zero-filled copy)
+        student, teacher = student[:, :n_valid], teacher[:, :n_valid]
     grad_needed = torch.is_grad_enabled() and student.requires_grad
     losses = []
     for s_chunk, t_chunk in zip(torch.split(student, chunk_tokens), torch.split(teacher, chunk_tokens)):

@@ -164,3 +164,5 @@ def test_tp4_matches_unsharded_reference_with_uneven_vocab_and_an_all_padding_ra
 def test_tp_forward_uses_one_max_and_one_sum_all_reduce_and_backward_none():
     out = run_torchrun(WORKER, 2, "count")
     assert out.count("OK collectives forward=[MAX (21, 2), SUM (21, 3)] backward=[]") == 2
+    assert out.count("OK fkl collectives forward=[MAX (21, 2), SUM (21, 4)] backward=[]") == 2
+    assert out.count("OK rkl collectives forward=15 backward=15") == 2  # baselines: 3 per chunk each way

@@ -111,18 +111,31 @@ def main(mode: str) -> None:
 
         pair_group = group
         student, teacher = make_logits((SEQ, BATCH), "wide", seed=23)
-        s = shard(student, rank, world).requires_grad_(True)
-        torch.distributed.all_reduce = counting_all_reduce
-        try:
-            loss = vocab_parallel_taid_loss(s, shard(teacher, rank, world), 0.4, vocab_size=VOCAB, group=group,
-                                            chunk_tokens=CHUNK)
+
+        def count(fn):
+            s = shard(student, rank, world).requires_grad_(True)
+            calls.clear()
+            loss = fn(s, shard(teacher, rank, world))
             forward = list(calls)
             calls.clear()
             loss.mean().backward()
-            backward = list(calls)
+            return forward, list(calls)
+
+        torch.distributed.all_reduce = counting_all_reduce
+        try:
+            forward, backward = count(lambda s, te: vocab_parallel_taid_loss(
+                s, te, 0.4, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK))
+            fkl_forward, fkl_backward = count(lambda s, te: LOSSES["fkl"](
+                s, te, t=0.4, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK))
+            rkl_forward, rkl_backward = count(lambda s, te: LOSSES["rkl"](
+                s, te, t=0.4, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK))
         finally:
             torch.distributed.all_reduce = original
         print(f"OK collectives forward=[{', '.join(forward)}] backward=[{', '.join(backward)}]", flush=True)
+        print(f"OK fkl collectives forward=[{', '.join(fkl_forward)}] backward=[{', '.join(fkl_backward)}]",
+              flush=True)
+        # baselines: 3 per chunk each way (21 tokens in chunks of 5 -> 5 chunks)
+        print(f"OK rkl collectives forward={len(rkl_forward)} backward={len(rkl_backward)}", flush=True)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 
