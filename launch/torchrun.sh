@@ -19,8 +19,9 @@ CONFIG="$1"; shift
 PYTHON="${PYTHON:-python}"
 NPROC="${NPROC:-$("$PYTHON" -c 'import torch; print(torch.cuda.device_count() or 1)')}"
 # Forward SIGUSR1 too (torchrun handles TERM/INT/HUP/QUIT only by default) and give the ranks time to save before
-# torchrun escalates to SIGKILL (its default is 30 s). Environment variables, so older torchruns just ignore them.
-export TORCHELASTIC_SIGNALS_TO_HANDLE="${TORCHELASTIC_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}"
+# torchrun escalates to SIGKILL (its default is 30 s). These are the environment forms of torchrun's
+# --signals-to-handle / --shutdown-timeout (torch >= 2.8), so older torchruns just ignore them.
+export PET_SIGNALS_TO_HANDLE="${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}"
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-600}"
 export PYTHONUNBUFFERED=1
 if [ -z "${OMP_NUM_THREADS:-}" ]; then   # split the cores between the ranks instead of oversubscribing them

@@ -204,13 +204,16 @@ start_cluster
 pass "local SLURM cluster up: $(sinfo -h -o '%P %D node(s) %c CPUs %T')"
 
 # The job environment is this one (sbatch exports it): the venv's python, no GPU (gloo), no wandb network.
-export PYTHON CUDA_VISIBLE_DEVICES="" WANDB_MODE=offline PYTHONPATH="${SLURM_TEST_PYTHONPATH:-}"
+export PYTHON CUDA_VISIBLE_DEVICES="" WANDB_MODE=disabled
+# configs/smoke.yaml with a random teacher (its pretrained one comes from `make smoke-test`; this test checks the
+# launch, stop and resume path, not learning), a short warm-up, no wandb and no periodic validation.
+COMMON=(teacher.init=null optim.warmup_steps=1 logging.wandb_mode=disabled logging.eval_interval=0)
 
 # (a) smoke -----------------------------------------------------------------------------------------------------
 RUN_A="$T/runs/smoke"
 say "(a) smoke: sbatch --wait launch/slurm/smoke.sbatch, $SMOKE_STEPS steps"
 rc=0
-JOB_A="$(submit smoke --wait -- optim.train_steps="$SMOKE_STEPS" checkpoint.save_interval=2 \
+JOB_A="$(submit smoke --wait -- "${COMMON[@]}" optim.train_steps="$SMOKE_STEPS" checkpoint.save_interval=2 \
     logging.run_dir="$RUN_A")" || rc=$?
 JOB_A="${JOB_A%%;*}"
 SUBMITTED+=("$JOB_A")
@@ -227,7 +230,8 @@ pass "(a) final checkpoint $RUN_A/checkpoints/$(cat "$RUN_A/checkpoints/latest")
 # (b) preemption ------------------------------------------------------------------------------------------------
 RUN_B="$T/runs/preempt"
 say "(b) preemption: $PREEMPT_STEPS-step job, SIGUSR1 after $PREEMPT_AFTER logged steps"
-JOB_B="$(submit preempt -- optim.train_steps="$PREEMPT_STEPS" checkpoint.save_interval=0 logging.run_dir="$RUN_B")"
+JOB_B="$(submit preempt -- "${COMMON[@]}" optim.train_steps="$PREEMPT_STEPS" checkpoint.save_interval=0 \
+    logging.run_dir="$RUN_B")"
 JOB_B="${JOB_B%%;*}"
 SUBMITTED+=("$JOB_B")
 for _ in $(seq 600); do
@@ -274,7 +278,7 @@ say "(c) launch/slurm/pretrain.sbatch --nodes=1 --gpus-per-node=2 (job shape fro
 rc=0
 JOB_C="$(CONFIG="${SMOKE_CONFIG:-configs/smoke.yaml}" LOG_ROOT="$T/logs" sbatch --parsable --wait --nodes=1 \
     --gpus-per-node=2 --time=10 --job-name=pretrain --chdir="$REPO" --output="$T/jobs/%x-%j.out" \
-    "$REPO/launch/slurm/pretrain.sbatch" optim.train_steps=2 logging.run_dir="$RUN_C")" || rc=$?
+    "$REPO/launch/slurm/pretrain.sbatch" "${COMMON[@]}" optim.train_steps=2 logging.run_dir="$RUN_C")" || rc=$?
 JOB_C="${JOB_C%%;*}"
 SUBMITTED+=("$JOB_C")
 state="$(job_field "$JOB_C" JobState)"
