@@ -86,11 +86,19 @@ def install() -> None:
     torch.cuda.synchronize = lambda device=None: None
     # 7.
     import multiprocessing
+    import signal
 
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
     if filesystem_async._results_queue is None:
-        filesystem_async._results_queue = multiprocessing.get_context("fork").Manager().Queue()
+        # The Manager process must survive the SIGUSR1/SIGTERM that SLURM or torchrun send to the whole job step
+        # on preemption, since the save that follows needs it: it inherits "ignore" for both.
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+        try:
+            filesystem_async._results_queue = multiprocessing.get_context("fork").Manager().Queue()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     # 4. and 5. A process-wide mode; entering it here and never leaving is intentional.
     _CudaToCpu().__enter__()
     _INSTALLED = True

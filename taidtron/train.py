@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.validate_layout(ctx.world_size)
         seed_everything(cfg.seed, ctx)
         return fit(cfg, ctx)
-    except ConfigError as exc:
-        print(f"taidtron: configuration error: {exc}", file=sys.stderr)
+    except ValueError as exc:  # ConfigError, CheckpointError, tokenizer/data errors: the user must change something
+        print(f"taidtron: error: {exc}", file=sys.stderr)
         return 2
     finally:
         destroy_distributed()

@@ -1,0 +1,98 @@
+"""torchrun worker: a few TAID optimizer steps on fixed synthetic batches at the layout given by overrides.
+
+    step_worker.py OUT_DIR init STUDENT_INIT TEACHER_INIT            (world of 1: write random init checkpoints)
+    step_worker.py OUT_DIR train STUDENT_INIT TEACHER_INIT [k=v ...]  (train, save the student, write results)
+
+Every rank checks on its own that the teacher never changes, is in eval mode and has no optimizer state, and that
+t is identical on every rank after each step. Rank 0 writes OUT_DIR/results.json; the student after the steps is
+saved to OUT_DIR/student (dist checkpoint, comparable across layouts).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from taidtron import checkpoint
+from taidtron.config import load_config
+from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
+from taidtron.trainer import Trainer
+
+VOCAB = 250  # true vocabulary; both models pad to 256 (128 * tp), so padded columns take part in every test
+BASE = [
+    "student.num_layers=4", "student.hidden_size=64", "student.num_attention_heads=4", "student.num_query_groups=2",
+    "student.ffn_hidden_size=128", "student.vocab_size=250", "student.tie_embeddings=true",
+    "teacher.family=qwen2", "teacher.num_layers=4", "teacher.hidden_size=96", "teacher.num_attention_heads=4",
+    "teacher.num_query_groups=2", "teacher.ffn_hidden_size=160", "teacher.vocab_size=250",
+    "data.seq_length=32", "parallel.micro_batch_size=2", "parallel.global_batch_size=8",
+    "optim.lr=1e-2", "optim.min_lr=1e-3", "optim.warmup_steps=0", "optim.train_steps=20", "optim.clip_grad=1.0",
+    # Adam turns rounding noise in near-zero gradients into full-size updates (g / sqrt(v) ~ sign(g)); a larger
+    # eps keeps updates proportional to small gradients, so the weight comparison tests the gradients themselves.
+    "optim.adam_eps=1e-3",
+    "taid.alpha=0.05",  # large, so the adaptive term (not only the linear floor) moves t within a few steps
+]
+STEPS = 3
+
+
+def synthetic_batches(ctx, global_batch: int, micro_batch: int, seq: int, seed: int = 0):
+    """The same global batches for every layout; data-parallel rank r takes the r-th contiguous part."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        tokens = torch.randint(0, VOCAB, (global_batch, seq + 1), generator=generator)
+        loss_mask = (torch.rand(global_batch, seq, generator=generator) > 0.2).float()  # ignored positions too
+        part = slice(ctx.dp_rank * global_batch // ctx.dp, (ctx.dp_rank + 1) * global_batch // ctx.dp)
+        tokens, loss_mask = tokens[part], loss_mask[part]
+        for start in range(0, tokens.shape[0], micro_batch):
+            chunk = tokens[start:start + micro_batch]
+            yield {"tokens": chunk[:, :-1], "labels": chunk[:, 1:], "loss_mask": loss_mask[start:start + micro_batch],
+                   "position_ids": torch.arange(seq).expand(chunk.shape[0], -1)}
+
+
+def main() -> None:
+    out_dir, mode, student_init, teacher_init, *overrides = sys.argv[1:]
+    out_dir = Path(out_dir)
+    init_overrides = [] if mode == "init" else [f"student.init={student_init}", f"teacher.init={teacher_init}"]
+    cfg = load_config(None, BASE + init_overrides + overrides)
+    ctx = init_distributed(cfg.parallel)
+    cfg.validate_layout(ctx.world_size)
+    seed_everything(cfg.seed, ctx)
+    trainer = Trainer(cfg, ctx, vocab_size=VOCAB)
+    pair = trainer.model.module
+    if mode == "init":
+        assert ctx.world_size == 1
+        checkpoint.save_checkpoint(student_init, 0, model=pair.student, meta={"has_optimizer": False})
+        checkpoint.save_checkpoint(teacher_init, 0, model=pair.teacher, meta={"has_optimizer": False})
+        destroy_distributed()
+        return
+
+    teacher_before = {k: v.detach().clone() for k, v in pair.teacher.state_dict().items() if torch.is_tensor(v)}
+    optimizer_params = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    batches = synthetic_batches(ctx, cfg.parallel.global_batch_size, cfg.parallel.micro_batch_size,
+                                cfg.data.seq_length)
+    results = {"loss": [], "taid_t": [], "grad_norm": []}
+    for _ in range(STEPS):
+        step = trainer.train_step(batches)
+        t_all = [None] * ctx.world_size
+        dist.all_gather_object(t_all, step.taid_t)
+        assert len(set(t_all)) == 1, f"t differs across ranks: {t_all}"
+        for key in results:
+            results[key].append(getattr(step, key))
+
+    teacher_after = {k: v for k, v in pair.teacher.state_dict().items() if torch.is_tensor(v)}
+    assert all(torch.equal(teacher_before[k], teacher_after[k]) for k in teacher_before), "teacher weights changed"
+    assert not pair.teacher.training, "teacher left eval mode"
+    assert not any(p.requires_grad for p in pair.teacher.parameters()), "teacher parameters require grad"
+    assert not any(id(p) in optimizer_params for p in pair.teacher.parameters()), "teacher is in the optimizer"
+    checkpoint.save_checkpoint(out_dir / "student", trainer.step, model=pair.student, meta={"has_optimizer": False})
+    if ctx.is_main:
+        results["world_size"] = ctx.world_size
+        (out_dir / "results.json").write_text(json.dumps(results))
+    destroy_distributed()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""One layout-independent training run: every tp/pp/dp mix that fits in 4 ranks gives the loss, t and updated student
+weights of tp = pp = dp = 1 (real gloo collectives and pipeline p2p, megatron DDP + distributed optimizer).
+
+Teacher and student start from the same checkpoints in every layout (random init depends on the layout), written
+once at tp = pp = 1. The updated students are compared as full tensors read back from their dist checkpoints with
+torch's own DCP reader, independent of taidtron and megatron.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+from conftest import run_torchrun
+
+WORKER = Path(__file__).with_name("step_worker.py")
+LAYOUTS = {
+    "tp2_pp2": (4, ["parallel.tp=2", "parallel.pp=2"]),
+    "tp2_dp2_sequence_parallel": (4, ["parallel.tp=2", "parallel.sequence_parallel=true"]),
+    "pp2_dp2": (4, ["parallel.pp=2"]),
+    "dp4_no_distributed_optimizer": (4, ["parallel.distributed_optimizer=false"]),
+    "pp4_micro_batch_1": (4, ["parallel.pp=4", "parallel.micro_batch_size=1"]),
+}
+
+
+def _full_weights(directory: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
+    from taidtron.checkpoint import resolve_iteration_dir
+
+    out = tmp_path / f"{directory.parent.name}.pt"
+    dcp_to_torch_save(resolve_iteration_dir(directory), out)
+    state = torch.load(out, weights_only=False)
+    return {k: v for k, v in state.items() if torch.is_tensor(v) and not k.endswith("_extra_state")}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("equivalence")
+    student_init, teacher_init = root / "student_init", root / "teacher_init"
+    run_torchrun(WORKER, 1, str(root), "init", str(student_init), str(teacher_init))
+    ref_dir = root / "tp1_pp1_dp1"
+    ref_dir.mkdir()
+    run_torchrun(WORKER, 1, str(ref_dir), "train", str(student_init), str(teacher_init))
+    return root, json.loads((ref_dir / "results.json").read_text()), ref_dir
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_layout_matches_single_process_loss_t_and_updated_student(layout, reference, tmp_path):
+    root, ref, ref_dir = reference
+    nproc, overrides = LAYOUTS[layout]
+    out = root / layout
+    out.mkdir()
+    run_torchrun(WORKER, nproc, str(out), "train", str(root / "student_init"), str(root / "teacher_init"), *overrides)
+    got = json.loads((out / "results.json").read_text())
+
+    assert got["world_size"] == nproc
+    torch.testing.assert_close(torch.tensor(got["loss"]), torch.tensor(ref["loss"]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(got["grad_norm"]), torch.tensor(ref["grad_norm"]), rtol=1e-4, atol=1e-7)
+    assert got["taid_t"] == pytest.approx(ref["taid_t"], rel=1e-9, abs=1e-12)
+
+    initial = _full_weights(root / "student_init", tmp_path)
+    expected = _full_weights(ref_dir / "student", tmp_path)
+    actual = _full_weights(out / "student", tmp_path)
+    assert actual.keys() == expected.keys()
+    moved = max((expected[k] - initial[k]).abs().max().item() for k in expected)
+    assert moved > 1e-3, "the reference run did not move the weights; the comparison would be vacuous"
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-4, atol=2e-5, msg=lambda m: f"{key}: {m}")
+
+
+@pytest.mark.multiprocess
+def test_t_starts_at_t_start_and_rises_monotonically_above_the_linear_floor(reference):
+    _, ref, _ = reference
+    t = ref["taid_t"]
+    assert t[0] == 0.4  # the first update only records the loss
+    linear_floor = [0.4 + 0.6 * step / 20 for step in (2, 3)]
+    assert all(b > a for a, b in zip(t, t[1:]))
+    assert all(value >= floor - 1e-12 for value, floor in zip(t[1:], linear_floor))

@@ -1,0 +1,89 @@
+"""The real entry point (`python -m taidtron.train`) on the shipped smoke corpus: a short run learns, logs every
+step, and bad configurations stop it with one clear message (exit code 2) before any training."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, free_port
+
+TINY = [
+    "student.num_layers=2", "student.hidden_size=64", "student.num_attention_heads=4", "student.num_query_groups=2",
+    "student.ffn_hidden_size=128", "teacher.num_layers=2", "teacher.hidden_size=96", "teacher.num_attention_heads=4",
+    "teacher.num_query_groups=2", "teacher.ffn_hidden_size=192", "teacher.init=null", "data.seq_length=64",
+    "parallel.micro_batch_size=4", "parallel.global_batch_size=8", "logging.wandb_mode=disabled",
+]
+
+
+def run_train(*args: str, nproc: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TAIDTRON_NO_PROGRESS": "1",
+           "PYTHONPATH": str(REPO_ROOT)}
+    launcher = [sys.executable, "-m", "taidtron.train"] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
+        "-m", "taidtron.train"]
+    return subprocess.run([*launcher, "--config", "configs/smoke.yaml", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("short_run")
+    proc = run_train(*TINY, "optim.train_steps=40", "optim.warmup_steps=4", "optim.lr=5e-3",
+                     "checkpoint.save_interval=20", "logging.eval_interval=20", "logging.eval_iters=2",
+                     f"logging.run_dir={run_dir}", nproc=2)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return run_dir, rows
+
+
+@pytest.mark.multiprocess
+def test_metrics_jsonl_has_one_row_per_optimizer_step_with_the_documented_fields(short_run):
+    _, rows = short_run
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    for key in ("consumed_tokens", "loss", "taid_t", "lr", "grad_norm", "tokens_per_s"):
+        assert all(key in r for r in rows), key
+    assert rows[-1]["consumed_tokens"] == 40 * 8 * 64
+
+
+@pytest.mark.multiprocess
+def test_short_data_parallel_run_lowers_the_loss_and_raises_t_monotonically(short_run):
+    _, rows = short_run
+    first = sum(r["loss"] for r in rows[:5]) / 5
+    last = sum(r["loss"] for r in rows[-5:]) / 5
+    assert last < first - 0.1, (first, last)
+    t = [r["taid_t"] for r in rows]
+    assert t[0] == 0.4 and t[-1] <= 1.0
+    assert all(b >= a for a, b in zip(t, t[1:]))
+
+
+@pytest.mark.multiprocess
+def test_run_writes_config_validation_and_periodic_checkpoints(short_run):
+    run_dir, _ = short_run
+    assert (run_dir / "config.yaml").is_file()
+    evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [20, 40, 40]
+    assert all(e["valid_student_lm_loss"] > 0 and e["valid_teacher_lm_loss"] > 0 for e in evals)
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "iter_0000040"
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("iter_*")) == ["iter_0000020", "iter_0000040"]
+
+
+@pytest.mark.parametrize("override, message", [
+    (["optim.lrr=1"], "unknown config key(s) optim.lrr"),
+    (["parallel.tp=3"], "parallel.tp * parallel.pp"),
+    (["taid.loss=kl"], "taid.loss='kl' is unknown"),
+    (["taid.t_start=0.9", "taid.t_end=0.5"], "taid.t_start"),
+    (["parallel.global_batch_size=6"], "parallel.global_batch_size (6) must be a multiple"),
+    (["data.tokenizer=missing.model"], "missing.model"),
+])
+def test_invalid_configuration_stops_with_one_clear_message(override, message):
+    proc = run_train(*TINY, *override)
+    assert proc.returncode != 0
+    assert proc.returncode == 2
+    assert message in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
