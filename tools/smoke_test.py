@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def pretrain_teacher(config_path: Path, out_dir: Path, steps: int, lr: float) -> dict:
+def pretrain_teacher(config_path: Path, overrides: list[str], out_dir: Path, steps: int, lr: float) -> dict:
     """Plain next-token training of the config's teacher section, single process; saves a taidtron checkpoint."""
     import torch
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
@@ -33,7 +33,7 @@ def pretrain_teacher(config_path: Path, out_dir: Path, steps: int, lr: float) ->
     from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
     from taidtron.models import build_gpt
 
-    cfg = load_config(config_path, ["teacher.init=null"])
+    cfg = load_config(config_path, [*overrides, "teacher.init=null"])
     single = ParallelConfig(micro_batch_size=cfg.parallel.global_batch_size,
                             global_batch_size=cfg.parallel.global_batch_size)  # one process, no model parallelism
     ctx = init_distributed(single)
@@ -128,7 +128,7 @@ def main() -> int:
     teacher_dir, distill_dir = run_dir / "teacher", run_dir / "distill"
     device = "GPU " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"== smoke test on {device}: teacher pretraining ({args.teacher_steps} steps)", flush=True)
-    teacher = pretrain_teacher(Path(args.config), teacher_dir, args.teacher_steps, args.teacher_lr)
+    teacher = pretrain_teacher(Path(args.config), args.overrides, teacher_dir, args.teacher_steps, args.teacher_lr)
     print(f"teacher LM loss {teacher['first_loss']:.3f} -> {teacher['last_loss']:.3f} "
           f"({teacher['tokens_per_s']:,.0f} tokens/s, {teacher['seconds']:.0f} s)", flush=True)
 
@@ -136,7 +136,8 @@ def main() -> int:
         shutil.rmtree(distill_dir)  # a fresh run: the smoke test must not resume an old one
     overrides = [f"teacher.init={teacher_dir}", f"logging.run_dir={distill_dir}", *args.overrides]
     launcher = [sys.executable, "-m", "taidtron.train"] if args.nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}", "-m", "taidtron.train"]
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}", "-m",
+        "taidtron.train"]
     print("== distillation: " + " ".join(launcher[1:] + ["--config", args.config, *overrides]), flush=True)
     code = subprocess.call([*launcher, "--config", args.config, *overrides], cwd=REPO)
     if code != 0:

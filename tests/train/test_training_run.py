@@ -33,11 +33,20 @@ def run_train(*args: str, nproc: int = 1, timeout: float = 300) -> subprocess.Co
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("short_run")
-    proc = run_train(*TINY, "optim.train_steps=40", "optim.warmup_steps=4", "optim.lr=5e-3",
-                     "checkpoint.save_interval=20", "logging.eval_interval=20", "logging.eval_iters=2",
-                     f"logging.run_dir={run_dir}", nproc=2)
+    """`make smoke-test` in miniature: pretrain a tiny teacher (a random one has a flat distribution, so there would
+    be nothing to distil), then distil on 2 data-parallel ranks."""
+    root = tmp_path_factory.mktemp("short_run")
+    overrides = [o for o in TINY if o != "teacher.init=null"]
+    proc = subprocess.run(
+        [sys.executable, "tools/smoke_test.py", "--run-dir", str(root), "--teacher-steps", "60", "--nproc", "2",
+         *overrides, "optim.train_steps=40", "optim.warmup_steps=4", "optim.lr=5e-3", "checkpoint.save_interval=20",
+         "logging.eval_interval=20", "logging.eval_iters=2"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TAIDTRON_NO_PROGRESS": "1",
+             "PYTHONPATH": str(REPO_ROOT)})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "[PASS] distillation loss falls" in proc.stdout
+    run_dir = root / "distill"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return run_dir, rows
 
