@@ -1,0 +1,162 @@
+"""Single-process worker: save/load behaviour of taidtron.checkpoint on a real student + distributed optimizer.
+
+    python -m torch.distributed.run --nproc-per-node 1 ckpt_worker.py WORK_DIR
+
+Prints one `RESULT <case> <OK|FAIL> <message>` line per case; tests/checkpoint/test_integrity.py asserts them.
+Cases:
+  keep_last          four saves with keep_last=2 leave the newest two iterations, `latest` names the newest
+  rng_roundtrip      Python/NumPy/torch/megatron-tracker random streams continue identically after a load
+  corrupt:<how>      a damaged checkpoint raises CheckpointError and leaves the model's weights untouched
+  architecture       loading into a model of another shape raises CheckpointError naming the field
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from taidtron import checkpoint
+from taidtron.config import load_config
+from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
+from taidtron.trainer import Trainer
+
+TINY = [
+    "student.num_layers=2", "student.hidden_size=64", "student.num_attention_heads=4", "student.num_query_groups=2",
+    "student.ffn_hidden_size=128", "student.vocab_size=256", "student.tie_embeddings=false",
+    "teacher.num_layers=2", "teacher.hidden_size=64", "teacher.num_attention_heads=4",
+    "teacher.num_query_groups=2", "teacher.ffn_hidden_size=128", "teacher.vocab_size=256",
+    "data.seq_length=16", "parallel.micro_batch_size=1", "parallel.global_batch_size=1",
+]
+
+
+def report(case: str, ok: bool, message: str) -> None:
+    print(f"RESULT {case} {'OK' if ok else 'FAIL'} {message}".replace("\n", " "), flush=True)
+
+
+def draws() -> list:
+    from megatron.core import tensor_parallel
+
+    with tensor_parallel.get_cuda_rng_tracker().fork():
+        tracked = torch.rand(3).tolist()
+    return [random.random(), float(np.random.rand()), torch.rand(3).tolist(), tracked]
+
+
+def synthetic_batches(seq: int = 16):
+    generator = torch.Generator().manual_seed(0)
+    while True:
+        tokens = torch.randint(0, 256, (1, seq + 1), generator=generator)
+        yield {"tokens": tokens[:, :-1], "labels": tokens[:, 1:], "loss_mask": torch.ones(1, seq),
+               "position_ids": torch.arange(seq).expand(1, -1)}
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+def main() -> None:
+    work = Path(sys.argv[1])
+    cfg = load_config(None, TINY)
+    ctx = init_distributed(cfg.parallel)
+    seed_everything(cfg.seed, ctx)
+    trainer = Trainer(cfg, ctx, vocab_size=256)
+    trainer.train_step(synthetic_batches())  # the distributed optimizer has state to save only after a step
+    student = trainer.model.module.student
+    meta = {"trainer": trainer.state_dict(), "has_optimizer": True, "model": cfg.to_dict()["student"],
+            "padded_vocab_size": trainer.padded_vocab_size}
+    ckpt_dir = work / "run"
+    try:
+        # keep_last -------------------------------------------------------------------------------------------
+        for step in range(1, 5):
+            checkpoint.save_checkpoint(ckpt_dir, step, model=student, optimizer=trainer.optimizer, meta=meta,
+                                       keep_last=2)
+        left = sorted(p.name for p in ckpt_dir.iterdir())
+        report("keep_last", left == ["iter_0000003", "iter_0000004", "latest"]
+               and (ckpt_dir / "latest").read_text() == "iter_0000004", f"left {left}")
+
+        # rng_roundtrip ---------------------------------------------------------------------------------------
+        checkpoint.save_checkpoint(ckpt_dir, 5, model=student, optimizer=trainer.optimizer, meta=meta, keep_last=2)
+        expected = draws()
+        draws()  # move every stream further, then load: the streams must rewind to the saved point
+        checkpoint.load_checkpoint(ckpt_dir, model=student, optimizer=trainer.optimizer)
+        got = draws()
+        report("rng_roundtrip", got == expected, f"expected {expected} got {got}")
+
+        # corrupt:* ------------------------------------------------------------------------------------------
+        good = ckpt_dir / "iter_0000005"
+
+        def truncate(name):
+            def damage(d: Path):
+                target = d / name if name != "distcp" else sorted(d.glob("*.distcp"))[0]
+                size = target.stat().st_size
+                with open(target, "r+b") as f:
+                    f.truncate(size // 2)
+            return damage
+
+        def delete_distcp(d: Path):
+            sorted(d.glob("*.distcp"))[-1].unlink()
+
+        def garble_meta(d: Path):
+            text = (d / checkpoint.META_FILE).read_text()
+            (d / checkpoint.META_FILE).write_text(text[: len(text) // 2])
+
+        def legacy_truncated(d: Path):  # no manifest (older checkpoint): the DCP index must still catch it
+            meta_file = d / checkpoint.META_FILE
+            data = json.loads(meta_file.read_text())
+            data.pop("files")
+            meta_file.write_text(json.dumps(data))
+            truncate("distcp")(d)
+
+        def latest_missing(d: Path):
+            shutil.rmtree(d)
+
+        cases = {"truncated_distcp": truncate("distcp"), "deleted_distcp": delete_distcp,
+                 "garbled_meta": garble_meta, "truncated_index": truncate(".metadata"),
+                 "deleted_common": lambda d: (d / "common.pt").unlink(), "legacy_truncated": legacy_truncated,
+                 "latest_missing_dir": latest_missing}
+        before = weights(student)
+        with torch.no_grad():
+            for p in student.parameters():
+                p.add_(1.0)  # so that any partial load would show
+        moved = weights(student)
+        for name, damage in cases.items():
+            run = work / f"corrupt_{name}"
+            shutil.copytree(good, run / good.name)
+            (run / "latest").write_text(good.name)
+            damage(run / good.name)
+            try:
+                checkpoint.load_checkpoint(run, model=student, optimizer=trainer.optimizer)
+            except checkpoint.CheckpointError as exc:
+                untouched = all(torch.equal(moved[k], v) for k, v in weights(student).items())
+                report(f"corrupt:{name}", untouched, f"{'untouched' if untouched else 'WEIGHTS CHANGED'}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - any other type is the failure being tested for
+                report(f"corrupt:{name}", False, f"{type(exc).__name__} instead of CheckpointError: {exc}")
+            else:
+                report(f"corrupt:{name}", False, "loaded without error")
+        checkpoint.load_checkpoint(good, model=student, optimizer=trainer.optimizer)
+        restored = all(torch.equal(before[k], v) for k, v in weights(student).items())
+        report("intact_after_corrupt_attempts", restored, "the undamaged checkpoint still loads exactly")
+
+        # architecture ---------------------------------------------------------------------------------------
+        from taidtron.models import build_gpt
+
+        other = load_config(None, TINY + ["student.hidden_size=96"])
+        wider = build_gpt(other.student, other.parallel, padded_vocab_size=256, max_seq_length=16, pp_rank=0,
+                          params_dtype=torch.float32, device=ctx.device)
+        try:
+            checkpoint.load_model_weights(wider, good)
+        except checkpoint.CheckpointError as exc:
+            report("architecture", "hidden_size" in str(exc), str(exc))
+        else:
+            report("architecture", False, "loaded a 64-wide checkpoint into a 96-wide model")
+    finally:
+        destroy_distributed()
+
+
+if __name__ == "__main__":
+    main()

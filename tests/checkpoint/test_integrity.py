@@ -1,0 +1,89 @@
+"""Damaged checkpoints raise CheckpointError before anything is loaded; keep-last; RNG round trip; the teacher
+source check. The save/load cases run in one worker process on a real student + distributed optimizer."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import run_torchrun
+from taidtron import checkpoint
+
+WORKER = Path(__file__).with_name("ckpt_worker.py")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, tuple[bool, str]]:
+    out = run_torchrun(WORKER, 1, str(tmp_path_factory.mktemp("ckpt_worker")))
+    found = {m.group(1): (m.group(2) == "OK", m.group(3))
+             for m in re.finditer(r"^RESULT (\S+) (OK|FAIL) (.*)$", out, flags=re.MULTILINE)}
+    assert found, out
+    return found
+
+
+def _check(results, case: str, *needles: str) -> str:
+    assert case in results, sorted(results)
+    ok, message = results[case]
+    assert ok, message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+def test_keep_last_removes_older_iterations(results):
+    _check(results, "keep_last")
+
+
+def test_rng_states_roundtrip(results):
+    _check(results, "rng_roundtrip")
+
+
+@pytest.mark.parametrize("case,needles", [
+    ("truncated_distcp", ("truncated", ".distcp")),
+    ("deleted_distcp", ("missing", ".distcp")),
+    ("garbled_meta", ("taidtron.json", "corrupted")),
+    ("truncated_index", (".metadata", "truncated")),
+    ("deleted_common", ("common.pt", "missing")),
+    ("legacy_truncated", ("truncated", "index")),
+    ("latest_missing_dir", ("latest", "missing")),
+])
+def test_damaged_checkpoint_raises_and_loads_nothing(results, case, needles):
+    """CheckpointError names the damage, and the model's weights are untouched (never a partial load)."""
+    _check(results, f"corrupt:{case}", "untouched", *needles)
+
+
+def test_undamaged_checkpoint_still_loads_exactly(results):
+    _check(results, "intact_after_corrupt_attempts")
+
+
+def test_architecture_mismatch_is_named(results):
+    _check(results, "architecture", "hidden_size: checkpoint 64, model 96")
+
+
+def test_teacher_source_check_accepts_a_moved_copy_and_rejects_other_content(models, tmp_path):
+    original = checkpoint.describe_source(models.qwen2_ckpt)
+    copy = tmp_path / "copy"
+    shutil.copytree(models.qwen2_ckpt, copy)
+    checkpoint.check_teacher_unchanged(original, checkpoint.describe_source(copy))  # moved: same content
+    other = tmp_path / "other"
+    shutil.copytree(models.qwen2_ckpt, other)
+    meta = json.loads((other / "taidtron.json").read_text())
+    meta["content_id"] = "sha256:" + "0" * 64  # what a different set of weights records
+    (other / "taidtron.json").write_text(json.dumps(meta))
+    with pytest.raises(checkpoint.CheckpointError, match="teacher changed"):
+        checkpoint.check_teacher_unchanged(original, checkpoint.describe_source(other))
+    with pytest.raises(checkpoint.CheckpointError, match="teacher changed"):
+        checkpoint.check_teacher_unchanged(original, None)
+
+
+def test_find_latest_ignores_unfinished_saves(tmp_path):
+    assert checkpoint.find_latest(tmp_path) is None
+    (tmp_path / ".tmp_iter_0000009").mkdir()  # a save that crashed before its rename
+    assert checkpoint.find_latest(tmp_path) is None
+    (tmp_path / "latest").write_text("iter_0000009")
+    with pytest.raises(checkpoint.CheckpointError, match="missing or incomplete"):
+        checkpoint.find_latest(tmp_path)
