@@ -129,3 +129,14 @@ def test_import_errors_for_missing_files_and_nonempty_output(models, tmp_path):
     proc = run_cli(str(CONVERT), "import", "--hf", str(models.qwen2_hf), "--out", str(occupied), expect_ok=False)
     assert proc.returncode == 2 and "--force" in proc.stderr
     assert (occupied / "keep.txt").read_text() == "x"
+
+
+def test_import_of_sharded_export_gives_the_same_content_id(models, exported, tmp_path):
+    """Sharded input (model.safetensors.index.json) imports too, and the same weights give the same content id
+    (so a re-imported teacher is recognised as unchanged on resume)."""
+    again = tmp_path / "again"
+    run_cli(str(CONVERT), "import", "--hf", str(exported["llama"]), "--out", str(again), "--no-progress")
+    first = json.loads((models.llama_ckpt / "taidtron.json").read_text())
+    second = json.loads((again / "taidtron.json").read_text())
+    assert first["content_id"] == second["content_id"]
+    assert first["model"] == second["model"]
