@@ -171,6 +171,30 @@ def check_teacher_unchanged(saved: dict | None, current: dict | None) -> None:
                     current.get("path"))
 
 
+def prepare_writer() -> None:
+    """Create dist_checkpointing's write-results queue now, before the trainer installs its signal handlers.
+
+    megatron-core makes it lazily at the first save, through a *spawn* multiprocessing Manager: 5-12 s and a
+    re-import of `__main__` on CPU. Two fixes, both here: (1) the Manager ignores SIGUSR1/SIGTERM, which SLURM and
+    torchrun deliver to the whole job step on preemption (a dead Manager makes the preemption save itself fail);
+    (2) without CUDA it is forked (~0.4 s; safe with no CUDA context), with CUDA it stays spawned.
+    """
+    import multiprocessing
+    import signal
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is not None:
+        return
+    context = multiprocessing.get_context("spawn" if torch.cuda.is_available() else "fork")
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+    try:
+        filesystem_async._results_queue = context.Manager().Queue()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def iteration_name(step: int) -> str:
     return f"iter_{step:07d}"
 

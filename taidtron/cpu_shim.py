@@ -18,9 +18,6 @@ in taidtron patches a library.
 6. Sequence parallel with the local spec: megatron's `WrappedTorchNorm` asserts `not sequence_parallel`; we
    use `SequenceParallelTorchNorm` (in `taidtron.models`), built on torch RMSNorm with its parameters tagged
    `sequence_parallel` so their grads are all-reduced over TP (see `taidtron/models/gpt.py`).
-7. dist_checkpointing's writer creates its results queue through a *spawn* multiprocessing Manager on the first
-   save of each process: 5-12 s on CPU, and it re-imports `__main__`. A fork-context Manager does the same job in
-   ~0.4 s; forking is safe here because a CPU process has no CUDA context.
 """
 
 from __future__ import annotations
@@ -84,21 +81,6 @@ def install() -> None:
     # 2. and 3.
     torch.cuda.current_device = lambda: _CPU
     torch.cuda.synchronize = lambda device=None: None
-    # 7.
-    import multiprocessing
-    import signal
-
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
-    if filesystem_async._results_queue is None:
-        # The Manager process must survive the SIGUSR1/SIGTERM that SLURM or torchrun send to the whole job step
-        # on preemption, since the save that follows needs it: it inherits "ignore" for both.
-        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGUSR1, signal.SIGTERM)}
-        try:
-            filesystem_async._results_queue = multiprocessing.get_context("fork").Manager().Queue()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
     # 4. and 5. A process-wide mode; entering it here and never leaving is intentional.
     _CudaToCpu().__enter__()
     _INSTALLED = True

@@ -111,10 +111,15 @@ def init_distributed(parallel: ParallelConfig, *, timeout_minutes: int = 30) -> 
         device, backend = torch.device("cpu"), "gloo"
 
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", launch.master_addr)
-        os.environ.setdefault("MASTER_PORT", str(launch.master_port))
-        dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size,
-                                timeout=datetime.timedelta(minutes=timeout_minutes))
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        if launch.launcher in ("torchrun", "deepspeed"):
+            # env:// lets torchrun's workers share the agent's rendezvous store.
+            dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size, timeout=timeout)
+        else:
+            # srun-native tasks and single processes: rank 0 hosts the store; the environment stays untouched so
+            # child processes (e.g. a later run started from this one) pick their own port.
+            dist.init_process_group(backend=backend, init_method=f"tcp://{launch.master_addr}:{launch.master_port}",
+                                    rank=launch.rank, world_size=launch.world_size, timeout=timeout)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=parallel.tp,

@@ -128,11 +128,11 @@ class Trainer:
         self.schedule = TAIDSchedule(t_start=cfg.taid.t_start, t_end=cfg.taid.t_end, alpha=cfg.taid.alpha,
                                      beta=cfg.taid.beta, adaptive=cfg.taid.adaptive)
         self.loss_fn: Callable = get_loss(cfg.taid.loss)
-        self.loss_options = {"chunk_tokens": cfg.taid.chunk_tokens} if cfg.taid.loss == "taid" else {}
+        self.loss_options: dict = {"chunk_tokens": cfg.taid.chunk_tokens}
         if cfg.taid.loss in ("skew_fkl", "skew_rkl"):
-            self.loss_options = {"skew": cfg.taid.skew}
+            self.loss_options["skew"] = cfg.taid.skew
         elif cfg.taid.loss == "js":
-            self.loss_options = {"beta": cfg.taid.js_beta}
+            self.loss_options["beta"] = cfg.taid.js_beta
 
         # megatron's schedules read their hooks from the model config.
         model_config = pair.config
@@ -341,6 +341,7 @@ def fit(cfg: TrainConfig, ctx: ParallelContext) -> int:
                                           meta=meta, keep_last=cfg.checkpoint.keep_last)
         logger.write_console(f"saved {path}")
 
+    checkpoint.prepare_writer()  # before StopSignal: its helper process must ignore the stop signals
     stop = StopSignal()
     try:
         while trainer.step < cfg.optim.train_steps:

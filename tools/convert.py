@@ -225,7 +225,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, force: bool = False, dtype
     try:
         model = build_gpt(model_cfg, ParallelConfig(), padded_vocab_size=padded_vocab,
                           max_seq_length=int(hf.get("max_position_embeddings", 4096)), pp_rank=0,
-                          params_dtype=params_dtype, device=torch.device("cpu"))
+                          params_dtype=params_dtype, device=torch.device("cpu"), initialize=False)
         params = dict(model.named_parameters())
         targets = {megatron for _, _, megatron, _, _ in entries}
         assert set(params) == targets, f"key map out of date: {sorted(set(params) ^ targets)}"

@@ -114,7 +114,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO / "configs/smoke.yaml"), help="smoke experiment file")
     parser.add_argument("--run-dir", default="runs/smoke", help="where the teacher and the distillation run go")
-    parser.add_argument("--teacher-steps", type=int, default=300, help="teacher pretraining steps")
+    parser.add_argument("--teacher-steps", type=int, default=200, help="teacher pretraining steps")
     parser.add_argument("--teacher-lr", type=float, default=3e-3, help="teacher peak learning rate")
     parser.add_argument("--nproc", type=int, default=1, help="ranks for the distillation (torchrun); 1 = one process")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides for the distillation run")

@@ -59,7 +59,7 @@ def layer_spec(num_local_layers: int):
 
 
 def transformer_config(model: ModelConfig, parallel: ParallelConfig, *, params_dtype: torch.dtype,
-                       use_cpu_initialization: bool):
+                       use_cpu_initialization: bool, initialize: bool = True):
     """megatron-core TransformerConfig of a Llama/Qwen2 decoder under the shared layout."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -86,6 +86,7 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, *, params_d
         pipeline_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,
         use_cpu_initialization=use_cpu_initialization,
+        perform_initialization=initialize,
         # Fusions need CUDA kernels (apex/TE); the unfused paths are exact and work everywhere.
         bias_activation_fusion=False,
         masked_softmax_fusion=False,
@@ -99,12 +100,14 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, *, params_d
 
 
 def build_gpt(model: ModelConfig, parallel: ParallelConfig, *, padded_vocab_size: int, max_seq_length: int,
-              pp_rank: int, params_dtype: torch.dtype, device: torch.device):
-    """This rank's pipeline stage of a GPTModel; its output layer holds the vocab shard [V_padded / tp]."""
+              pp_rank: int, params_dtype: torch.dtype, device: torch.device, initialize: bool = True):
+    """This rank's pipeline stage of a GPTModel; its output layer holds the vocab shard [V_padded / tp].
+
+    `initialize=False` skips the random initialisation (weights are loaded next, e.g. by `tools/convert.py`)."""
     from megatron.core.models.gpt import GPTModel
 
     config = transformer_config(model, parallel, params_dtype=params_dtype,
-                                use_cpu_initialization=device.type == "cpu")
+                                use_cpu_initialization=device.type == "cpu", initialize=initialize)
     gpt = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(model.num_layers // parallel.pp),

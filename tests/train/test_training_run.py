@@ -96,3 +96,12 @@ def test_invalid_configuration_stops_with_one_clear_message(override, message):
     assert proc.returncode == 2
     assert message in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("loss", ["fkl", "skew_rkl", "js"])
+def test_baseline_objectives_train_through_the_same_loop(loss, tmp_path):
+    proc = run_train(*TINY, f"taid.loss={loss}", "optim.train_steps=3", "optim.warmup_steps=1",
+                     "logging.eval_interval=0", f"logging.run_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["loss"] >= 0 and r["grad_norm"] > 0 for r in rows)
