@@ -3,7 +3,8 @@
 Everything here works on one chunk of tokens and on this rank's *valid* vocabulary columns only (padding columns
 are sliced off by the caller, so whatever they hold never enters a softmax). Statistics are fp32 whatever the
 logits' dtype. The two TAID chunk kernels (`taid_chunk_stats`, `taid_chunk_grad`) are the functions a fused GPU
-kernel would replace: each reads its logits once and writes O(tokens) statistics or the gradient chunk.
+kernel would replace, reading each chunk of logits once and writing O(tokens) statistics or the gradient chunk
+(here, in eager torch, they make several cache-resident passes over the chunk).
 
 Notation, per token over this rank's valid columns v (DESIGN.md §2):
     z = (1 - t) * s + t * T

@@ -9,7 +9,7 @@ Conventions shared by every loss here (megatron layout):
   * Result: the per-token loss, fp32, shaped like the logits without the last dim, identical on every rank of
     `group`. Each rank back-propagates its own copy (as megatron's vocab_parallel_cross_entropy): the gradient it
     receives is for its own vocabulary slice, in the logits' dtype. The teacher never receives a gradient.
-  * No temperature; all statistics in fp32.
+  * No temperature; all statistics in fp32. Logits in the true vocabulary must be finite (padding may hold anything).
 
 Every loss is also in `LOSSES` under one uniform signature, so a trainer can call any of them the same way:
 
@@ -121,7 +121,8 @@ class _VocabParallelTAIDLoss(torch.autograd.Function):
     s, base 2). No [N, V] temporary is kept.
     Backward: zero collectives. Per chunk, grad = (exp(s - lse_s) - exp(z - lse_z)) * g recomputed from the
     saved statistics (`_math.taid_chunk_grad`), written straight into the [N, V_local] gradient (logits' dtype);
-    padding columns get zeros.
+    padding columns get zeros. The upstream gradient is folded into the exponent, so its sign is split off first
+    (one host read of `any(g < 0)`; g >= 0 is the normal case, a negative g costs one extra pass).
     Extra memory: O(N) statistics plus two fp32 [chunk_tokens, V_local] temporaries, plus the gradient.
     """
 
