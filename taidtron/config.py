@@ -133,8 +133,9 @@ class TAIDConfig:
     """Mixing weight of the skew KL baselines (skew_fkl, skew_rkl)."""
     js_beta: float = 0.5
     """Weight of the generalized Jensen-Shannon baseline (js)."""
-    chunk_tokens: int = 4096
-    """Tokens per chunk inside the fused loss; bounds its fp32 temporaries to chunk_tokens * vocab / tp."""
+    chunk_tokens: int | None = None
+    """Tokens per chunk inside the fused loss; bounds its fp32 temporaries to chunk_tokens * vocab / tp. None: the
+    loss picks about 2**20 logits per chunk on CPU and 2**26 on GPU."""
 
     def __post_init__(self) -> None:
         valid = ("taid", "fkl", "rkl", "tvd", "skew_fkl", "skew_rkl", "js")
@@ -146,7 +147,7 @@ class TAIDConfig:
             raise ConfigError(f"taid.beta={self.beta} must be in [0, 1).")
         if self.alpha < 0:
             raise ConfigError(f"taid.alpha={self.alpha} must be >= 0.")
-        if self.chunk_tokens < 1:
+        if self.chunk_tokens is not None and self.chunk_tokens < 1:
             raise ConfigError(f"taid.chunk_tokens={self.chunk_tokens} must be >= 1.")
 
 
