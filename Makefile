@@ -36,7 +36,7 @@ slurm-test:
 	bash tests/slurm/run_slurm_test.sh
 
 bench:
-	$(PY) tools/bench_loss.py
+	$(PY) tools/bench_loss.py --tokens 2048 --vocab 32000 --dtype fp32 --repeats 10 --compile --json runs/bench_loss.json
 
 clean:
 	rm -rf runs .pytest_cache

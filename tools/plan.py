@@ -36,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from taidtron.config import ConfigError, ModelConfig, TrainConfig, load_config  # noqa: E402
+from taidtron.losses import default_chunk_tokens  # noqa: E402
 
 GIB = 1024**3
 
@@ -149,7 +150,8 @@ def plan_memory(cfg: TrainConfig, world_size: int, *, overhead_gib: float, atten
         logits = 0.0
         if last:
             shard = tokens * vocab / tp
-            chunk = min(cfg.taid.chunk_tokens, tokens) * vocab / tp
+            chunk_tokens = cfg.taid.chunk_tokens or default_chunk_tokens(int(vocab // tp), "cuda")
+            chunk = min(chunk_tokens, tokens) * vocab / tp
             logits = 2 * shard * 4 + 4 * chunk * 2  # 2 saved + grad + transient copy (bf16), 2 fp32 chunk temps
         stages.append(StageMemory(
             stage=stage, student_params=n_s, teacher_params=n_t,

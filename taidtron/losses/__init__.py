@@ -3,6 +3,7 @@
 from taidtron.losses.schedule import TAIDSchedule
 from taidtron.losses.vocab_parallel import (
     LOSSES,
+    default_chunk_tokens,
     get_loss,
     vocab_parallel_fkl_loss,
     vocab_parallel_js_loss,
@@ -16,6 +17,7 @@ from taidtron.losses.vocab_parallel import (
 __all__ = [
     "LOSSES",
     "TAIDSchedule",
+    "default_chunk_tokens",
     "get_loss",
     "vocab_parallel_fkl_loss",
     "vocab_parallel_js_loss",

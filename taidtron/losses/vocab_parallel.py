@@ -79,11 +79,15 @@ def _check_inputs(student: torch.Tensor, teacher: torch.Tensor, vocab_size: int 
             "tensor-parallel ranks); pass the tokenizer's true vocabulary size."
         )
     if chunk_tokens is None:
-        budget = _CHUNK_ELEMENTS.get(student.device.type, _CHUNK_ELEMENTS_ACCELERATOR)
-        chunk_tokens = max(1, budget // local_vocab)
+        chunk_tokens = default_chunk_tokens(local_vocab, student.device.type)
     elif not isinstance(chunk_tokens, int) or chunk_tokens < 1:
         raise ValueError(f"chunk_tokens={chunk_tokens!r} must be a positive int (or None for automatic).")
     return rank, world, _math.valid_columns(vocab_size, local_vocab, rank), chunk_tokens
+
+
+def default_chunk_tokens(local_vocab: int, device_type: str) -> int:
+    """Tokens per chunk when the caller gives none: about 2**20 logits on CPU, 2**26 on an accelerator."""
+    return max(1, _CHUNK_ELEMENTS.get(device_type, _CHUNK_ELEMENTS_ACCELERATOR) // local_vocab)
 
 
 def _check_t(t) -> float:
