@@ -372,16 +372,21 @@ def _write_iteration(tmp: Path, *, model, optimizer, meta: dict, save_rng: bool)
         _write_text(tmp / META_FILE, json.dumps(meta, indent=1, sort_keys=True, default=str))
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename `src` to `dst`; an existing `dst` is moved aside first and removed only after the rename."""
+def replace_dir(src: Path, dst: Path) -> None:
+    """Rename `src` to `dst`; an existing `dst` (directory or file) is moved aside first and removed only after."""
     old = dst.with_name(f".old_{dst.name}")
-    if old.exists():
-        shutil.rmtree(old)
+    _remove(old)  # left by an earlier interrupted replace
     if dst.exists():
         dst.rename(old)
     src.rename(dst)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def save_checkpoint(ckpt_dir: str | Path, step: int, *, model: torch.nn.Module, optimizer=None, meta: dict,
@@ -403,7 +408,7 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, *, model: torch.nn.Module, 
     _barrier()
     _write_iteration(tmp, model=model, optimizer=optimizer, meta=meta, save_rng=optimizer is not None)
     if _is_main():
-        _replace_dir(tmp, final)  # a re-save of the same step (e.g. a signal right after a periodic save)
+        replace_dir(tmp, final)  # a re-save of the same step (e.g. a signal right after a periodic save)
         _write_text(ckpt_dir / LATEST_FILE, final.name)
         for stale in ckpt_dir.glob(".tmp_iter_*"):  # left by a crashed save of this run
             shutil.rmtree(stale, ignore_errors=True)
@@ -431,7 +436,7 @@ def save_model(directory: str | Path, *, model: torch.nn.Module, meta: dict, ove
     _barrier()
     _write_iteration(tmp, model=model, optimizer=None, meta={**meta, "has_optimizer": False}, save_rng=False)
     if _is_main():
-        _replace_dir(tmp, directory)
+        replace_dir(tmp, directory)
     _barrier()
     return directory
 

@@ -52,10 +52,10 @@ def read_launch_env(environ: dict[str, str] | None = None) -> LaunchEnv:
         return LaunchEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
                          env.get("MASTER_ADDR") or _first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
                          int(env.get("MASTER_PORT", 20000 + job_id % 20000)), "slurm")
-    return LaunchEnv(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT") or _free_port()), "single")
+    return LaunchEnv(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT") or free_port()), "single")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """A world of one still needs a rendezvous port; a fixed one collides with other jobs on the host."""
     import socket
 

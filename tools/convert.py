@@ -29,7 +29,7 @@ from pathlib import Path
 
 # Conversion is memory-bound CPU work; hiding GPUs keeps megatron on its local (non-TE) layer spec and lets the CPU
 # shim install. Must happen before torch is imported.
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ["CUDA_VISIBLE_DEVICES"] = ""  # also inside GPU jobs, where the scheduler sets it
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -71,33 +71,20 @@ def _prepare_output(out: Path, force: bool) -> Path:
     return out.with_name(f".tmp_{out.name}")
 
 
-def _commit_output(tmp: Path, out: Path) -> None:
-    """Move the finished temporary directory into place; a replaced output is removed only afterwards."""
-    old = out.with_name(f".old_{out.name}")
-    if old.exists():
-        shutil.rmtree(old)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    if old.exists():
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-
-
 def _init_single_process():
-    """A gloo world of one with megatron's parallel state at tp=pp=1 (what build_gpt and dist_checkpointing need)."""
-    import socket
-
+    """A gloo world of one with megatron's parallel state at tp=pp=1 (what build_gpt and dist_checkpointing need).
+    Not `taidtron.distributed.init_distributed`: inside a SLURM allocation that would take the job's task count."""
     import torch.distributed as dist
 
-    from taidtron import cpu_shim
     from megatron.core import parallel_state, tensor_parallel
+
+    from taidtron import cpu_shim
+    from taidtron.distributed import free_port
 
     cpu_shim.install()
     if not dist.is_initialized():
-        with socket.socket() as sock:  # a free port, so conversions can run beside training jobs
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+        # a free port, so conversions can run beside training jobs
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(1, 1)
     tensor_parallel.model_parallel_cuda_manual_seed(0)
@@ -256,7 +243,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, force: bool = False, dtype
         if tmp.exists():
             shutil.rmtree(tmp)
         checkpoint.save_model(tmp, model=model, meta=meta)
-        _commit_output(tmp, out)
+        checkpoint.replace_dir(tmp, out)
     finally:
         _close_single_process()
     return checkpoint.read_meta(out)
@@ -470,7 +457,7 @@ def export_hf(ckpt: str | Path, out: str | Path, *, force: bool = False, max_sha
     config = hf_config(model_cfg, dtype=dtype, base=base, max_position_embeddings=seq_length, **special)
     config.save_pretrained(str(tmp))
     GenerationConfig.from_model_config(config).save_pretrained(str(tmp))
-    _commit_output(tmp, out)
+    checkpoint.replace_dir(tmp, out)
     return {"out": str(out), "tensors": len(weight_map), "shards": len(shard_names), "bytes": sum(sizes),
             "dtype": str(dtype), "tokenizer_files": tok_files, "step": (meta.get("trainer") or {}).get("step")}
 
