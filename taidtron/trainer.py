@@ -46,9 +46,10 @@ def params_dtype_for(precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def count_parameters(model: torch.nn.Module, group: dist.ProcessGroup | None) -> int:
-    """Parameters of the whole model (summed over the model-parallel group that holds its shards)."""
-    local = torch.tensor([sum(p.numel() for p in model.parameters())], dtype=torch.float64)
+def count_parameters(model: torch.nn.Module, group: dist.ProcessGroup | None, device: torch.device) -> int:
+    """Parameters of the whole model (summed over the model-parallel group that holds its shards). `device` is where
+    the group's backend can reduce (NCCL: the GPU)."""
+    local = torch.tensor([sum(p.numel() for p in model.parameters())], dtype=torch.float64, device=device)
     if group is not None and dist.get_world_size(group) > 1:
         dist.all_reduce(local, group=group)
     return int(local.item())
@@ -86,8 +87,9 @@ class Trainer:
                 checkpoint.load_model_weights(model, source)
         if cfg.teacher.init:
             self.teacher_source = checkpoint.describe_source(cfg.teacher.init)
-        self.student_params = count_parameters(student, parallel_state.get_model_parallel_group())
-        self.teacher_params = count_parameters(teacher, parallel_state.get_model_parallel_group())
+        model_parallel_group = parallel_state.get_model_parallel_group()
+        self.student_params = count_parameters(student, model_parallel_group, ctx.device)
+        self.teacher_params = count_parameters(teacher, model_parallel_group, ctx.device)
 
         pair = DistillationPair(student, teacher, pipeline_config(student.config, teacher.config))
         ddp_config = DistributedDataParallelConfig(
