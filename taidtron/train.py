@@ -34,6 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from taidtron.preemption import StopSignal
+
+    # First thing, before torch is imported: a SIGUSR1/SIGTERM during start-up must not kill the rank.
+    stop = StopSignal()
     from taidtron.config import ConfigError, load_config
 
     args = parse_args(argv)
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = init_distributed(cfg.parallel)
         cfg.validate_layout(ctx.world_size)
         seed_everything(cfg.seed, ctx)
-        return fit(cfg, ctx)
+        return fit(cfg, ctx, stop)
     except ValueError as exc:  # ConfigError, CheckpointError, tokenizer/data errors: the user must change something
         print(f"taidtron: error: {exc}", file=sys.stderr)
         return 2

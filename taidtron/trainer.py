@@ -10,7 +10,6 @@ One optimizer step (`Trainer.train_step`), top to bottom:
 from __future__ import annotations
 
 import math
-import signal
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -23,6 +22,7 @@ from taidtron.config import TrainConfig
 from taidtron.distributed import ParallelContext
 from taidtron.losses import TAIDSchedule, get_loss
 from taidtron.models import DistillationPair, build_gpt, pipeline_config
+from taidtron.preemption import PREEMPTED_EXIT_CODE, StopSignal
 
 Batch = dict[str, torch.Tensor]
 
@@ -277,31 +277,12 @@ def _masked_eval_sums(loss_mask: torch.Tensor, lm_losses: list[torch.Tensor], to
     return loss_sum, num_tokens, stats
 
 
-class StopSignal:
-    """SIGUSR1 / SIGTERM set a flag; the loop finishes its step, saves, and exits with PREEMPTED_EXIT_CODE.
-    The flag is all-reduced (MAX) each step so every rank stops at the same step."""
-
-    def __init__(self):
-        self.received: int | None = None
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, _frame) -> None:
-        self.received = signum
-
-    def agreed(self, ctx: ParallelContext) -> bool:
-        flag = torch.tensor([1.0 if self.received is not None else 0.0], device=ctx.device)
-        if ctx.world_size > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
 
 
-PREEMPTED_EXIT_CODE = 75
-
-
-def fit(cfg: TrainConfig, ctx: ParallelContext) -> int:
+def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) -> int:
     """The whole run: build, resume, train with periodic eval/checkpoints, final eval and save. Returns the
-    process exit code: 0 when done, PREEMPTED_EXIT_CODE after a signal-triggered save."""
+    process exit code: 0 when done, PREEMPTED_EXIT_CODE after a signal-triggered save. `stop` should be created at
+    process start, so a signal that arrives while the run is being built still ends in a save."""
     from pathlib import Path
 
     from taidtron import checkpoint
@@ -343,8 +324,8 @@ def fit(cfg: TrainConfig, ctx: ParallelContext) -> int:
                                           meta=meta, keep_last=cfg.checkpoint.keep_last)
         logger.write_console(f"saved {path}")
 
-    checkpoint.prepare_writer()  # before StopSignal: its helper process must ignore the stop signals
-    stop = StopSignal()
+    checkpoint.prepare_writer()  # its helper process ignores the stop signals, whatever handlers are installed
+    stop = stop or StopSignal()
     try:
         while trainer.step < cfg.optim.train_steps:
             result = trainer.train_step(train_iter)

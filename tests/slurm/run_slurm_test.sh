@@ -277,7 +277,7 @@ RUN_C="$T/runs/pretrain"
 say "(c) launch/slurm/pretrain.sbatch --nodes=1 --gpus-per-node=2 (job shape from SLURM variables), 2 steps"
 rc=0
 JOB_C="$(CONFIG="${SMOKE_CONFIG:-configs/smoke.yaml}" LOG_ROOT="$T/logs" sbatch --parsable --wait --nodes=1 \
-    --gpus-per-node=2 --time=10 --job-name=pretrain --chdir="$REPO" --output="$T/jobs/%x-%j.out" \
+    --gpus-per-node=2 --time=30 --job-name=pretrain --chdir="$REPO" --output="$T/jobs/%x-%j.out" \
     "$REPO/launch/slurm/pretrain.sbatch" "${COMMON[@]}" optim.train_steps=2 logging.run_dir="$RUN_C")" || rc=$?
 JOB_C="${JOB_C%%;*}"
 SUBMITTED+=("$JOB_C")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,22 @@ def test_baseline_objectives_train_through_the_same_loop(loss, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["loss"] >= 0 and r["grad_norm"] > 0 for r in rows)
+
+
+def test_sigusr1_during_start_up_saves_after_one_step_exits_75_and_the_rerun_resumes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TAIDTRON_NO_PROGRESS": "1",
+           "PYTHONPATH": str(REPO_ROOT)}
+    args = [sys.executable, "-m", "taidtron.train", "--config", "configs/smoke.yaml", *TINY, "optim.train_steps=4",
+            "optim.warmup_steps=1", "logging.eval_interval=0", f"logging.run_dir={tmp_path}"]
+    proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # still importing torch and megatron: the handler must already be there
+    proc.send_signal(signal.SIGUSR1)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 75, stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "iter_0000001"
+
+    rerun = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    assert "resumed from" in rerun.stderr + rerun.stdout
