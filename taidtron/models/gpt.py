@@ -103,7 +103,10 @@ def build_gpt(model: ModelConfig, parallel: ParallelConfig, *, padded_vocab_size
               pp_rank: int, params_dtype: torch.dtype, device: torch.device, initialize: bool = True):
     """This rank's pipeline stage of a GPTModel; its output layer holds the vocab shard [V_padded / tp].
 
-    `initialize=False` skips the random initialisation (weights are loaded next, e.g. by `tools/convert.py`)."""
+    `initialize=False` skips the random initialisation (weights are loaded next, e.g. by `tools/convert.py`). Only at
+    tp=1: megatron-core 0.16.1 sets the tensor-parallel attributes of linear weights inside its initialisers, so
+    without them a sharded weight looks replicated to gradient clipping (wrong global norm)."""
+    assert initialize or parallel.tp == 1, "initialize=False is only valid at tp=1 (see docstring)"
     from megatron.core.models.gpt import GPTModel
 
     config = transformer_config(model, parallel, params_dtype=params_dtype,
