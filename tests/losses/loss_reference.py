@@ -86,3 +86,15 @@ def divergence_reference(name: str, student, teacher, vocab: int, option: float 
     weights = torch.ones_like(loss) if grad_loss is None else grad_loss.to(torch.float64)
     (grad,) = torch.autograd.grad((loss * weights).sum(), s)
     return loss.detach(), _pad(grad, student.shape[-1])
+
+
+# Options of the parametrised baselines: as passed to the losses, and the one number the reference takes.
+OPTIONS = {"skew_fkl": {"skew": 0.1}, "skew_rkl": {"skew": 0.1}, "js": {"beta": 0.5}}
+REFERENCE_OPTION = {"skew_fkl": 0.1, "skew_rkl": 0.1, "js": 0.5}
+
+
+def upstream_grad(seq: int, batch: int, seed: int) -> torch.Tensor:
+    """A [seq, batch] upstream gradient with positive, zero (masked token) and negative entries."""
+    g = torch.rand(seq, batch, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 0.1
+    g[0, 0], g[1, 2] = 0.0, -0.7
+    return g

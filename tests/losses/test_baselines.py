@@ -10,18 +10,12 @@ import torch
 
 from taidtron.losses import LOSSES, get_loss, vocab_parallel_fkl_loss, vocab_parallel_taid_loss
 
-from .loss_reference import VOCAB, divergence_reference, make_logits
+from .loss_reference import OPTIONS, REFERENCE_OPTION, VOCAB, divergence_reference, make_logits, upstream_grad
 
 SEQ, BATCH = 7, 3
 BASELINES = ["fkl", "rkl", "tvd", "skew_fkl", "skew_rkl", "js"]
-OPTIONS = {"skew_fkl": {"skew": 0.1}, "skew_rkl": {"skew": 0.1}, "js": {"beta": 0.5}}
-REFERENCE_OPTION = {"skew_fkl": 0.1, "skew_rkl": 0.1, "js": 0.5}
-
-
 def _upstream() -> torch.Tensor:
-    g = torch.rand(SEQ, BATCH, generator=torch.Generator().manual_seed(31), dtype=torch.float64) + 0.1
-    g[0, 0], g[1, 2] = 0.0, -0.7
-    return g
+    return upstream_grad(SEQ, BATCH, seed=31)
 
 
 def _run(name, student, teacher, g, **options):

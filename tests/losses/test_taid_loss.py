@@ -13,18 +13,14 @@ import torch
 from conftest import run_torchrun
 from taidtron.losses import vocab_parallel_taid_loss
 
-from .loss_reference import PADDED_VOCAB, VOCAB, make_logits, taid_reference
+from .loss_reference import PADDED_VOCAB, VOCAB, make_logits, taid_reference, upstream_grad
 
 SEQ, BATCH = 7, 3  # 21 tokens: chunks of 5 leave a remainder of 1
 WORKER = Path(__file__).with_name("tp_worker.py")
 
 
 def _upstream(seed: int) -> torch.Tensor:
-    """A [SEQ, BATCH] upstream gradient with positive, zero (masked token) and negative entries."""
-    g = torch.rand(SEQ, BATCH, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 0.1
-    g[0, 0] = 0.0
-    g[1, 2] = -0.7
-    return g
+    return upstream_grad(SEQ, BATCH, seed)
 
 
 def _run(student, teacher, t, g, **kwargs):

@@ -13,18 +13,21 @@ import sys
 import torch
 import torch.distributed as dist
 
-from loss_reference import PADDED_VOCAB, VOCAB, divergence_reference, make_logits, taid_reference  # noqa: E402
+from loss_reference import (  # noqa: E402
+    OPTIONS,
+    PADDED_VOCAB,
+    REFERENCE_OPTION,
+    VOCAB,
+    divergence_reference,
+    make_logits,
+    taid_reference,
+    upstream_grad,
+)
 from taidtron.losses import LOSSES, vocab_parallel_taid_loss  # noqa: E402
 
 SEQ, BATCH, CHUNK = 7, 3, 5
-OPTIONS = {"skew_fkl": {"skew": 0.1}, "skew_rkl": {"skew": 0.1}, "js": {"beta": 0.5}}
-REFERENCE_OPTION = {"skew_fkl": 0.1, "skew_rkl": 0.1, "js": 0.5}
-
-
 def upstream() -> torch.Tensor:
-    g = torch.rand(SEQ, BATCH, generator=torch.Generator().manual_seed(99), dtype=torch.float64) + 0.1
-    g[0, 0], g[1, 2] = 0.0, -0.7
-    return g
+    return upstream_grad(SEQ, BATCH, seed=99)
 
 
 def shard(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
