@@ -308,18 +308,21 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
         global_batch_size=cfg.parallel.global_batch_size, dp_rank=ctx.dp_rank, dp_size=ctx.dp,
         train_steps=cfg.optim.train_steps, eval_iters=cfg.logging.eval_iters,
         consumed_samples=trainer.consumed_samples)
+    config_dict = cfg.to_dict()
     logger = MetricsLogger(cfg.logging, enabled=ctx.is_main, total_steps=cfg.optim.train_steps,
-                           start_step=trainer.step, config_dict=cfg.to_dict())
+                           start_step=trainer.step, config_dict=config_dict)
     if latest is not None:
         logger.write_console(f"resumed from {latest} at step {trainer.step} (t={trainer.schedule.t:.4f})")
     peak_flops = peak_flops_per_gpu(torch.cuda.get_device_name() if ctx.device.type == "cuda" else None)
     # Model FLOPs per token: 6N for the student (forward + backward), 2N for the teacher (forward only).
     flops_per_token = 6 * trainer.student_params + 2 * trainer.teacher_params
 
+    static_meta = {"has_optimizer": True, "config": config_dict, "model": config_dict["student"],
+                   "padded_vocab_size": trainer.padded_vocab_size, "tokenizer_fingerprint": tokenizer.fingerprint(),
+                   "teacher_source": trainer.teacher_source}
+
     def save() -> None:
-        meta = {"trainer": trainer.state_dict(), "has_optimizer": True, "config": cfg.to_dict(),
-                "model": cfg.to_dict()["student"], "padded_vocab_size": trainer.padded_vocab_size,
-                "tokenizer_fingerprint": tokenizer.fingerprint(), "teacher_source": trainer.teacher_source}
+        meta = {"trainer": trainer.state_dict(), **static_meta}
         path = checkpoint.save_checkpoint(ckpt_dir, trainer.step, model=student, optimizer=trainer.optimizer,
                                           meta=meta, keep_last=cfg.checkpoint.keep_last)
         logger.write_console(f"saved {path}")
