@@ -26,10 +26,7 @@ def run_torchrun(script: str | Path, nproc: int, *args: str, timeout: float = 30
         str(script), *args,
     ]
     run_env = dict(os.environ)
-    run_env.update({"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
-    # Buffered output: a worker's `print(..., flush=True)` then reaches the shared pipe as one write, line and
-    # newline together. Unbuffered, text and newline are separate writes and two ranks' lines can merge into one.
-    run_env.pop("PYTHONUNBUFFERED", None)
+    run_env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""})
     run_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), run_env.get("PYTHONPATH")]))
     if env:
         run_env.update(env)

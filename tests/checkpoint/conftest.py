@@ -26,9 +26,8 @@ SMOKE_VOCAB = 1024  # data/smoke/tokenizer.model: a teacher for the training run
 
 def _subprocess_env() -> dict:
     env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "",
                 "TAIDTRON_NO_PROGRESS": "1", "MASTER_PORT": str(free_port())})
-    env.pop("PYTHONUNBUFFERED", None)  # see tests/conftest.py::run_torchrun: ranks' lines must not merge
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return env
 
