@@ -13,6 +13,7 @@ Cases:
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import sys
@@ -36,7 +37,8 @@ TINY = [
 
 
 def report(case: str, ok: bool, message: str) -> None:
-    print(f"RESULT {case} {'OK' if ok else 'FAIL'} {message}".replace("\n", " "), flush=True)
+    line = f"RESULT {case} {'OK' if ok else 'FAIL'} {message}".replace("\n", " ")
+    os.write(1, (line + "\n").encode())  # one write: the ranks share stdout, and their lines must not merge
 
 
 def draws() -> list:

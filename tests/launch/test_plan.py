@@ -82,7 +82,7 @@ TINY = {
 }
 
 WORKER = '''
-import json, sys
+import json, os, sys
 import torch
 from taidtron.config import load_config
 from taidtron.distributed import destroy_distributed, init_distributed
@@ -96,7 +96,8 @@ for role in ("student", "teacher"):
                       max_seq_length=cfg.data.seq_length, pp_rank=ctx.pp_rank, params_dtype=torch.float32,
                       device=ctx.device)
     counts[role] = sum(p.numel() for p in model.parameters())
-print("PARAMS " + json.dumps({"rank": ctx.rank, "tp_rank": ctx.tp_rank, "pp_rank": ctx.pp_rank, **counts}), flush=True)
+line = "PARAMS " + json.dumps({"rank": ctx.rank, "tp_rank": ctx.tp_rank, "pp_rank": ctx.pp_rank, **counts})
+os.write(1, (line + "\\n").encode())  # one write: the ranks share stdout, and their lines must not merge
 destroy_distributed()
 '''
 
