@@ -6,9 +6,11 @@ environment or megatron's global parallel state for group handles.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +29,11 @@ class LaunchEnv:
     master_addr: str
     master_port: int
     launcher: str
+
+    @classmethod
+    def single(cls, port: int = 0) -> LaunchEnv:
+        """A world of one on this host (a plain `python -m taidtron.train`, or a tool such as the converter)."""
+        return cls(0, 1, 0, "127.0.0.1", port or free_port(), "single")
 
 
 def _first_slurm_host(nodelist: str) -> str:
@@ -52,7 +59,7 @@ def read_launch_env(environ: dict[str, str] | None = None) -> LaunchEnv:
         return LaunchEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
                          env.get("MASTER_ADDR") or _first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
                          int(env.get("MASTER_PORT", 20000 + job_id % 20000)), "slurm")
-    return LaunchEnv(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT") or free_port()), "single")
+    return LaunchEnv.single(int(env.get("MASTER_PORT") or 0))
 
 
 def free_port() -> int:
@@ -94,32 +101,28 @@ class ParallelContext:
         return self.rank == 0
 
 
-def init_distributed(parallel: ParallelConfig, *, timeout_minutes: int = 30) -> ParallelContext:
-    """Start torch.distributed (NCCL on GPU, gloo on CPU), install the CPU shim when there is no GPU, and build
-    megatron's tensor/pipeline/data-parallel groups in its default order (tp fastest, then dp, then pp)."""
+def init_distributed(parallel: ParallelConfig, *, launch: LaunchEnv | None = None,
+                     timeout_minutes: int = 30) -> ParallelContext:
+    """Start torch.distributed (NCCL on GPU, gloo on CPU), install the CPU overrides when there is no GPU, and build
+    megatron's tensor/pipeline/data-parallel groups in its default order (tp fastest, then dp, then pp).
+
+    `launch`: where this process sits; by default read from the launcher's environment (`read_launch_env`). Tools
+    that must stay a world of one even inside a SLURM allocation pass `LaunchEnv.single()`."""
     from megatron.core import parallel_state
 
-    launch = read_launch_env()
+    launch = launch or read_launch_env()
     parallel.data_parallel_size(launch.world_size)  # fails early with a clear message
     if torch.cuda.is_available():
         torch.cuda.set_device(launch.local_rank % torch.cuda.device_count())
         device, backend = torch.device("cuda", torch.cuda.current_device()), "nccl"
     else:
-        from taidtron import cpu_shim
+        from taidtron.overrides import cpu
 
-        cpu_shim.install()
+        cpu.install()
         device, backend = torch.device("cpu"), "gloo"
 
     if not dist.is_initialized():
-        timeout = datetime.timedelta(minutes=timeout_minutes)
-        if launch.launcher in ("torchrun", "deepspeed"):
-            # env:// lets torchrun's workers share the agent's rendezvous store.
-            dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size, timeout=timeout)
-        else:
-            # srun-native tasks and single processes: rank 0 hosts the store; the environment stays untouched so
-            # child processes (e.g. a later run started from this one) pick their own port.
-            dist.init_process_group(backend=backend, init_method=f"tcp://{launch.master_addr}:{launch.master_port}",
-                                    rank=launch.rank, world_size=launch.world_size, timeout=timeout)
+        _start_process_group(backend, launch, datetime.timedelta(minutes=timeout_minutes))
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=parallel.tp,
@@ -140,6 +143,35 @@ def init_distributed(parallel: ParallelConfig, *, timeout_minutes: int = 30) -> 
         pp=parallel.pp,
         dp=parallel_state.get_data_parallel_world_size(),
     )
+
+
+def _start_process_group(backend: str, launch: LaunchEnv | None, timeout: datetime.timedelta) -> None:
+    """The one place taidtron creates a torch.distributed world. `launch` None: a private world of one on an
+    in-memory store (no port, no environment)."""
+    if launch is None:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    elif launch.launcher in ("torchrun", "deepspeed"):
+        # env:// lets torchrun's workers share the agent's rendezvous store.
+        dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size, timeout=timeout)
+    else:
+        # srun-native tasks and single processes: rank 0 hosts the store; the environment stays untouched so
+        # child processes (e.g. a later run started from this one) pick their own port.
+        dist.init_process_group(backend=backend, init_method=f"tcp://{launch.master_addr}:{launch.master_port}",
+                                rank=launch.rank, world_size=launch.world_size, timeout=timeout)
+
+
+@contextlib.contextmanager
+def world_of_one() -> Iterator[None]:
+    """A private single-process gloo world for library code that assumes torch.distributed (megatron-core's dataset
+    builders call get_rank() unguarded), destroyed on exit. Inside an existing world it does nothing."""
+    if dist.is_initialized():
+        yield
+        return
+    _start_process_group("gloo", None, datetime.timedelta(minutes=30))
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def seed_everything(seed: int, ctx: ParallelContext) -> None:

@@ -285,7 +285,7 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     process start, so a signal that arrives while the run is being built still ends in a save."""
     from pathlib import Path
 
-    from taidtron import checkpoint
+    from taidtron import checkpoint, overrides
     from taidtron.config import save_config
     from taidtron.data import build_data_iterators, load_shared_tokenizer
     from taidtron.metrics import MetricsLogger, peak_flops_per_gpu
@@ -327,7 +327,7 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
                                           meta=meta, keep_last=cfg.checkpoint.keep_last)
         logger.write_console(f"saved {path}")
 
-    checkpoint.prepare_writer()  # its helper process ignores the stop signals, whatever handlers are installed
+    overrides.prepare_writer()  # its helper process ignores the stop signals, whatever handlers are installed
     stop = stop or StopSignal()
     try:
         while trainer.step < cfg.optim.train_steps:

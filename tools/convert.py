@@ -72,22 +72,12 @@ def _prepare_output(out: Path, force: bool) -> Path:
 
 
 def _init_single_process():
-    """A gloo world of one with megatron's parallel state at tp=pp=1 (what build_gpt and dist_checkpointing need).
-    Not `taidtron.distributed.init_distributed`: inside a SLURM allocation that would take the job's task count."""
-    import torch.distributed as dist
+    """A gloo world of one with megatron's parallel state at tp=pp=1 (what build_gpt and dist_checkpointing need),
+    a world of one even inside a SLURM allocation."""
+    from taidtron.config import ParallelConfig
+    from taidtron.distributed import LaunchEnv, init_distributed, seed_everything
 
-    from megatron.core import parallel_state, tensor_parallel
-
-    from taidtron import cpu_shim
-    from taidtron.distributed import free_port
-
-    cpu_shim.install()
-    if not dist.is_initialized():
-        # a free port, so conversions can run beside training jobs
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
-    if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(1, 1)
-    tensor_parallel.model_parallel_cuda_manual_seed(0)
+    seed_everything(0, init_distributed(ParallelConfig(), launch=LaunchEnv.single()))
 
 
 def _close_single_process() -> None:

@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     from taidtron.data.indexed import build_indexed_dataset
-    from taidtron.data.tokenizer import train_sentencepiece
+    from taidtron.data.tokenizer_training import train_sentencepiece
 
     if out.resolve().is_relative_to(REPO):  # record repo-relative paths in the shipped .meta.json
         os.chdir(REPO)

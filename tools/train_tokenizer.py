@@ -40,7 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from taidtron.data.tokenizer import load_tokenizer, train_sentencepiece
+    from taidtron.data.tokenizer import load_tokenizer
+    from taidtron.data.tokenizer_training import train_sentencepiece
 
     try:
         model = train_sentencepiece(args.input, args.out, vocab_size=args.vocab_size, model_type=args.model_type,

@@ -9,6 +9,7 @@ The trainer needs two calls:
 from taidtron.data.indexed import build_indexed_dataset
 from taidtron.data.loader import PretrainingBatchSampler, build_data_iterators, build_datasets
 from taidtron.data.tokenizer import Tokenizer, check_same_tokenizer, load_shared_tokenizer, load_tokenizer
+from taidtron.data.tokenizer_training import train_sentencepiece
 
 __all__ = [
     "PretrainingBatchSampler",
@@ -19,4 +20,5 @@ __all__ = [
     "check_same_tokenizer",
     "load_shared_tokenizer",
     "load_tokenizer",
+    "train_sentencepiece",
 ]

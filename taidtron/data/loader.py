@@ -24,79 +24,23 @@ builds them and the others wait at a barrier and read them, so the cache must be
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib
-import importlib.util
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-import torch.distributed as dist
 
+from taidtron import overrides
 from taidtron.data.indexed import dataset_files, read_meta
 from taidtron.data.tokenizer import Tokenizer
+from taidtron.distributed import world_of_one
 
 logger = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
 BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# megatron-core's C++ dataset helpers
-
-
-def ensure_dataset_helpers() -> None:
-    """Make `megatron.core.datasets.helpers_cpp` importable (GPTDataset builds its sample index with it).
-
-    The megatron-core wheels on PyPI ship it compiled (e.g. helpers_cpp.cpython-311-x86_64-linux-gnu.so), so
-    normally this only imports it. Where it is missing (a source install, an unusual platform) it is compiled
-    once from the helpers.cpp that megatron-core ships, which needs a C++ compiler and `pip install pybind11`.
-    The build goes into the package directory when writable, else `$TAIDTRON_CACHE` (default
-    ~/.cache/taidtron), and is written under a temporary name then renamed, so concurrent ranks are safe.
-    """
-    try:
-        importlib.import_module("megatron.core.datasets.helpers_cpp")
-        return
-    except ImportError:
-        pass
-    import subprocess
-    import sys
-    import sysconfig
-
-    import megatron.core.datasets as mcd
-
-    src = Path(mcd.__file__).parent / "helpers.cpp"
-    suffix = sysconfig.get_config_var("EXT_SUFFIX")
-    pkg_dir = Path(mcd.__file__).parent
-    out_dir = pkg_dir if os.access(pkg_dir, os.W_OK) else Path(
-        os.environ.get("TAIDTRON_CACHE", Path.home() / ".cache" / "taidtron"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"helpers_cpp{suffix}"
-    if not target.exists():
-        try:
-            import pybind11
-        except ImportError:
-            raise RuntimeError("megatron-core's C++ dataset helpers are not compiled in this install and pybind11 is "
-                               "missing; run `pip install pybind11` (a C++ compiler is needed too), or install a "
-                               "megatron-core wheel that ships helpers_cpp.") from None
-        tmp = out_dir / f".helpers_cpp.{os.getpid()}{suffix}"
-        cmd = [os.environ.get("CXX", "c++"), "-O3", "-Wall", "-shared", "-std=c++17", "-fPIC",
-               f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}", str(src), "-o", str(tmp)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"compiling megatron-core's dataset helpers failed:\n{' '.join(cmd)}\n{proc.stderr}")
-        os.replace(tmp, target)
-    if out_dir != pkg_dir:  # load it from the cache under the name megatron imports
-        spec = importlib.util.spec_from_file_location("megatron.core.datasets.helpers_cpp", target)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["megatron.core.datasets.helpers_cpp"] = module
-    importlib.import_module("megatron.core.datasets.helpers_cpp")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -182,20 +126,6 @@ def index_cache_dir(cache_dir: str | None, prefixes: list[str]) -> str:
     return str(root / _content_key(prefixes))
 
 
-@contextlib.contextmanager
-def _process_group_for_build() -> Iterator[None]:
-    """megatron-core's dataset builders assume torch.distributed (BlendedDataset calls get_rank() unguarded).
-    Without one, a private single-process gloo group stands in for the build and is destroyed afterwards."""
-    if dist.is_initialized():
-        yield
-        return
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 # ----------------------------------------------------------------------------------------------------------
 # datasets
 
@@ -210,7 +140,7 @@ def build_datasets(data_cfg: Any, tokenizer: Tokenizer, *, train_samples: int, v
     shares = parse_split(data_cfg.split)
     for prefix in prefixes:
         _check_dataset(prefix, tokenizer, shares)
-    ensure_dataset_helpers()
+    overrides.ensure_dataset_helpers()
     if train_samples < 1:
         raise ValueError(f"train_samples={train_samples} must be >= 1.")
     want_valid = shares[1] > 0 and valid_samples > 0
@@ -229,7 +159,7 @@ def build_datasets(data_cfg: Any, tokenizer: Tokenizer, *, train_samples: int, v
     )
     # 0 rather than None for unused splits: megatron-core wants a size for every split of a weighted blend.
     sizes = [train_samples, valid_samples if want_valid else 0, 0]
-    with _process_group_for_build():
+    with world_of_one():
         train, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
     return train, (valid if want_valid else None)
 

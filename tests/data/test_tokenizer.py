@@ -8,8 +8,8 @@ import pytest
 from megatron.core.tokenizers import MegatronTokenizerBase
 
 from taidtron.config import DataConfig
-from taidtron.data.tokenizer import (NO_PAD, check_same_tokenizer, load_shared_tokenizer, load_tokenizer,
-                                     train_sentencepiece)
+from taidtron.data.tokenizer import NO_PAD, check_same_tokenizer, load_shared_tokenizer, load_tokenizer
+from taidtron.data.tokenizer_training import train_sentencepiece
 
 TEXT = "Q: Where does Mia live?\nA: Mia lives in Brindle.  Two spaces, 7 plus 5 is 12."
 

@@ -15,7 +15,6 @@ import torch.distributed as dist
 
 from loss_reference import (  # noqa: E402
     OPTIONS,
-    PADDED_VOCAB,
     REFERENCE_OPTION,
     VOCAB,
     divergence_reference,

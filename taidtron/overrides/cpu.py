@@ -1,9 +1,9 @@
-"""Run megatron-core 0.16 on CPU (gloo). Opt-in: `install()` is called by `taidtron.distributed` only when no
-CUDA device is present, so nothing here touches a GPU run.
+"""Run megatron-core on CPU (gloo). Opt-in: `install()` is called by `taidtron.distributed` only when the process
+runs without a GPU, so nothing here touches a GPU run. Checked against megatron-core 0.16.1 (see
+`taidtron.overrides.CHECKED_MEGATRON_CORE`).
 
-megatron-core assumes CUDA in a handful of places. Each redirection below names the place it serves; all of them
-are undone by nothing (a CPU process never gets a GPU later). Kept in this one module on purpose: no other file
-in taidtron patches a library.
+megatron-core assumes CUDA in a handful of places. Each redirection below names the place it serves; none of them
+is ever undone (a CPU process never gets a GPU later).
 
 1. RNG. The model-parallel RNG tracker (`tensor_parallel.random`) forks `torch.cuda` generator states for
    dropout/initialisation inside TP regions; on CPU it forks the CPU default generator instead.
@@ -15,9 +15,9 @@ in taidtron patches a library.
    a TorchFunctionMode maps the cuda device to cpu for factory calls and `.cuda()`/`.to("cuda")`.
 5. The optimizer checks `param.type() == 'torch.cuda.FloatTensor'` (distributed optimizer, clip_grads): the
    same mode answers `Tensor.type()` for CPU tensors with the CUDA type name, so fp32 params are recognised.
-6. Sequence parallel with the local spec: megatron's `WrappedTorchNorm` asserts `not sequence_parallel`; we
-   use `SequenceParallelTorchNorm` (in `taidtron.models`), built on torch RMSNorm with its parameters tagged
-   `sequence_parallel` so their grads are all-reduced over TP (see `taidtron/models/gpt.py`).
+
+(Sequence parallelism with the local spec needs no patch: `taidtron.models.gpt.RMSNorm` is a norm of our own whose
+weight is tagged `sequence_parallel`, where megatron's `WrappedTorchNorm` refuses sequence parallelism.)
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def install() -> None:
     if _INSTALLED:
         return
     if torch.cuda.is_available():
-        raise RuntimeError("taidtron.cpu_shim is for machines without CUDA; it must not run on a GPU machine.")
+        raise RuntimeError("taidtron.overrides.cpu is for processes without CUDA; it must not run on a GPU machine.")
     from megatron.core.tensor_parallel import random as mcore_random
 
     # 1. RNG: CUDA generator calls -> the CPU default generator.

@@ -1,0 +1,49 @@
+"""Every workaround for megatron-core internals, in one place, each checked against the versions listed here.
+
+taidtron uses megatron-core through its public API everywhere else. Where that API is missing something (CPU runs)
+or has a bug on the path taidtron takes (no Transformer Engine / apex), the fix lives in this package, names the
+private attribute it touches, the version it was checked against and why:
+
+    cpu.py            torch.cuda redirections so megatron-core runs on CPU with gloo (only without a GPU)
+    checkpointing.py  the dist-checkpoint writer's results queue; the distributed optimizer's dummy Adam state,
+                      its `step` KeyError and its shared `step` tensor on load
+    datasets.py       the compiled `helpers_cpp` module GPTDataset needs, built and injected when missing
+
+No other module of taidtron patches or pokes at a library. `tests/overrides/test_megatron_version.py` fails when the
+installed megatron-core is not one of CHECKED_MEGATRON_CORE: re-check every workaround above, then add the version.
+"""
+
+from __future__ import annotations
+
+from taidtron.overrides.checkpointing import load_optimizer_state, materialize_optimizer_state, prepare_writer
+from taidtron.overrides.datasets import ensure_dataset_helpers
+
+CHECKED_MEGATRON_CORE = ("0.16.1",)
+"""megatron-core versions every workaround in this package was checked against."""
+
+
+def megatron_core_version() -> str:
+    from importlib.metadata import version
+
+    return version("megatron-core")
+
+
+def unchecked_megatron_core() -> str | None:
+    """A sentence naming the installed megatron-core when it is not a checked version, else None."""
+    installed = megatron_core_version()
+    if installed in CHECKED_MEGATRON_CORE:
+        return None
+    return (f"megatron-core {installed} is installed, but taidtron's workarounds for its internals "
+            f"(taidtron/overrides/) were checked against {', '.join(CHECKED_MEGATRON_CORE)} only; install "
+            f"megatron-core=={CHECKED_MEGATRON_CORE[-1]} or re-check taidtron/overrides/ for {installed}.")
+
+
+__all__ = [
+    "CHECKED_MEGATRON_CORE",
+    "ensure_dataset_helpers",
+    "load_optimizer_state",
+    "materialize_optimizer_state",
+    "megatron_core_version",
+    "prepare_writer",
+    "unchecked_megatron_core",
+]

@@ -1,0 +1,102 @@
+"""Workarounds for megatron-core's dist-checkpointing and distributed-optimizer internals (checked: 0.16.1).
+
+Each function names the private attribute it touches and why; `taidtron.checkpoint` and `taidtron.trainer` call
+them, and nothing else in taidtron reaches into these internals.
+
+- `prepare_writer`: `filesystem_async._results_queue`, the async writer's results queue.
+- `materialize_optimizer_state`: `DistributedOptimizer._init_optimizer_states_with_dummy_values`.
+- `load_optimizer_state`: `DistributedOptimizer._set_main_param_and_optimizer_states` (scoped, restored after the
+  call) and torch Adam's per-parameter `step` tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import signal
+
+import torch
+
+
+def prepare_writer() -> None:
+    """Create dist_checkpointing's write-results queue now, before the trainer installs its signal handlers.
+
+    megatron-core makes it lazily at the first save, through a *spawn* multiprocessing Manager: 5-12 s and a
+    re-import of `__main__` on CPU. Two fixes: (1) the Manager ignores SIGUSR1/SIGTERM, which SLURM and torchrun
+    deliver to the whole job step on preemption (a dead Manager makes the preemption save itself fail); (2) without
+    CUDA it is forked (~0.4 s; safe with no CUDA context), with CUDA it stays spawned.
+    """
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is not None:
+        return
+    context = multiprocessing.get_context("spawn" if torch.cuda.is_available() else "fork")
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+    try:
+        filesystem_async._results_queue = context.Manager().Queue()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _sub_optimizers(optimizer) -> list:
+    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def materialize_optimizer_state(optimizer) -> None:
+    """A fresh distributed optimizer has no Adam state (not even `step`) until its first step, and without
+    TE/apex megatron's DistributedOptimizer.state_dict() requires it. megatron's own remedy is one step on zero
+    grads with placeholder state, which loading then overwrites in place (model weights are reloaded after)."""
+    for sub in _sub_optimizers(optimizer):
+        if hasattr(sub, "_init_optimizer_states_with_dummy_values") and len(sub.optimizer.state) == 0:
+            sub._init_optimizer_states_with_dummy_values()
+
+
+@contextlib.contextmanager
+def _tolerate_missing_adam_step(optimizer):
+    """megatron-core 0.16.1 without TE/apex (torch Adam): `load_parameter_state_from_fully_reshardable` leaves
+    Adam's `step` out of the tensors it copies but copies every key of the destination state, which has `step`,
+    so it raises KeyError('step'). `step` is restored from param_groups just before; hand it back unchanged.
+    Scoped to this one call on these optimizer instances."""
+    patched = []
+    for sub in _sub_optimizers(optimizer):
+        original = getattr(sub, "_set_main_param_and_optimizer_states", None)
+        if original is None:
+            continue
+
+        def with_step(model_param, tensors, _sub=sub, _original=original):
+            group_index, group_order = _sub.model_param_group_index_map[model_param]
+            main_param = _sub.optimizer.param_groups[group_index]["params"][group_order]
+            state = _sub.optimizer.state[main_param]
+            if "step" in state and "step" not in tensors:
+                tensors = {**tensors, "step": state["step"]}
+            return _original(model_param, tensors)
+
+        sub._set_main_param_and_optimizer_states = with_step
+        patched.append(sub)
+    try:
+        yield
+    finally:
+        for sub in patched:
+            del sub._set_main_param_and_optimizer_states
+
+
+def _unshare_adam_steps(optimizer) -> None:
+    """megatron-core 0.16.1 without TE/apex restores torch Adam's per-parameter `step` as ONE tensor shared by every
+    parameter (`DistributedOptimizer.load_state_dict`: `s["step"] = step` in a loop), and torch's load_state_dict
+    keeps `step` tensors as they are. Adam then increments that tensor in place once per parameter, so after the
+    first resumed step the bias correction uses step + (number of parameters) and the run diverges from the
+    uninterrupted one. Give every parameter its own copy."""
+    for sub in _sub_optimizers(optimizer):
+        inner = getattr(sub, "optimizer", None)
+        for state in getattr(inner, "state", {}).values():
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].clone()
+
+
+def load_optimizer_state(optimizer, state_dict: dict) -> None:
+    """`optimizer.load_state_dict(state_dict)` with the two 0.16.1 fixes above around it. Call under no_grad:
+    DistributedOptimizer.load_state_dict copies into fp32 parameters in place."""
+    with _tolerate_missing_adam_step(optimizer):
+        optimizer.load_state_dict(state_dict)
+    _unshare_adam_steps(optimizer)
