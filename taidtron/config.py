@@ -115,10 +115,11 @@ class ParallelConfig:
 
 @dataclass(kw_only=True)
 class TAIDConfig:
-    """The distillation objective and the adaptive interpolation schedule (DESIGN.md §1)."""
+    """The training objective and TAID's adaptive interpolation schedule (docs/taid.md)."""
 
     loss: str = "taid"
-    """Objective from the registry: taid, fkl, rkl, tvd, skew_fkl, skew_rkl, js."""
+    """Objective: taid; a baseline fkl, rkl, tvd, skew_fkl, skew_rkl, js; or lm (next-token training of the student
+    alone: no teacher is built, the teacher section is ignored)."""
     t_start: float = 0.4
     """Interpolation t at step 0."""
     t_end: float = 1.0
@@ -133,12 +134,15 @@ class TAIDConfig:
     """Mixing weight of the skew KL baselines (skew_fkl, skew_rkl)."""
     js_beta: float = 0.5
     """Weight of the generalized Jensen-Shannon baseline (js)."""
+    lm_loss_weight: float = 0.0
+    """Weight of the next-token cross-entropy added to a distillation loss (0: pure distillation, as the paper). t is
+    driven by the distillation term alone."""
     chunk_tokens: int | None = None
     """Tokens per chunk inside the fused loss; bounds its fp32 temporaries to chunk_tokens * vocab / tp. None: the
     loss picks about 2**20 logits per chunk on CPU and 2**26 on GPU."""
 
     def __post_init__(self) -> None:
-        valid = ("taid", "fkl", "rkl", "tvd", "skew_fkl", "skew_rkl", "js")
+        valid = ("taid", "fkl", "rkl", "tvd", "skew_fkl", "skew_rkl", "js", "lm")  # = taidtron.losses.OBJECTIVES
         if self.loss not in valid:
             raise ConfigError(f"taid.loss={self.loss!r} is unknown; choose one of {', '.join(valid)}.")
         if not 0.0 <= self.t_start <= self.t_end <= 1.0:
@@ -149,6 +153,8 @@ class TAIDConfig:
             raise ConfigError(f"taid.alpha={self.alpha} must be >= 0.")
         if self.chunk_tokens is not None and self.chunk_tokens < 1:
             raise ConfigError(f"taid.chunk_tokens={self.chunk_tokens} must be >= 1.")
+        if self.lm_loss_weight < 0:
+            raise ConfigError(f"taid.lm_loss_weight={self.lm_loss_weight} must be >= 0.")
 
 
 @dataclass(kw_only=True)
@@ -180,9 +186,9 @@ class OptimConfig:
                               f"min_lr={self.min_lr}).")
         if self.train_steps < 1:
             raise ConfigError(f"optim.train_steps={self.train_steps} must be >= 1.")
-        if not 0 <= self.warmup_steps <= self.train_steps:
+        if not 0 <= self.warmup_steps < self.train_steps:
             raise ConfigError(f"optim.warmup_steps ({self.warmup_steps}) must be in [0, optim.train_steps "
-                              f"({self.train_steps})].")
+                              f"({self.train_steps})): the cosine decay needs at least one step after warm-up.")
         if self.clip_grad < 0:
             raise ConfigError(f"optim.clip_grad={self.clip_grad} must be >= 0 (0 disables clipping).")
 
@@ -277,18 +283,25 @@ class TrainConfig:
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"precision={self.precision!r}; use auto, bf16 or fp32.")
 
+    def uses_teacher(self) -> bool:
+        """Whether the objective distils from the teacher (every `taid.loss` but `lm`)."""
+        from taidtron.losses import objective_needs_teacher  # local: the config stays importable without torch
+
+        return objective_needs_teacher(self.taid.loss)
+
+    def models(self) -> dict[str, ModelConfig]:
+        """The model sections this run builds, by role: the student, and the teacher when the objective uses it."""
+        return {"student": self.student, "teacher": self.teacher} if self.uses_teacher() else {"student": self.student}
+
     def padded_vocab_size(self) -> int:
-        """One vocabulary size for both models, divisible by 128 * tp, so their logit shards align."""
-        multiple = 128 * self.parallel.tp
-        largest = max(self.student.vocab_size, self.teacher.vocab_size)
-        return int(math.ceil(largest / multiple) * multiple)
+        """One vocabulary size for the models, divisible by 128 * tp, so their logit shards align."""
+        return padded_vocab_size(list(self.models().values()), self.parallel.tp)
 
     def validate_layout(self, world_size: int) -> None:
         """Checks that need the world size: divisibility of both models under tp/pp, and the batch arithmetic."""
         par = self.parallel
         par.accumulation_steps(world_size)
-        for role in ("student", "teacher"):
-            model: ModelConfig = getattr(self, role)
+        for role, model in self.models().items():
             if model.num_attention_heads % par.tp:
                 raise ConfigError(f"{role}.num_attention_heads ({model.num_attention_heads}) is not divisible by "
                                   f"parallel.tp ({par.tp}); choose tp dividing it.")
@@ -309,6 +322,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def padded_vocab_size(models: list[ModelConfig], tp: int) -> int:
+    """The largest of the models' vocabularies rounded up to a multiple of 128 * tp (one size for all of them)."""
+    multiple = 128 * tp
+    return int(math.ceil(max(m.vocab_size for m in models) / multiple) * multiple)
 
 
 # ----------------------------------------------------------------------------------------------------------

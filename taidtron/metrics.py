@@ -72,8 +72,10 @@ class MetricsLogger:
         if self.bar is not None:
             self.bar.update(1)
             if row["step"] % self.log_interval == 0:
-                self.bar.set_postfix(loss=f"{row['loss']:.4f}", t=f"{row['taid_t']:.3f}",
-                                     tok_s=f"{row['tokens_per_s']:.0f}")
+                shown = {"loss": f"{row['loss']:.4f}"}
+                if "taid_t" in row:
+                    shown["t"] = f"{row['taid_t']:.3f}"
+                self.bar.set_postfix(**shown, tok_s=f"{row['tokens_per_s']:.0f}")
 
     def log_eval(self, row: dict) -> None:
         if not self.enabled:

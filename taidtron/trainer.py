@@ -1,10 +1,11 @@
-"""The distillation loop: build the pair on megatron-core, run optimizer steps, update t, log, checkpoint.
+"""The training loop: build the pair on megatron-core, run optimizer steps, update t, log, checkpoint.
 
 One optimizer step (`Trainer.train_step`), top to bottom:
-  micro-batches -> per stage: teacher forward under no_grad, student forward (the pair) -> last stage: TAID loss
-  on vocab shards (token sum) -> backward through the student only (megatron 1F1B schedule, real p2p) ->
+  micro-batches -> per stage: teacher forward under no_grad, student forward (the pair) -> last stage: the objective
+  on vocab shards (token sums) -> backward through the student only (megatron 1F1B schedule, real p2p) ->
   grads all-reduced over DP and divided by the global token count -> clip -> AdamW step -> LR step ->
   t update from the global-batch token-mean distillation loss (identical on every rank).
+With an objective that needs no teacher (`taid.loss=lm`) the same loop trains the student alone.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import math
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
 
-from taidtron.config import TrainConfig
+from taidtron.config import ModelConfig, OptimConfig, ParallelConfig, TAIDConfig, TrainConfig, padded_vocab_size
 from taidtron.distributed import ParallelContext
-from taidtron.losses import TAIDSchedule, get_loss
+from taidtron.losses import LossTerms, TAIDSchedule, get_loss, vocab_parallel_fkl_loss, vocab_parallel_lm_loss
 from taidtron.models import DistillationPair, build_gpt, pipeline_config
 from taidtron.preemption import PREEMPTED_EXIT_CODE, StopSignal
 
@@ -30,11 +31,13 @@ Batch = dict[str, torch.Tensor]
 @dataclass
 class StepResult:
     loss: float
-    """Global-batch token-mean distillation loss (the value fed to the t update)."""
+    """Global-batch token-mean loss that drives t: the distillation loss, or the LM loss of `taid.loss=lm`."""
+    lm_loss: float | None
+    """Global-batch token-mean next-token loss of the student, when the objective computes it."""
     grad_norm: float
     lr: float
-    taid_t: float
-    """t after this step's update (the value the next step uses)."""
+    taid_t: float | None
+    """t after this step's update (the value the next step uses); None when the objective does not use t."""
     tokens: int
     """Loss tokens in the global batch."""
     seconds: float
@@ -46,9 +49,11 @@ def params_dtype_for(precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def count_parameters(model: torch.nn.Module, group: dist.ProcessGroup | None, device: torch.device) -> int:
+def count_parameters(model: torch.nn.Module | None, group: dist.ProcessGroup | None, device: torch.device) -> int:
     """Parameters of the whole model (summed over the model-parallel group that holds its shards). `device` is where
     the group's backend can reduce (NCCL: the GPU)."""
+    if model is None:
+        return 0
     local = torch.tensor([sum(p.numel() for p in model.parameters())], dtype=torch.float64, device=device)
     if group is not None and dist.get_world_size(group) > 1:
         dist.all_reduce(local, group=group)
@@ -56,7 +61,13 @@ def count_parameters(model: torch.nn.Module, group: dist.ProcessGroup | None, de
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, ctx: ParallelContext, *, vocab_size: int):
+    """The pair on megatron-core (DDP, distributed optimizer, LR schedule, TAID schedule): `train_step` runs one
+    optimizer step, `evaluate` a validation pass. Takes the config sections it uses; `teacher` is None exactly when
+    the objective needs no teacher."""
+
+    def __init__(self, *, student: ModelConfig, teacher: ModelConfig | None, parallel: ParallelConfig,
+                 taid: TAIDConfig, optim: OptimConfig, seq_length: int, precision: str, ctx: ParallelContext,
+                 vocab_size: int):
         from megatron.core import parallel_state
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.distributed.finalize_model_grads import finalize_model_grads
@@ -66,75 +77,75 @@ class Trainer:
 
         from taidtron import checkpoint
 
-        self.cfg, self.ctx = cfg, ctx
+        self.objective = get_loss(taid)
+        if self.objective.needs_teacher != (teacher is not None):
+            raise ValueError(f"taid.loss={taid.loss} {'needs' if self.objective.needs_teacher else 'takes no'} "
+                             f"teacher.")
+        self.ctx, self.parallel, self.optim_cfg, self.seq_length = ctx, parallel, optim, seq_length
+        models = [m for m in (student, teacher) if m is not None]
         self.vocab_size = vocab_size
-        self.padded_vocab_size = cfg.padded_vocab_size()
-        if vocab_size > min(cfg.student.vocab_size, cfg.teacher.vocab_size):
-            raise ValueError(f"the tokenizer has {vocab_size} tokens but student.vocab_size={cfg.student.vocab_size}"
-                             f" and teacher.vocab_size={cfg.teacher.vocab_size}; the models' embeddings must cover "
+        self.padded_vocab_size = padded_vocab_size(models, parallel.tp)
+        if vocab_size > min(m.vocab_size for m in models):
+            sizes = " and ".join(f"{role}.vocab_size={m.vocab_size}"
+                                 for role, m in (("student", student), ("teacher", teacher)) if m is not None)
+            raise ValueError(f"the tokenizer has {vocab_size} tokens but {sizes}; the models' embeddings must cover "
                              f"the tokenizer (use the tokenizer the models were trained with).")
-        self.params_dtype = params_dtype_for(cfg.precision, ctx.device)
-        self.accumulation_steps = cfg.parallel.accumulation_steps(ctx.world_size)
+        self.params_dtype = params_dtype_for(precision, ctx.device)
+        self.accumulation_steps = parallel.accumulation_steps(ctx.world_size)
 
-        build = partial(build_gpt, parallel=cfg.parallel, padded_vocab_size=self.padded_vocab_size,
-                        max_seq_length=cfg.data.seq_length, pp_rank=ctx.pp_rank, params_dtype=self.params_dtype,
+        build = partial(build_gpt, parallel=parallel, padded_vocab_size=self.padded_vocab_size,
+                        max_seq_length=seq_length, pp_rank=ctx.pp_rank, params_dtype=self.params_dtype,
                         device=ctx.device)
-        student, teacher = build(cfg.student), build(cfg.teacher)
-        self.teacher_source = None
-        for role, model in (("student", student), ("teacher", teacher)):
-            source = getattr(cfg, role).init
-            if source:
-                checkpoint.load_model_weights(model, source)
-        if cfg.teacher.init:
-            self.teacher_source = checkpoint.describe_source(cfg.teacher.init)
+        student_model = build(student)
+        teacher_model = build(teacher) if teacher is not None else None
+        for model_cfg, model in ((student, student_model), (teacher, teacher_model)):
+            if model_cfg is not None and model_cfg.init:
+                checkpoint.load_model_weights(model, model_cfg.init)
+        self.teacher_source = checkpoint.describe_source(teacher.init) if teacher is not None and teacher.init \
+            else None
         model_parallel_group = parallel_state.get_model_parallel_group()
-        self.student_params = count_parameters(student, model_parallel_group, ctx.device)
-        self.teacher_params = count_parameters(teacher, model_parallel_group, ctx.device)
+        self.student_params = count_parameters(student_model, model_parallel_group, ctx.device)
+        self.teacher_params = count_parameters(teacher_model, model_parallel_group, ctx.device)
 
-        pair = DistillationPair(student, teacher, pipeline_config(student.config, teacher.config))
+        pair = DistillationPair(student_model, teacher_model,
+                                pipeline_config(student_model.config, getattr(teacher_model, "config", None)))
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
             overlap_grad_reduce=False,
-            use_distributed_optimizer=cfg.parallel.distributed_optimizer,
+            use_distributed_optimizer=parallel.distributed_optimizer,
         )
         self.model = DistributedDataParallel(config=pair.config, ddp_config=ddp_config, module=pair)
         self.optimizer = get_megatron_optimizer(
             OptimizerConfig(
                 optimizer="adam",
-                lr=cfg.optim.lr,
-                min_lr=cfg.optim.min_lr,
-                weight_decay=cfg.optim.weight_decay,
-                adam_beta1=cfg.optim.adam_beta1,
-                adam_beta2=cfg.optim.adam_beta2,
-                adam_eps=cfg.optim.adam_eps,
-                clip_grad=cfg.optim.clip_grad,
+                lr=optim.lr,
+                min_lr=optim.min_lr,
+                weight_decay=optim.weight_decay,
+                adam_beta1=optim.adam_beta1,
+                adam_beta2=optim.adam_beta2,
+                adam_eps=optim.adam_eps,
+                clip_grad=optim.clip_grad,
                 bf16=self.params_dtype == torch.bfloat16,
                 params_dtype=self.params_dtype,
-                use_distributed_optimizer=cfg.parallel.distributed_optimizer,
+                use_distributed_optimizer=parallel.distributed_optimizer,
             ),
             [self.model],
         )
         self.scheduler = OptimizerParamScheduler(
             self.optimizer,
             init_lr=0.0,
-            max_lr=cfg.optim.lr,
-            min_lr=cfg.optim.min_lr,
-            lr_warmup_steps=cfg.optim.warmup_steps,
-            lr_decay_steps=cfg.optim.train_steps,
+            max_lr=optim.lr,
+            min_lr=optim.min_lr,
+            lr_warmup_steps=optim.warmup_steps,
+            lr_decay_steps=optim.train_steps,
             lr_decay_style="cosine",
-            start_wd=cfg.optim.weight_decay,
-            end_wd=cfg.optim.weight_decay,
-            wd_incr_steps=cfg.optim.train_steps,
+            start_wd=optim.weight_decay,
+            end_wd=optim.weight_decay,
+            wd_incr_steps=optim.train_steps,
             wd_incr_style="constant",
         )
-        self.schedule = TAIDSchedule(t_start=cfg.taid.t_start, t_end=cfg.taid.t_end, alpha=cfg.taid.alpha,
-                                     beta=cfg.taid.beta, adaptive=cfg.taid.adaptive)
-        self.loss_fn: Callable = get_loss(cfg.taid.loss)
-        self.loss_options: dict = {"chunk_tokens": cfg.taid.chunk_tokens}
-        if cfg.taid.loss in ("skew_fkl", "skew_rkl"):
-            self.loss_options["skew"] = cfg.taid.skew
-        elif cfg.taid.loss == "js":
-            self.loss_options["beta"] = cfg.taid.js_beta
+        self.schedule = TAIDSchedule(t_start=taid.t_start, t_end=taid.t_end, alpha=taid.alpha, beta=taid.beta,
+                                     adaptive=taid.adaptive)
 
         # megatron's schedules read their hooks from the model config.
         model_config = pair.config
@@ -144,6 +155,10 @@ class Trainer:
         self.forward_backward = get_forward_backward_func()
         self.step = 0
         self.consumed_samples = 0
+
+    @property
+    def student(self):
+        return self.model.module.student
 
     # ------------------------------------------------------------------------------------------------------
     # one micro-batch
@@ -155,27 +170,24 @@ class Trainer:
         output = model(tokens, position_ids)
         if not self.ctx.is_last_stage:
             return output, None
-        student_logits, teacher_logits = output  # [b, s, V_padded / tp] each
-        token_loss = self.loss_fn(student_logits, teacher_logits, t=self.schedule.t, vocab_size=self.vocab_size,
-                                  group=self.ctx.tp_group, **self.loss_options)  # [b, s] fp32
-        loss_mask = batch["loss_mask"].to(self.ctx.device).float()
-        if not evaluate:
-            return token_loss, partial(_masked_token_sum, loss_mask)
+        student_logits, teacher_logits = output  # [b, s, V_padded / tp] each (teacher: None without one)
         labels = batch["labels"].to(self.ctx.device)
-        lm_losses = [self._lm_loss(logits, labels) for logits in (student_logits, teacher_logits)]
-        return token_loss, partial(_masked_eval_sums, loss_mask, lm_losses)
+        loss_mask = batch["loss_mask"].to(self.ctx.device).float()
+        terms = self.objective(student_logits, teacher_logits, labels, t=self.schedule.t,
+                               vocab_size=self.vocab_size, group=self.ctx.tp_group)  # [b, s] fp32 each
+        extra = self._validation_terms(student_logits, teacher_logits, labels, terms) if evaluate else {}
+        return terms.total, partial(_masked_token_sums, loss_mask, terms, extra)
 
-    def _lm_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Next-token cross-entropy over the true vocabulary: padded columns are excluded (set to -inf). The
-        logits are copied because megatron's vocab_parallel_cross_entropy works in place."""
-        from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
-
-        local_vocab = logits.shape[-1]
-        first_column = self.ctx.tp_rank * local_vocab
-        masked = logits.float().clone()
-        padding_start = max(0, min(local_vocab, self.vocab_size - first_column))
-        masked[..., padding_start:] = float("-inf")
-        return vocab_parallel_cross_entropy(masked, labels)  # [b, s]
+    def _validation_terms(self, student_logits, teacher_logits, labels, terms: LossTerms) -> dict[str, torch.Tensor]:
+        """Per-token validation metrics beyond the objective: the student's (and teacher's) next-token loss and
+        KL(teacher || student), over the true vocabulary."""
+        lm = partial(vocab_parallel_lm_loss, labels=labels, vocab_size=self.vocab_size, group=self.ctx.tp_group)
+        out = {"student_lm": terms.lm if terms.lm is not None else lm(student_logits)}
+        if teacher_logits is not None:
+            out["teacher_lm"] = lm(teacher_logits)
+            out["kl_teacher_student"] = vocab_parallel_fkl_loss(student_logits, teacher_logits,
+                                                                vocab_size=self.vocab_size, group=self.ctx.tp_group)
+        return out
 
     # ------------------------------------------------------------------------------------------------------
     # one optimizer step
@@ -190,8 +202,8 @@ class Trainer:
             data_iterator=micro_batches,
             model=[self.model],
             num_microbatches=self.accumulation_steps,
-            seq_length=self.cfg.data.seq_length,
-            micro_batch_size=self.cfg.parallel.micro_batch_size,
+            seq_length=self.seq_length,
+            micro_batch_size=self.parallel.micro_batch_size,
             forward_only=False,
         )
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used, before the scheduler moves it
@@ -200,54 +212,68 @@ class Trainer:
             raise FloatingPointError(f"optimizer step {self.step + 1} was skipped (non-finite gradients); lower "
                                      f"optim.lr or check the data.")
         self.scheduler.step(increment=1)
-        loss_sum, tokens = self._global_sums(per_micro_batch, ["distill_sum", "tokens"])
-        loss = loss_sum / max(tokens, 1.0)
+        sums = self._global_sums(per_micro_batch)
+        tokens = max(sums["tokens"], 1.0)
+        loss = (sums["distill"] if self.objective.needs_teacher else sums["lm"]) / tokens
         if not math.isfinite(loss):
-            raise FloatingPointError(f"distillation loss is {loss} at step {self.step + 1}; lower optim.lr or "
+            raise FloatingPointError(f"the training loss is {loss} at step {self.step + 1}; lower optim.lr or "
                                      f"check the data and the teacher checkpoint.")
         self.step += 1
-        self.consumed_samples += self.cfg.parallel.global_batch_size
-        # t moves once per optimizer step from the global mean, so every rank and layout sees the same t.
-        taid_t = self.schedule.update(loss, self.step, self.cfg.optim.train_steps)
-        return StepResult(loss=loss, grad_norm=float(grad_norm or 0.0), lr=lr,
-                          taid_t=taid_t, tokens=int(tokens), seconds=time.perf_counter() - start)
+        self.consumed_samples += self.parallel.global_batch_size
+        taid_t = None
+        if self.objective.uses_t:
+            # t moves once per optimizer step from the global mean, so every rank and layout sees the same t.
+            taid_t = self.schedule.update(loss, self.step, self.optim_cfg.train_steps)
+        lm_loss = sums["lm"] / tokens if "lm" in sums else None
+        return StepResult(loss=loss, lm_loss=lm_loss, grad_norm=float(grad_norm or 0.0), lr=lr, taid_t=taid_t,
+                          tokens=int(sums["tokens"]), seconds=time.perf_counter() - start)
 
     @torch.no_grad()
     def evaluate(self, batches: Iterator[Batch], num_steps: int) -> dict[str, float]:
-        """Validation at the current t (t is not updated): distillation loss and both models' LM loss."""
+        """Validation at the current t (t is not updated): the objective's terms, the student's next-token loss and,
+        with a teacher, the teacher's next-token loss and KL(teacher || student)."""
         self.model.eval()
-        keys = ["distill_sum", "student_lm_sum", "teacher_lm_sum", "tokens"]
-        totals = dict.fromkeys(keys, 0.0)
+        totals: dict[str, float] = {}
         for _ in range(num_steps):
             per_micro_batch = self.forward_backward(
                 forward_step_func=partial(self._forward_step, evaluate=True),
                 data_iterator=batches,
                 model=[self.model],
                 num_microbatches=self.accumulation_steps,
-                seq_length=self.cfg.data.seq_length,
-                micro_batch_size=self.cfg.parallel.micro_batch_size,
+                seq_length=self.seq_length,
+                micro_batch_size=self.parallel.micro_batch_size,
                 forward_only=True,
             )
-            for key, value in zip(keys, self._global_sums(per_micro_batch, keys)):
-                totals[key] += value
+            for key, value in self._global_sums(per_micro_batch, evaluate=True).items():
+                totals[key] = totals.get(key, 0.0) + value
         self.model.train()
-        tokens = max(totals["tokens"], 1.0)
-        return {"valid_distill_loss": totals["distill_sum"] / tokens,
-                "valid_student_lm_loss": totals["student_lm_sum"] / tokens,
-                "valid_teacher_lm_loss": totals["teacher_lm_sum"] / tokens}
+        tokens = max(totals.pop("tokens"), 1.0)
+        names = {"distill": "valid_distill_loss", "student_lm": "valid_student_lm_loss",
+                 "teacher_lm": "valid_teacher_lm_loss", "kl_teacher_student": "valid_kl_teacher_student"}
+        return {names[key]: totals[key] / tokens for key in names if key in totals}
 
-    def _global_sums(self, per_micro_batch: list[dict], keys: list[str]) -> list[float]:
-        """Sum statistics over micro-batches and data-parallel ranks. Only the last stage's TP rank 0 holds
-        them; one all-reduce over the world gives every rank the same values (layout-independent)."""
-        local = torch.zeros(len(keys), dtype=torch.float64)
-        if self.ctx.is_last_stage and self.ctx.tp_rank == 0:
-            for stats in per_micro_batch:
-                local += torch.stack([stats[k].detach().double().cpu() for k in keys])
+    def _statistics(self, evaluate: bool) -> list[str]:
+        """Names of the token sums a micro-batch reports (see `_masked_token_sums`); every rank must know them, also
+        the ranks off the last stage, which hold none."""
+        names = ["distill"] if self.objective.needs_teacher else []
+        if self.objective.distill_fn is None or self.objective.lm_loss_weight > 0:
+            names.append("lm")
+        if evaluate:
+            names += ["student_lm", "teacher_lm", "kl_teacher_student"] if self.objective.needs_teacher \
+                else ["student_lm"]
+        return names
+
+    def _global_sums(self, per_micro_batch: list[dict], *, evaluate: bool = False) -> dict[str, float]:
+        """Token sums of every micro-batch, summed over data-parallel ranks, plus the global token count (`tokens`).
+        Only the last stage's TP rank 0 holds them; one all-reduce over the world gives every rank the same values
+        (layout-independent), read back with one device-to-host copy."""
+        keys = [f"{name}_sum" for name in self._statistics(evaluate)] + ["tokens"]
+        local = torch.zeros(len(keys), dtype=torch.float64, device=self.ctx.device)
+        if self.ctx.is_last_stage and self.ctx.tp_rank == 0 and per_micro_batch:
+            local += torch.stack([torch.stack([stats[k].double() for k in keys]) for stats in per_micro_batch]).sum(0)
         if self.ctx.world_size > 1:
-            device_local = local.to(self.ctx.device)
-            dist.all_reduce(device_local)
-            local = device_local.cpu()
-        return local.tolist()
+            dist.all_reduce(local)
+        return {key.removesuffix("_sum"): value for key, value in zip(keys, local.tolist())}
 
     # ------------------------------------------------------------------------------------------------------
     # state for checkpoints
@@ -263,20 +289,24 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
 
 
-def _masked_token_sum(loss_mask: torch.Tensor, token_loss: torch.Tensor):
-    """megatron loss_func contract with calculate_per_token_loss: (sum, token count, stats to report)."""
-    loss_sum = (token_loss * loss_mask).sum()
-    num_tokens = loss_mask.sum().to(torch.int)
-    return loss_sum, num_tokens, {"distill_sum": loss_sum.detach(), "tokens": num_tokens.detach().float()}
+def _masked_token_sums(loss_mask: torch.Tensor, terms: LossTerms, extra: dict[str, torch.Tensor],
+                       total: torch.Tensor):
+    """megatron loss_func contract with calculate_per_token_loss: (sum to back-propagate, token count, statistics
+    to report). Statistics are token sums; the trainer divides them by the global token count."""
+    num_tokens = loss_mask.sum()
+    stats = {"tokens": num_tokens.detach()}
+    for name, per_token in (("distill", terms.distill), ("lm", terms.lm), *extra.items()):
+        if per_token is not None:
+            stats[f"{name}_sum"] = (per_token.detach() * loss_mask).sum()
+    return (total * loss_mask).sum(), num_tokens.to(torch.int), stats
 
 
-def _masked_eval_sums(loss_mask: torch.Tensor, lm_losses: list[torch.Tensor], token_loss: torch.Tensor):
-    loss_sum, num_tokens, stats = _masked_token_sum(loss_mask, token_loss)
-    stats["student_lm_sum"] = (lm_losses[0] * loss_mask).sum()
-    stats["teacher_lm_sum"] = (lm_losses[1] * loss_mask).sum()
-    return loss_sum, num_tokens, stats
-
-
+def build_trainer(cfg: TrainConfig, ctx: ParallelContext, vocab_size: int) -> Trainer:
+    """The Trainer of an experiment: hands it the config sections it uses."""
+    models = cfg.models()
+    return Trainer(student=models["student"], teacher=models.get("teacher"), parallel=cfg.parallel, taid=cfg.taid,
+                   optim=cfg.optim, seq_length=cfg.data.seq_length, precision=cfg.precision, ctx=ctx,
+                   vocab_size=vocab_size)
 
 
 def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) -> int:
@@ -291,8 +321,8 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     from taidtron.metrics import MetricsLogger, peak_flops_per_gpu
 
     tokenizer = load_shared_tokenizer(cfg.data)
-    trainer = Trainer(cfg, ctx, vocab_size=tokenizer.vocab_size)
-    student = trainer.model.module.student
+    trainer = build_trainer(cfg, ctx, tokenizer.vocab_size)
+    student = trainer.student
     run_dir = Path(cfg.logging.run_dir)
     ckpt_dir = Path(cfg.checkpoint.dir or run_dir / "checkpoints")
     latest = checkpoint.find_latest(ckpt_dir) if cfg.checkpoint.resume else None
@@ -312,7 +342,8 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     logger = MetricsLogger(cfg.logging, enabled=ctx.is_main, total_steps=cfg.optim.train_steps,
                            start_step=trainer.step, config_dict=config_dict)
     if latest is not None:
-        logger.write_console(f"resumed from {latest} at step {trainer.step} (t={trainer.schedule.t:.4f})")
+        t_note = f" (t={trainer.schedule.t:.4f})" if trainer.objective.uses_t else ""
+        logger.write_console(f"resumed from {latest} at step {trainer.step}{t_note}")
     peak_flops = peak_flops_per_gpu(torch.cuda.get_device_name() if ctx.device.type == "cuda" else None)
     # Model FLOPs per token: 6N for the student (forward + backward), 2N for the teacher (forward only).
     flops_per_token = 6 * trainer.student_params + 2 * trainer.teacher_params
@@ -334,25 +365,30 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
             result = trainer.train_step(train_iter)
             tokens_per_s = result.tokens / result.seconds
             row = {"step": trainer.step, "consumed_samples": trainer.consumed_samples,
-                   "consumed_tokens": trainer.consumed_samples * cfg.data.seq_length, "loss": result.loss,
-                   "taid_t": result.taid_t, "lr": result.lr, "grad_norm": result.grad_norm,
-                   "tokens_per_s": tokens_per_s, "step_time_s": result.seconds}
+                   "consumed_tokens": trainer.consumed_samples * cfg.data.seq_length, "loss": result.loss}
+            if result.lm_loss is not None and trainer.objective.needs_teacher:
+                row["lm_loss"] = result.lm_loss
+            if result.taid_t is not None:
+                row["taid_t"] = result.taid_t
+            row.update(lr=result.lr, grad_norm=result.grad_norm, tokens_per_s=tokens_per_s,
+                       step_time_s=result.seconds)
             if peak_flops:
                 row["mfu"] = flops_per_token * tokens_per_s / (peak_flops * ctx.world_size)
             logger.log(row)
-            if make_valid_iter and cfg.logging.eval_interval and trainer.step % cfg.logging.eval_interval == 0:
-                logger.log_eval({"step": trainer.step, **trainer.evaluate(make_valid_iter(), cfg.logging.eval_iters)})
+            last = trainer.step == cfg.optim.train_steps
+            periodic_eval = cfg.logging.eval_interval and trainer.step % cfg.logging.eval_interval == 0
+            if make_valid_iter and (periodic_eval or last):  # the last step is validated once, marked final
+                final = {"final": True} if last else {}
+                logger.log_eval({"step": trainer.step, **final,
+                                 **trainer.evaluate(make_valid_iter(), cfg.logging.eval_iters)})
             preempted = stop.agreed(ctx)
             periodic = cfg.checkpoint.save_interval and trainer.step % cfg.checkpoint.save_interval == 0
-            if preempted or periodic or trainer.step == cfg.optim.train_steps:
+            if preempted or periodic or last:
                 save()
             if preempted:
                 logger.write_console(f"signal {stop.received}: saved at step {trainer.step}; exiting with "
                                      f"{PREEMPTED_EXIT_CODE} so the job is requeued")
                 return PREEMPTED_EXIT_CODE
-        if make_valid_iter:
-            final = trainer.evaluate(make_valid_iter(), cfg.logging.eval_iters)
-            logger.log_eval({"step": trainer.step, "final": True, **final})
         return 0
     finally:
         logger.close()

@@ -1,9 +1,12 @@
 """`make smoke-test`: pretrain a small teacher on the shipped corpus, distil it into a smaller student with TAID,
 and print a summary (loss falls, t rises from t_start, tokens/s, validation LM loss of student and teacher).
 
-Runs on one GPU when present, else on CPU in a few minutes. Everything goes to --run-dir (default runs/smoke):
-  runs/smoke/teacher/      the pretrained teacher (a taidtron checkpoint, as `tools/convert.py import` writes)
-  runs/smoke/distill/      the distillation run: metrics.jsonl, eval.jsonl, config.yaml, checkpoints/
+Both stages are runs of the one trainer (`python -m taidtron.train`): the teacher is pretrained with `taid.loss=lm`
+on the architecture of the config's teacher section, then distilled from. Runs on one GPU when present, else on CPU
+in a few minutes. Everything goes to --run-dir (default runs/smoke):
+  runs/smoke/teacher/          the pretrained teacher's checkpoints (`latest` -> iter_*), used as teacher.init
+  runs/smoke/teacher_run/      its pretraining run: metrics.jsonl, config, wandb
+  runs/smoke/distill/          the distillation run: metrics.jsonl, eval.jsonl, config.yaml, checkpoints/
 """
 
 from __future__ import annotations
@@ -14,64 +17,26 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
+from dataclasses import fields
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
-def pretrain_teacher(config_path: Path, overrides: list[str], out_dir: Path, steps: int, lr: float) -> dict:
-    """Plain next-token training of the config's teacher section, single process; saves a taidtron checkpoint."""
-    import torch
-    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
-    from tqdm import tqdm
+def teacher_pretraining_overrides(config: Path, overrides: list[str], teacher_dir: Path, run_dir: Path, steps: int,
+                                  lr: float) -> list[str]:
+    """Overrides that turn the distillation config into the teacher's pretraining run: the student section takes
+    the teacher's architecture, the objective is next-token loss, one micro-batch per step."""
+    from taidtron.config import load_config
 
-    from taidtron import checkpoint
-    from taidtron.config import ParallelConfig, load_config
-    from taidtron.data import build_data_iterators, load_shared_tokenizer
-    from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
-    from taidtron.models import build_gpt
-
-    cfg = load_config(config_path, [*overrides, "teacher.init=null"])
-    single = ParallelConfig(micro_batch_size=cfg.parallel.global_batch_size,
-                            global_batch_size=cfg.parallel.global_batch_size)  # one process, no model parallelism
-    ctx = init_distributed(single)
-    seed_everything(cfg.seed, ctx)
-    tokenizer = load_shared_tokenizer(cfg.data)
-    model = build_gpt(cfg.teacher, single, padded_vocab_size=cfg.padded_vocab_size(),
-                      max_seq_length=cfg.data.seq_length, pp_rank=0, params_dtype=torch.float32,
-                      device=ctx.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    micro_batches, _ = build_data_iterators(
-        cfg.data, tokenizer, micro_batch_size=cfg.parallel.global_batch_size,
-        global_batch_size=cfg.parallel.global_batch_size, dp_rank=0, dp_size=1, train_steps=steps, eval_iters=0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx.device.type == "cuda")
-    losses = []
-    start = time.perf_counter()
-    for step in tqdm(range(steps), desc="teacher pretraining", unit="step", dynamic_ncols=True):
-        batch = {k: v.to(ctx.device) for k, v in next(micro_batches).items()}
-        with autocast:
-            logits = model(batch["tokens"], batch["position_ids"], None)  # [b, s, V_padded], causal
-        token_loss = vocab_parallel_cross_entropy(logits.float(), batch["labels"])
-        loss = (token_loss * batch["loss_mask"]).sum() / batch["loss_mask"].sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-    seconds = time.perf_counter() - start
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    meta = {"has_optimizer": False, "model": cfg.to_dict()["teacher"], "padded_vocab_size": cfg.padded_vocab_size(),
-            "tokenizer_fingerprint": tokenizer.fingerprint(), "source": "tools/smoke_test.py pretraining"}
-    checkpoint.save_checkpoint(out_dir, steps, model=model, meta=meta)
-    destroy_distributed()
-    tokens = steps * cfg.parallel.global_batch_size * cfg.data.seq_length
-    return {"first_loss": statistics.mean(losses[:5]), "last_loss": statistics.mean(losses[-5:]),
-            "tokens_per_s": tokens / seconds, "seconds": seconds}
+    cfg = load_config(config, overrides)
+    architecture = [f"student.{f.name}={json.dumps(getattr(cfg.teacher, f.name))}"
+                    for f in fields(cfg.teacher) if f.name != "init"]
+    return [*overrides, *architecture, "student.init=null", "taid.loss=lm",
+            f"parallel.micro_batch_size={cfg.parallel.global_batch_size}", f"optim.train_steps={steps}",
+            f"optim.lr={lr}", f"optim.min_lr={lr / 10}", f"optim.warmup_steps={max(1, steps // 10)}",
+            "logging.eval_interval=0", "logging.eval_iters=0", "checkpoint.save_interval=0", "checkpoint.keep_last=1",
+            f"checkpoint.dir={teacher_dir}", f"logging.run_dir={run_dir}"]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -125,28 +90,38 @@ def main() -> int:
     from taidtron.config import load_config
 
     run_dir = Path(args.run_dir)
-    teacher_dir, distill_dir = run_dir / "teacher", run_dir / "distill"
+    teacher_dir, teacher_run, distill_dir = run_dir / "teacher", run_dir / "teacher_run", run_dir / "distill"
     device = "GPU " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"== smoke test on {device}: teacher pretraining ({args.teacher_steps} steps)", flush=True)
-    teacher = pretrain_teacher(Path(args.config), args.overrides, teacher_dir, args.teacher_steps, args.teacher_lr)
-    print(f"teacher LM loss {teacher['first_loss']:.3f} -> {teacher['last_loss']:.3f} "
-          f"({teacher['tokens_per_s']:,.0f} tokens/s, {teacher['seconds']:.0f} s)", flush=True)
+    for stale in (teacher_dir, teacher_run, distill_dir):  # fresh runs: the smoke test must not resume old ones
+        shutil.rmtree(stale, ignore_errors=True)
 
-    if distill_dir.exists():
-        shutil.rmtree(distill_dir)  # a fresh run: the smoke test must not resume an old one
+    def train(name: str, launcher: list[str], overrides: list[str]) -> int:
+        print(f"== {name}: " + " ".join(launcher[1:] + ["--config", args.config, *overrides]), flush=True)
+        return subprocess.call([*launcher, "--config", args.config, *overrides], cwd=REPO)
+
+    single = [sys.executable, "-m", "taidtron.train"]
+    code = train(f"teacher pretraining on {device} ({args.teacher_steps} steps)", single,
+                 teacher_pretraining_overrides(Path(args.config), args.overrides, teacher_dir, teacher_run,
+                                               args.teacher_steps, args.teacher_lr))
+    if code != 0:
+        print(f"teacher pretraining exited with {code}", file=sys.stderr)
+        return code
     overrides = [f"teacher.init={teacher_dir}", f"logging.run_dir={distill_dir}", *args.overrides]
-    launcher = [sys.executable, "-m", "taidtron.train"] if args.nproc == 1 else [
+    launcher = single if args.nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}", "-m",
         "taidtron.train"]
-    print("== distillation: " + " ".join(launcher[1:] + ["--config", args.config, *overrides]), flush=True)
-    code = subprocess.call([*launcher, "--config", args.config, *overrides], cwd=REPO)
+    code = train("distillation", launcher, overrides)
     if code != 0:
         print(f"distillation exited with {code}", file=sys.stderr)
         return code
     cfg = load_config(args.config, overrides)
+    teacher_rows = read_jsonl(teacher_run / "metrics.jsonl")
+    window = max(1, min(5, len(teacher_rows) // 2))
+    first, last = (statistics.mean(r["loss"] for r in part) for part in (teacher_rows[:window],
+                                                                          teacher_rows[-window:]))
     lines, ok = summarize(distill_dir, cfg.taid.t_start, cfg.taid.t_end)
     print("\n== smoke test summary (" + device + ")")
-    print(f"teacher pretraining        LM loss {teacher['first_loss']:.4f} -> {teacher['last_loss']:.4f}")
+    print(f"teacher pretraining        LM loss {first:.4f} -> {last:.4f}")
     print("\n".join(lines))
     print(f"metrics: {distill_dir / 'metrics.jsonl'}")
     return 0 if ok else 1

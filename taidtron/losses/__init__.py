@@ -1,10 +1,13 @@
-"""Distillation losses: the TAID schedule, the fused vocab-parallel TAID loss and the baselines (DESIGN.md §1-2)."""
+"""Training objectives: the TAID schedule, the fused vocab-parallel TAID loss, the baselines, the vocab-parallel
+next-token loss, and `get_loss`, which binds the `taid` config section into the objective the trainer calls.
+Nothing outside this package computes cross-rank softmax statistics. Math and API: docs/losses.md."""
 
+from taidtron.losses.lm import vocab_parallel_lm_loss
+from taidtron.losses.objective import OBJECTIVES, LossTerms, Objective, get_loss, objective_needs_teacher
 from taidtron.losses.schedule import TAIDSchedule
 from taidtron.losses.vocab_parallel import (
     LOSSES,
     default_chunk_tokens,
-    get_loss,
     vocab_parallel_fkl_loss,
     vocab_parallel_js_loss,
     vocab_parallel_rkl_loss,
@@ -16,11 +19,16 @@ from taidtron.losses.vocab_parallel import (
 
 __all__ = [
     "LOSSES",
+    "OBJECTIVES",
+    "LossTerms",
+    "Objective",
     "TAIDSchedule",
     "default_chunk_tokens",
     "get_loss",
+    "objective_needs_teacher",
     "vocab_parallel_fkl_loss",
     "vocab_parallel_js_loss",
+    "vocab_parallel_lm_loss",
     "vocab_parallel_rkl_loss",
     "vocab_parallel_skew_fkl_loss",
     "vocab_parallel_skew_rkl_loss",

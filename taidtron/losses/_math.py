@@ -6,7 +6,7 @@ logits' dtype. The two TAID chunk kernels (`taid_chunk_stats`, `taid_chunk_grad`
 kernel would replace, reading each chunk of logits once and writing O(tokens) statistics or the gradient chunk
 (here, in eager torch, they make several cache-resident passes over the chunk).
 
-Notation, per token over this rank's valid columns v (DESIGN.md §2):
+Notation, per token over this rank's valid columns v (docs/losses.md):
     z = (1 - t) * s + t * T
     m_z = max z,  m_s = max s
     Z_z = sum exp(z - m_z),  Z_s = sum exp(s - m_s)

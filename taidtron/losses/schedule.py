@@ -1,4 +1,4 @@
-"""The adaptive interpolation schedule of TAID (DESIGN.md §1, the official SakanaAI/TAID rule)."""
+"""The adaptive interpolation schedule of TAID (the official SakanaAI/TAID rule, restated in docs/taid.md)."""
 
 from __future__ import annotations
 

@@ -13,8 +13,9 @@ Conventions shared by every loss here (megatron layout):
 
 Every loss is also in `LOSSES` under one uniform signature, so a trainer can call any of them the same way:
 
-    loss_fn = get_loss(name)
-    per_token = loss_fn(student_logits, teacher_logits, t=t, vocab_size=V, group=tp_group, **options)
+    per_token = LOSSES[name](student_logits, teacher_logits, t=t, vocab_size=V, group=tp_group, **options)
+
+(`taidtron.losses.get_loss(taid_cfg)` binds the options from the config for the trainer.)
 
 `t` is used by `taid` only (the others ignore it); options are `chunk_tokens` (all), `skew` (skew_fkl, skew_rkl)
 and `beta` (js). An option a loss does not take raises TypeError.
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.distributed
@@ -402,11 +402,3 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "js": _uniform(vocab_parallel_js_loss, takes_t=False),
 }
 """name -> loss with the uniform signature (student_logits, teacher_logits, *, t, vocab_size, group, **options)."""
-
-
-def get_loss(name: str) -> Callable[..., Any]:
-    """The registry entry for `name`; ValueError listing the valid names otherwise."""
-    try:
-        return LOSSES[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}.") from None

@@ -126,12 +126,15 @@ def build_gpt(model: ModelConfig, parallel: ParallelConfig, *, padded_vocab_size
     return gpt.to(device)
 
 
-def pipeline_config(student_config, teacher_config):
+def pipeline_config(student_config, teacher_config=None):
     """The config megatron's schedules read from the pair: the student's, except that stage boundaries carry
-    both hidden states concatenated, so p2p buffers are [seq, micro_batch, h_student + h_teacher].
+    both hidden states concatenated, so p2p buffers are [seq, micro_batch, h_student + h_teacher]. Without a
+    teacher: the student's own.
 
     A shallow copy with one field reassigned: re-running TransformerConfig's validation would reject a width
     that is not a multiple of the head count, and the width is only used to size p2p buffers."""
+    if teacher_config is None:
+        return student_config
     config = copy.copy(student_config)
     config.hidden_size = student_config.hidden_size + teacher_config.hidden_size
     return config

@@ -5,6 +5,8 @@ Between stages the two hidden states travel concatenated along the hidden dimens
     [seq, micro_batch, h_student + h_teacher]  (seq / tp with sequence parallelism)
 The teacher half is detached on arrival, so the backward pass sends zeros for it and only the student learns.
 On the last stage the pair returns both models' vocab-sharded logits, [micro_batch, seq, V_padded / tp] each.
+Without a teacher (an objective that needs none, e.g. `taid.loss=lm`) the pair is the student alone and returns
+(student logits, None).
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ from megatron.core.transformer.module import MegatronModule
 
 
 class DistillationPair(MegatronModule):
-    def __init__(self, student: MegatronModule, teacher: MegatronModule, config):
+    def __init__(self, student: MegatronModule, teacher: MegatronModule | None, config):
         super().__init__(config=config)
         self.student = student
         self.teacher = teacher
-        self.teacher.requires_grad_(False)
-        self.teacher.eval()
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
         self.student_hidden = student.config.hidden_size
-        self.teacher_hidden = teacher.config.hidden_size
+        self.teacher_hidden = teacher.config.hidden_size if teacher is not None else 0
         # megatron's finalize_model_grads looks these up on the wrapped model to sync tied embeddings across
         # the first and last stages; they are the student's.
         self.model_type = student.model_type
@@ -34,7 +37,8 @@ class DistillationPair(MegatronModule):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.teacher.eval()  # frozen: no dropout, whatever the trainer asks of the student
+        if self.teacher is not None:
+            self.teacher.eval()  # frozen: no dropout, whatever the trainer asks of the student
         return self
 
     def set_input_tensor(self, input_tensor) -> None:
@@ -42,6 +46,9 @@ class DistillationPair(MegatronModule):
         if isinstance(input_tensor, list):
             assert len(input_tensor) == 1
             input_tensor = input_tensor[0]
+        if self.teacher is None:
+            self.student.set_input_tensor(input_tensor)
+            return
         if input_tensor is None:
             self.student.set_input_tensor(None)
             self.teacher.set_input_tensor(None)
@@ -51,6 +58,9 @@ class DistillationPair(MegatronModule):
         self.teacher.set_input_tensor(teacher_in.detach())
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask=None):
+        if self.teacher is None:
+            student_out = self.student(input_ids, position_ids, attention_mask)
+            return (student_out, None) if self.post_process else student_out
         with torch.no_grad():
             teacher_out = self.teacher(input_ids, position_ids, attention_mask)
         student_out = self.student(input_ids, position_ids, attention_mask)

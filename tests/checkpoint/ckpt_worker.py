@@ -25,7 +25,7 @@ import torch
 from taidtron import checkpoint
 from taidtron.config import load_config
 from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
-from taidtron.trainer import Trainer
+from taidtron.trainer import build_trainer
 
 TINY = [
     "student.num_layers=2", "student.hidden_size=64", "student.num_attention_heads=4", "student.num_query_groups=2",
@@ -66,7 +66,7 @@ def main() -> None:
     cfg = load_config(None, TINY)
     ctx = init_distributed(cfg.parallel)
     seed_everything(cfg.seed, ctx)
-    trainer = Trainer(cfg, ctx, vocab_size=256)
+    trainer = build_trainer(cfg, ctx, 256)
     trainer.train_step(synthetic_batches())  # the distributed optimizer has state to save only after a step
     student = trainer.model.module.student
     meta = {"trainer": trainer.state_dict(), "has_optimizer": True, "model": cfg.to_dict()["student"],

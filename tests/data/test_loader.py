@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tests.conftest import run_torchrun
+from tests.support import run_torchrun
 from taidtron.config import DataConfig
 from taidtron.data.indexed import build_indexed_dataset
 from taidtron.data.loader import PretrainingBatchSampler, build_data_iterators, build_datasets, index_cache_dir
@@ -192,11 +192,11 @@ def test_two_ranks_under_torchrun_build_the_datasets_and_split_each_global_batch
     cfg = data_cfg([2, smoke_prefix, 1, smoke_prefix], tmp_path / "reference")
     single = list(iterators(cfg, smoke_tok, mbs=2, gbs=8, steps=3)[0])
     expected = torch.cat([b["tokens"] for b in single]).view(3, 8, SEQ)  # [step, sample, seq]
-    out = tmp_path / "ranks"
-    run_torchrun(Path(__file__).parent / "loader_worker.py", 2, smoke_prefix, str(tmp_path / "cache"), str(out),
-                 timeout=240)
-    parts = [torch.load(out / f"rank{r}.pt") for r in range(2)]  # [step, 4 samples, seq] each
+    results = run_torchrun(Path(__file__).parent / "loader_worker.py", 2, smoke_prefix, str(tmp_path / "cache"),
+                           timeout=240)
+    parts = [torch.tensor(r["tokens"]) for r in results]  # [step, 4 samples, seq] each
     assert torch.equal(torch.cat(parts, dim=1), expected)
+    assert [r["valid_micro_batches"] for r in results] == [2 * 8 // (2 * 2)] * 2
 
 
 def test_dataloader_workers_give_the_same_batches_as_the_main_process(tmp_path, smoke_prefix, smoke_tok):

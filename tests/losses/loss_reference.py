@@ -98,3 +98,20 @@ def upstream_grad(seq: int, batch: int, seed: int) -> torch.Tensor:
     g = torch.rand(seq, batch, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 0.1
     g[0, 0], g[1, 2] = 0.0, -0.7
     return g
+
+
+def lm_reference(logits, labels, vocab: int, grad_loss=None):
+    """(loss [...], d sum(loss * grad_loss) / d logits [..., padded]) for next-token cross-entropy over the true
+    vocabulary, float64 autograd: -log_softmax(logits[:vocab])[label]."""
+    x = _valid(logits, vocab).requires_grad_(True)
+    loss = -torch.log_softmax(x, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    weights = torch.ones_like(loss) if grad_loss is None else grad_loss.to(torch.float64)
+    (grad,) = torch.autograd.grad((loss * weights).sum(), x)
+    return loss.detach(), _pad(grad, logits.shape[-1])
+
+
+def make_labels(shape_lead, seed: int, vocab=VOCAB) -> torch.Tensor:
+    """Token ids in [0, vocab), including the first and the last id."""
+    labels = torch.randint(0, vocab, shape_lead, generator=torch.Generator().manual_seed(seed))
+    labels.view(-1)[:2] = torch.tensor([0, vocab - 1])
+    return labels

@@ -1,4 +1,4 @@
-"""TAIDSchedule against the DESIGN.md §1 rule, written out again independently here."""
+"""TAIDSchedule against the rule of docs/taid.md, written out again independently here."""
 
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_torchrun
 from taidtron.losses import vocab_parallel_taid_loss
+from tests.support import run_torchrun
 
 from .loss_reference import PADDED_VOCAB, VOCAB, make_logits, taid_reference, upstream_grad
 
@@ -144,21 +144,20 @@ def test_invalid_arguments_raise_value_error_with_the_fix(kwargs, match):
 
 @pytest.mark.multiprocess
 def test_tp2_matches_unsharded_reference_with_uneven_vocab():
-    out = run_torchrun(WORKER, 2, "taid")
-    assert out.count("OK taid") == 2
+    assert [r["taid"] for r in run_torchrun(WORKER, 2, "taid")] == ["ok"] * 2
 
 
 @pytest.mark.multiprocess
 def test_tp4_matches_unsharded_reference_with_uneven_vocab_and_an_all_padding_rank():
-    out = run_torchrun(WORKER, 4, "taid")
-    assert out.count("OK taid") == 4
-    assert out.count("OK all-padding-rank") == 4
-    assert out.count("OK tp2-subgroups") == 4
+    for r in run_torchrun(WORKER, 4, "taid"):
+        assert (r["taid"], r["all_padding_rank"], r["tp2_subgroups"]) == ("ok", "ok", "ok")
 
 
 @pytest.mark.multiprocess
 def test_tp_forward_uses_one_max_and_one_sum_all_reduce_and_backward_none():
-    out = run_torchrun(WORKER, 2, "count")
-    assert out.count("OK collectives forward=[MAX (21, 2), SUM (21, 3)] backward=[]") == 2
-    assert out.count("OK fkl collectives forward=[MAX (21, 2), SUM (21, 4)] backward=[]") == 2
-    assert out.count("OK rkl collectives forward=15 backward=15") == 2  # baselines: 3 per chunk each way
+    results = run_torchrun(WORKER, 2, "count")
+    assert len(results) == 2
+    for r in results:
+        assert r["taid_collectives"] == {"forward": ["MAX (21, 2)", "SUM (21, 3)"], "backward": []}
+        assert r["fkl_collectives"] == {"forward": ["MAX (21, 2)", "SUM (21, 4)"], "backward": []}
+        assert r["rkl_collectives"] == {"forward": 15, "backward": 15}  # baselines: 3 per chunk each way

@@ -3,7 +3,8 @@
     python -m torch.distributed.run --nproc-per-node N tests/losses/tp_worker.py {taid|baselines|count}
 
 Every rank builds the same global logits, keeps its vocabulary slice, and checks the loss and its gradient slice
-against the float64 reference and against the unsharded (group=None) result. Prints one "OK ..." line per check.
+against the float64 reference and against the unsharded (group=None) result, and reports each passed check through
+`tests.support.report` (a failed check raises, so the rank exits non-zero).
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from loss_reference import (  # noqa: E402
     REFERENCE_OPTION,
     VOCAB,
     divergence_reference,
+    lm_reference,
+    make_labels,
     make_logits,
     taid_reference,
     upstream_grad,
 )
-from taidtron.losses import LOSSES, vocab_parallel_taid_loss  # noqa: E402
+from taidtron.losses import LOSSES, vocab_parallel_lm_loss, vocab_parallel_taid_loss  # noqa: E402
+from tests.support import report  # noqa: E402
 
 SEQ, BATCH, CHUNK = 7, 3, 5
 def upstream() -> torch.Tensor:
@@ -85,13 +89,13 @@ def main(mode: str) -> None:
         for name in LOSSES:  # every baseline under TP too
             check(name, student.div(4), teacher.div(4), t=0.4, vocab_size=VOCAB, group=group, rank=rank,
                   world=world, tol=FP32)
-        print(f"OK taid rank={rank}", flush=True)
+        report(taid="ok")
 
         if world == 4:
             # vocab 700 of 1008 columns: rank 2 holds 196 real columns, rank 3 only padding
             for name in ("taid", "fkl", "rkl"):
                 check(name, student, teacher, t=0.4, vocab_size=700, group=group, rank=rank, world=world, tol=FP32)
-            print(f"OK all-padding-rank rank={rank}", flush=True)
+            report(all_padding_rank="ok")
 
             # two TP=2 groups inside a world of 4: ranks use their rank *within* their own group
             pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
@@ -99,7 +103,25 @@ def main(mode: str) -> None:
             for name in ("taid", "tvd"):
                 check(name, student, teacher, t=0.93, vocab_size=VOCAB, group=pair, rank=rank % 2, world=2,
                       tol=FP32)
-            print(f"OK tp2-subgroups rank={rank}", flush=True)
+            report(tp2_subgroups="ok")
+
+    elif mode == "lm":
+        logits, _ = make_logits((SEQ, BATCH), "extreme", seed=24)
+        labels, g = make_labels((SEQ, BATCH), seed=25), upstream()
+        vocab_sizes = (VOCAB, 700) if world == 4 else (VOCAB,)  # 700 of 1008 at tp=4: rank 3 holds only padding
+        for vocab_size in vocab_sizes:
+            labels = labels % vocab_size
+            ref_loss, ref_grad = lm_reference(logits, labels, vocab_size, g)
+            for dtype, tol in ((torch.float32, FP32), (torch.bfloat16, BF16)):
+                x = shard(logits.to(dtype), rank, world).requires_grad_(True)
+                loss = vocab_parallel_lm_loss(x, labels, vocab_size=vocab_size, group=group, chunk_tokens=CHUNK)
+                (loss * g.to(loss.dtype)).sum().backward()
+                full_ref_loss, full_ref_grad = (ref_loss, ref_grad) if dtype == torch.float32 else \
+                    lm_reference(logits.to(dtype), labels, vocab_size, g)
+                torch.testing.assert_close(loss.double(), full_ref_loss, rtol=tol["loss"], atol=tol["loss"])
+                torch.testing.assert_close(x.grad.double(), shard(full_ref_grad, rank, world), rtol=tol["grad"],
+                                           atol=tol["grad"])
+        report(lm="ok")
 
     elif mode == "count":
         calls: list[str] = []
@@ -131,13 +153,15 @@ def main(mode: str) -> None:
                 s, te, t=0.4, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK))
             rkl_forward, rkl_backward = count(lambda s, te: LOSSES["rkl"](
                 s, te, t=0.4, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK))
+            labels = make_labels((SEQ, BATCH), seed=26)
+            lm_forward, lm_backward = count(lambda s, _: vocab_parallel_lm_loss(
+                s, labels, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK))
         finally:
             torch.distributed.all_reduce = original
-        print(f"OK collectives forward=[{', '.join(forward)}] backward=[{', '.join(backward)}]", flush=True)
-        print(f"OK fkl collectives forward=[{', '.join(fkl_forward)}] backward=[{', '.join(fkl_backward)}]",
-              flush=True)
-        # baselines: 3 per chunk each way (21 tokens in chunks of 5 -> 5 chunks)
-        print(f"OK rkl collectives forward={len(rkl_forward)} backward={len(rkl_backward)}", flush=True)
+        report(taid_collectives={"forward": forward, "backward": backward},
+               fkl_collectives={"forward": fkl_forward, "backward": fkl_backward},
+               rkl_collectives={"forward": len(rkl_forward), "backward": len(rkl_backward)},
+               lm_collectives={"forward": lm_forward, "backward": lm_backward})
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 

@@ -4,13 +4,13 @@
     step_worker.py OUT_DIR train STUDENT_INIT TEACHER_INIT [k=v ...]  (train, save the student, write results)
 
 Every rank checks on its own that the teacher never changes, is in eval mode and has no optimizer state, and that
-t is identical on every rank after each step. Rank 0 writes OUT_DIR/results.json; the student after the steps is
-saved to OUT_DIR/student (dist checkpoint, comparable across layouts).
+t is identical on every rank after each step. Every rank reports its loss, t and grad-norm curves through
+`tests.support.report`; the student after the steps is saved to OUT_DIR/student (dist checkpoint, comparable across
+layouts).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -20,7 +20,8 @@ import torch.distributed as dist
 from taidtron import checkpoint
 from taidtron.config import load_config
 from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
-from taidtron.trainer import Trainer
+from taidtron.trainer import build_trainer
+from tests.support import report
 
 VOCAB = 250  # true vocabulary; both models pad to 256 (128 * tp), so padded columns take part in every test
 BASE = [
@@ -60,7 +61,7 @@ def main() -> None:
     ctx = init_distributed(cfg.parallel)
     cfg.validate_layout(ctx.world_size)
     seed_everything(cfg.seed, ctx)
-    trainer = Trainer(cfg, ctx, vocab_size=VOCAB)
+    trainer = build_trainer(cfg, ctx, VOCAB)
     pair = trainer.model.module
     if mode == "init":
         assert ctx.world_size == 1
@@ -88,9 +89,7 @@ def main() -> None:
     assert not any(p.requires_grad for p in pair.teacher.parameters()), "teacher parameters require grad"
     assert not any(id(p) in optimizer_params for p in pair.teacher.parameters()), "teacher is in the optimizer"
     checkpoint.save_checkpoint(out_dir / "student", trainer.step, model=pair.student, meta={"has_optimizer": False})
-    if ctx.is_main:
-        results["world_size"] = ctx.world_size
-        (out_dir / "results.json").write_text(json.dumps(results))
+    report(world_size=ctx.world_size, **results)
     destroy_distributed()
 
 

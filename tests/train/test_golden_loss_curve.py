@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from tests.support import REPO_ROOT, subprocess_env
 
 from .test_training_run import TINY
 
@@ -28,9 +28,7 @@ def test_tiny_run_reproduces_the_recorded_loss_curve(tmp_path):
     proc = subprocess.run(
         [sys.executable, "tools/smoke_test.py", "--run-dir", str(tmp_path), "--teacher-steps", "30", *overrides,
          f"optim.train_steps={STEPS}", "optim.warmup_steps=2", "optim.lr=1e-2", "logging.eval_interval=0"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TAIDTRON_NO_PROGRESS": "1",
-             "PYTHONPATH": str(REPO_ROOT)})
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=subprocess_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "distill" / "metrics.jsonl").read_text().splitlines()]
     curve = [(r["step"], r["loss"], r["taid_t"]) for r in rows]

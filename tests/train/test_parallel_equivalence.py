@@ -8,14 +8,13 @@ torch's own DCP reader, independent of taidtron and megatron.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from conftest import run_torchrun
+from tests.support import run_torchrun
 
 WORKER = Path(__file__).with_name("step_worker.py")
 LAYOUTS = {
@@ -43,8 +42,8 @@ def reference(tmp_path_factory):
     run_torchrun(WORKER, 1, str(root), "init", str(student_init), str(teacher_init))
     ref_dir = root / "tp1_pp1_dp1"
     ref_dir.mkdir()
-    run_torchrun(WORKER, 1, str(ref_dir), "train", str(student_init), str(teacher_init))
-    return root, json.loads((ref_dir / "results.json").read_text()), ref_dir
+    (ref,) = run_torchrun(WORKER, 1, str(ref_dir), "train", str(student_init), str(teacher_init))
+    return root, ref, ref_dir
 
 
 @pytest.mark.multiprocess
@@ -54,10 +53,11 @@ def test_layout_matches_single_process_loss_t_and_updated_student(layout, refere
     nproc, overrides = LAYOUTS[layout]
     out = root / layout
     out.mkdir()
-    run_torchrun(WORKER, nproc, str(out), "train", str(root / "student_init"), str(root / "teacher_init"), *overrides)
-    got = json.loads((out / "results.json").read_text())
-
-    assert got["world_size"] == nproc
+    results = run_torchrun(WORKER, nproc, str(out), "train", str(root / "student_init"), str(root / "teacher_init"),
+                           *overrides)
+    assert all(r["world_size"] == nproc for r in results)
+    assert all(r["taid_t"] == results[0]["taid_t"] for r in results), "t differs across ranks"
+    got = results[0]
     torch.testing.assert_close(torch.tensor(got["loss"]), torch.tensor(ref["loss"]), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(torch.tensor(got["grad_norm"]), torch.tensor(ref["grad_norm"]), rtol=1e-4, atol=1e-7)
     assert got["taid_t"] == pytest.approx(ref["taid_t"], rel=1e-9, abs=1e-12)

@@ -4,7 +4,6 @@ step, and bad configurations stop it with one clear message (exit code 2) before
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT, free_port
+from tests.support import REPO_ROOT, free_port, subprocess_env
 
 TINY = [
     "student.num_layers=2", "student.hidden_size=64", "student.num_attention_heads=4", "student.num_query_groups=2",
@@ -23,8 +22,7 @@ TINY = [
 
 
 def run_train(*args: str, nproc: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TAIDTRON_NO_PROGRESS": "1",
-           "PYTHONPATH": str(REPO_ROOT)}
+    env = subprocess_env()
     launcher = [sys.executable, "-m", "taidtron.train"] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
         "-m", "taidtron.train"]
@@ -42,9 +40,7 @@ def short_run(tmp_path_factory):
         [sys.executable, "tools/smoke_test.py", "--run-dir", str(root), "--teacher-steps", "60", "--nproc", "2",
          *overrides, "optim.train_steps=40", "optim.warmup_steps=4", "optim.lr=5e-3", "checkpoint.save_interval=20",
          "logging.eval_interval=20", "logging.eval_iters=2"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TAIDTRON_NO_PROGRESS": "1",
-             "PYTHONPATH": str(REPO_ROOT)})
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=subprocess_env())
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "[PASS] distillation loss falls" in proc.stdout
     run_dir = root / "distill"
@@ -77,8 +73,9 @@ def test_run_writes_config_validation_and_periodic_checkpoints(short_run):
     run_dir, _ = short_run
     assert (run_dir / "config.yaml").is_file()
     evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in evals] == [20, 40, 40]
+    assert [(e["step"], e.get("final", False)) for e in evals] == [(20, False), (40, True)]  # the last step once
     assert all(e["valid_student_lm_loss"] > 0 and e["valid_teacher_lm_loss"] > 0 for e in evals)
+    assert all(e["valid_kl_teacher_student"] >= 0 for e in evals)
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "iter_0000040"
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("iter_*")) == ["iter_0000020", "iter_0000040"]
 
@@ -106,11 +103,24 @@ def test_baseline_objectives_train_through_the_same_loop(loss, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["loss"] >= 0 and r["grad_norm"] > 0 for r in rows)
+    assert not any("taid_t" in r for r in rows)  # t is logged only where the loss uses it
+
+
+@pytest.mark.multiprocess
+def test_lm_objective_trains_the_student_alone_and_reports_its_lm_loss(tmp_path):
+    # the teacher section is ignored: 3 layers would not even split into the 2 stages of parallel.pp=2
+    proc = run_train(*TINY, "taid.loss=lm", "teacher.num_layers=3", "parallel.pp=2", "parallel.micro_batch_size=2", "optim.train_steps=4",
+                     "optim.warmup_steps=1", "logging.eval_interval=2", "logging.eval_iters=1",
+                     f"logging.run_dir={tmp_path}", nproc=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and not any("taid_t" in r for r in rows)
+    evals = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [set(e) - {"step", "final"} for e in evals] == [{"valid_student_lm_loss"}] * 2
 
 
 def test_sigusr1_during_start_up_saves_after_one_step_exits_75_and_the_rerun_resumes(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TAIDTRON_NO_PROGRESS": "1",
-           "PYTHONPATH": str(REPO_ROOT)}
+    env = subprocess_env()
     args = [sys.executable, "-m", "taidtron.train", "--config", "configs/smoke.yaml", *TINY, "optim.train_steps=4",
             "optim.warmup_steps=1", "logging.eval_interval=0", f"logging.run_dir={tmp_path}"]
     proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,0 +1,47 @@
+"""`read_launch_env`: where a process sits in the job, for each launcher taidtron supports (no process is started)."""
+
+from __future__ import annotations
+
+import pytest
+
+from taidtron.distributed import LaunchEnv, read_launch_env
+
+
+def test_torchrun_environment():
+    env = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "node-a", "MASTER_PORT": "29411",
+           "TORCHELASTIC_RUN_ID": "x"}
+    assert read_launch_env(env) == LaunchEnv(5, 8, 1, "node-a", 29411, "torchrun")
+
+
+def test_deepspeed_launcher_is_recognised_by_its_own_variables():
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500",
+           "CROSS_RANK": "0"}
+    assert read_launch_env(env).launcher == "deepspeed"
+
+
+def test_srun_native_tasks_take_rank_and_size_from_slurm():
+    env = {"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123456",
+           "SLURM_JOB_NODELIST": "gpu-node-07", "MASTER_ADDR": "gpu-node-07"}
+    launch = read_launch_env(env)
+    assert launch == LaunchEnv(9, 16, 1, "gpu-node-07", 20000 + 123456 % 20000, "slurm")
+
+
+def test_srun_without_master_addr_uses_the_first_node_of_the_allocation():
+    # without scontrol on this machine the single-node fallback applies; with it, `scontrol show hostnames`
+    env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "gpu-node-07", "MASTER_PORT": "31000"}
+    launch = read_launch_env(env)
+    assert (launch.master_addr, launch.master_port) == ("gpu-node-07", 31000)
+
+
+def test_torchrun_variables_win_over_slurm_ones():
+    # torchrun started inside an allocation: its RANK/WORLD_SIZE describe the worker, SLURM_* the task
+    env = {"RANK": "1", "WORLD_SIZE": "2", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}
+    assert read_launch_env(env).launcher == "torchrun" and read_launch_env(env).rank == 1
+
+
+@pytest.mark.parametrize("env", [{}, {"MASTER_PORT": ""}])
+def test_a_plain_process_is_a_world_of_one_on_a_free_port(env):
+    launch = read_launch_env(env)
+    assert (launch.rank, launch.world_size, launch.local_rank, launch.launcher) == (0, 1, 0, "single")
+    assert 0 < launch.master_port < 65536
+    assert LaunchEnv.single(12345).master_port == 12345
