@@ -67,6 +67,7 @@ def main() -> None:
         assert ctx.world_size == 1
         checkpoint.save_checkpoint(student_init, 0, model=pair.student, meta={"has_optimizer": False})
         checkpoint.save_checkpoint(teacher_init, 0, model=pair.teacher, meta={"has_optimizer": False})
+        report(initialized=True)
         destroy_distributed()
         return
 
