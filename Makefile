@@ -5,11 +5,12 @@ PY     := $(VENV)/bin/python
 # CPU wheel of torch for machines without CUDA (a plain `pip install torch` would pull a multi-GB CUDA build).
 CPU_TORCH ?= torch==2.13.0
 
-.PHONY: install test smoke-test slurm-test bench check clean help
+.PHONY: install test test-triton smoke-test slurm-test bench check clean help
 
 help:
 	@echo "make install     create $(VENV) with taidtron and its dependencies (CPU torch unless CUDA torch exists)"
-	@echo "make test        run the CPU test suite (single- and multi-process, gloo)"
+	@echo "make test        run the CPU test suite (single- and multi-process, gloo), without the Triton kernel tests"
+	@echo "make test-triton install the triton extra if missing, run the Triton kernel tests in its CPU interpreter"
 	@echo "make smoke-test  train a tiny teacher, then distil it into a student with TAID (GPU if present, else CPU)"
 	@echo "make slurm-test  start a local SLURM cluster and run the smoke sbatch plus a preemption/resume test"
 	@echo "make bench       time the fused TAID loss against the reference formula"
@@ -24,8 +25,14 @@ install:
 	$(PY) -m pip install -q -e ".[dev]"
 	@$(PY) -c "import torch, megatron.core; print('taidtron installed: torch', torch.__version__, 'megatron-core', megatron.core.__version__)"
 
+# The Triton kernel tests need the ~700 MB triton wheel and its interpreter: `make test-triton` runs them.
 test:
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests -m "not triton"
+	@echo "Triton kernel tests (marker triton) were deselected above: make test-triton runs them"
+
+test-triton:
+	@$(PY) -c "import triton" >/dev/null 2>&1 || $(PY) -m pip install -q -e ".[triton]"
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests -m "triton and not gpu"
 
 check: test
 

@@ -137,6 +137,9 @@ class TAIDConfig:
     lm_loss_weight: float = 0.0
     """Weight of the next-token cross-entropy added to a distillation loss (0: pure distillation, as the paper). t is
     driven by the distillation term alone."""
+    loss_impl: str = "auto"
+    """Implementation of the fused losses (taid, fkl): auto (the Triton kernels on CUDA when Triton is installed, else
+    chunked torch ops), triton, or torch."""
     chunk_tokens: int | None = None
     """Tokens per chunk inside the fused loss; bounds its fp32 temporaries to chunk_tokens * vocab / tp. None: the
     loss picks about 2**20 logits per chunk on CPU and 2**26 on GPU."""
@@ -153,6 +156,8 @@ class TAIDConfig:
             raise ConfigError(f"taid.alpha={self.alpha} must be >= 0.")
         if self.chunk_tokens is not None and self.chunk_tokens < 1:
             raise ConfigError(f"taid.chunk_tokens={self.chunk_tokens} must be >= 1.")
+        if self.loss_impl not in ("auto", "triton", "torch"):
+            raise ConfigError(f"taid.loss_impl={self.loss_impl!r}; use auto, triton or torch.")
         if self.lm_loss_weight < 0:
             raise ConfigError(f"taid.lm_loss_weight={self.lm_loss_weight} must be >= 0.")
 

@@ -185,7 +185,7 @@ class Trainer:
         out = {"student_lm": terms.lm if terms.lm is not None else lm(student_logits)}
         if teacher_logits is not None:
             out["teacher_lm"] = lm(teacher_logits)
-            out["kl_teacher_student"] = vocab_parallel_fkl_loss(student_logits, teacher_logits,
+            out["kl_teacher_student"] = vocab_parallel_fkl_loss(student_logits, teacher_logits, impl=self.objective.impl,
                                                                 vocab_size=self.vocab_size, group=self.ctx.tp_group)
         return out
 

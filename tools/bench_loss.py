@@ -1,19 +1,28 @@
 """Time and measure the fused TAID loss against the official formula, forward + backward, side by side.
 
     python tools/bench_loss.py --tokens 2048 --vocab 32000 --dtype fp32 --device cpu --json runs/bench_loss.json
+    python tools/bench_loss.py --tokens 8192 --vocab 151936 --dtype bf16 --device cuda --compile   # the GPU table
 
 Each variant runs in its own fresh subprocess, so its extra peak memory is measured alone:
   * CPU: peak resident memory (VmHWM, reset through /proc/self/clear_refs once the inputs exist) minus the resident
     memory with the inputs in place. Falls back to ru_maxrss when clear_refs is not writable.
   * CUDA: torch.cuda.max_memory_allocated() minus the memory allocated with the inputs in place.
-"Extra" includes the gradient of the student logits (both variants must produce it), as in reference/gpu_probe.py.
+"Extra" includes the gradient of the student logits (every variant must produce it).
 Time is the median of --repeats steps after --warmup steps (the speedup uses medians; the minimum is shown too);
 each step is `s.grad = None; loss(s, T).backward()`.
 
 Variants:
-  official   the SakanaAI/TAID formula (softmax / log_softmax / masked product in fp32), as in gpu_probe.py
+  official   the SakanaAI/TAID formula (softmax / log_softmax / masked product in fp32)
   compiled   the same under torch.compile (only with --compile)
-  taidtron   taidtron.losses.vocab_parallel_taid_loss(...).mean()
+  chunked    taidtron.losses.vocab_parallel_taid_loss(..., impl="torch").mean(): the eager chunked path
+  triton     the same with impl="triton": the Triton kernels (default on CUDA; on CPU only under TRITON_INTERPRET=1,
+             where the timing means nothing)
+  copy       not a loss: copies one logits-sized tensor, giving the memory bandwidth (read + write) of this run
+
+Bandwidth floors, from the measured copy bandwidth: "3 passes" reads both logits and writes the gradient once (what a
+loss that wrote the gradient during the forward could reach); "5 passes" adds the second read of both logits that
+any loss with a separate backward makes (the statistics must be global, i.e. all-reduced over TP, and the upstream
+gradient known, before any gradient element can be written): the floor of the Triton kernels.
 """
 
 from __future__ import annotations
@@ -43,7 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--t", type=float, default=0.4, help="TAID interpolation t")
     p.add_argument("--chunk-tokens", type=int, default=None, help="taidtron chunk size (default: automatic)")
     p.add_argument("--compile", action="store_true", help="also time the torch.compile'd official formula")
-    p.add_argument("--variants", default=None, help="comma-separated subset of official,compiled,taidtron")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated subset of official,compiled,chunked,triton,copy (default: official, "
+                        "compiled with --compile, chunked, triton when Triton can run here, copy)")
+    p.add_argument("--triton-sweep", default=None, metavar="TILExBLOCK_VxWARPS[xSTAGES],...",
+                   help="also time the Triton kernels at these launch configurations (TILE_ELEMENTS, MAX_BLOCK_V, "
+                        "NUM_WARPS[, NUM_STAGES] of triton_taid.py), one row each, e.g. 2048x2048x8,512x512x2")
     p.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -87,7 +101,7 @@ def _official(t):
     import torch
     import torch.nn.functional as F
 
-    def official(logits, teacher_logits):  # reference/gpu_probe.py, verbatim up to the token mask (all ones)
+    def official(logits, teacher_logits):  # the SakanaAI/TAID formula, up to the token mask (all ones)
         p_t = (1 - t) * logits.detach() + t * teacher_logits
         p_t = F.softmax(p_t, dim=-1, dtype=torch.float32)
         student_logprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
@@ -117,8 +131,18 @@ def worker(args) -> dict:
     s.requires_grad_(True)
     _malloc_trim()  # give freed heap pages back, so the starting RSS holds the inputs and nothing reusable
 
-    if args._worker == "taidtron":
-        fn = lambda a, b: vocab_parallel_taid_loss(a, b, args.t, chunk_tokens=args.chunk_tokens).mean()  # noqa: E731
+    if args._worker == "copy":
+        return _copy_worker(args, s, te)
+    if args._worker == "chunked" or args._worker.startswith("triton"):
+        impl = "torch" if args._worker == "chunked" else "triton"
+        if args._worker.startswith("triton:"):  # a launch configuration of the sweep
+            from taidtron.losses import triton_taid
+
+            config = [int(x) for x in args._worker.split(":", 1)[1].split("x")]
+            triton_taid.TILE_ELEMENTS, triton_taid.MAX_BLOCK_V, triton_taid.NUM_WARPS = config[:3]
+            triton_taid.NUM_STAGES = config[3] if len(config) > 3 else None
+        fn = lambda a, b: vocab_parallel_taid_loss(  # noqa: E731
+            a, b, args.t, chunk_tokens=args.chunk_tokens, impl=impl).mean()
     elif args._worker == "official":
         fn = _official(args.t)
     elif args._worker == "compiled":
@@ -179,6 +203,33 @@ def worker(args) -> dict:
     }
 
 
+def _copy_worker(args, s, te) -> dict:
+    """Memory bandwidth of this device in this run: the median time to copy one logits-sized tensor."""
+    import torch
+
+    with torch.no_grad():
+        dst = torch.empty_like(te)
+        times = []
+        for i in range(args.warmup + args.repeats):
+            if s.device.type == "cuda":
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                dst.copy_(te)
+                b.record()
+                torch.cuda.synchronize()
+                ms = a.elapsed_time(b)
+            else:
+                t0 = time.perf_counter()
+                dst.copy_(te)
+                ms = (time.perf_counter() - t0) * 1e3
+            if i >= args.warmup:
+                times.append(ms)
+    times.sort()
+    median = times[len(times) // 2]
+    return {"variant": "copy", "median_ms": median, "times_ms": [round(x, 3) for x in times],
+            "bandwidth_bytes_per_s": 2 * te.numel() * te.element_size() / (median / 1e3)}
+
+
 # ---- driver -------------------------------------------------------------------------------------------------------
 
 
@@ -205,9 +256,9 @@ def main(argv=None) -> int:
     if "--device" not in raw:
         raw += ["--device", args.device]
     load_before = os.getloadavg()
-    variants = ["official"] + (["compiled"] if args.compile else []) + ["taidtron"]
-    if args.variants:
-        variants = args.variants.split(",")
+    variants = args.variants.split(",") if args.variants else _default_variants(args)
+    if args.triton_sweep:
+        variants += [f"triton:{config}" for config in args.triton_sweep.split(",")]
 
     import torch
 
@@ -216,6 +267,7 @@ def main(argv=None) -> int:
     info = {
         "tokens": args.tokens, "vocab": args.vocab, "dtype": args.dtype, "device": args.device, "t": args.t,
         "repeats": args.repeats, "warmup": args.warmup, "chunk_tokens": args.chunk_tokens,
+        "triton_sweep": args.triton_sweep,
         "torch": torch.__version__, "python": platform.python_version(), "machine": _machine(args.device),
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "gradient_bytes": grad_bytes,
         "command": "python tools/bench_loss.py " + " ".join(raw),
@@ -223,27 +275,55 @@ def main(argv=None) -> int:
     base = next((r for r in results if r["variant"] == "official" and "error" not in r), None)
     print(f"TAID loss fwd+bwd, {args.tokens} tokens x {args.vocab} vocab, {args.dtype}, {info['machine']}, "
           f"median of {args.repeats}")
-    print(f"{'variant':<10} {'median ms':>10} {'min ms':>8} {'speedup':>8} {'extra peak MB':>14} {'less memory':>12} "
-          f"{'loss':>10}")
+    width = max(10, *(len(v) for v in variants))
+    print(f"{'variant':<{width}} {'median ms':>10} {'min ms':>8} {'speedup':>8} {'extra peak GB':>14} {'x grad':>7} "
+          f"{'less memory':>12} {'loss':>10}")
     for r in results:
         if "error" in r:
-            print(f"{r['variant']:<10} failed: {r['error'].strip().splitlines()[-1][:200]}")
+            print(f"{r['variant']:<{width}} failed: {r['error'].strip().splitlines()[-1][:200]}")
+            continue
+        if r["variant"] == "copy":
+            print(f"{'copy':<{width}} {r['median_ms']:>10.3f} {min(r['times_ms']):>8.3f}   "
+                  f"memory bandwidth (read + write of one logits tensor): {r['bandwidth_bytes_per_s'] / 1e12:.2f} TB/s")
             continue
         speed = memory = "-"
         if base:
             r["speedup_vs_official"] = base["median_ms"] / r["median_ms"]
             r["memory_ratio_vs_official"] = base["extra_peak_bytes"] / max(r["extra_peak_bytes"], 1)
             speed, memory = f"{r['speedup_vs_official']:.2f}x", f"{r['memory_ratio_vs_official']:.2f}x"
-        mb = r["extra_peak_bytes"] / 2**20
-        print(f"{r['variant']:<10} {r['median_ms']:>10.1f} {min(r['times_ms']):>8.1f} {speed:>8} {mb:>14.1f} "
-              f"{memory:>12} {r['loss']:>10.6f}")
-    print(f"(the gradient alone is {grad_bytes / 2**20:.1f} MB; memory: {results[0].get('memory_method', '?')}; "
+        r["extra_peak_vs_gradient"] = r["extra_peak_bytes"] / grad_bytes
+        print(f"{r['variant']:<{width}} {r['median_ms']:>10.3f} {min(r['times_ms']):>8.3f} {speed:>8} "
+              f"{r['extra_peak_bytes'] / 1e9:>14.3f} {r['extra_peak_vs_gradient']:>6.2f}x {memory:>12} "
+              f"{r['loss']:>10.6f}")
+    copy = next((r for r in results if r["variant"] == "copy" and "error" not in r), None)
+    if copy:  # one logits tensor (= one gradient) moved per pass
+        bandwidth = copy["bandwidth_bytes_per_s"]
+        info["bandwidth_bytes_per_s"] = bandwidth
+        info["floor_3_passes_ms"] = 3 * grad_bytes / bandwidth * 1e3
+        info["floor_5_passes_ms"] = 5 * grad_bytes / bandwidth * 1e3
+        print(f"bandwidth floor at {bandwidth / 1e12:.2f} TB/s: {info['floor_3_passes_ms']:.3f} ms for 3 passes "
+              f"(read s and T, write the gradient), {info['floor_5_passes_ms']:.3f} ms for 5 (a separate backward "
+              "reads s and T again: the Triton kernels' floor)")
+    method = next((r["memory_method"] for r in results if "memory_method" in r), "?")
+    print(f"(the gradient alone is {grad_bytes / 1e9:.3f} GB; GB = 1e9 bytes; memory: {method}; "
           f"load average before/after: {load_before[0]:.2f}/{os.getloadavg()[0]:.2f})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"info": info, "results": results}, indent=1))
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps({"info": info, "results": results}, indent=1))
+        os.replace(tmp, args.json)  # atomic: a reader never sees half a file
         print(f"wrote {args.json}")
     return 0 if all("error" not in r for r in results) else 1
+
+
+def _default_variants(args) -> list[str]:
+    """official, compiled (--compile), chunked, triton where its kernels can run (CUDA, or the interpreter), copy."""
+    import importlib.util
+
+    triton_runs = importlib.util.find_spec("triton") is not None and (
+        args.device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+    return ["official"] + (["compiled"] if args.compile else []) + ["chunked"] + (["triton"] if triton_runs else []) \
+        + ["copy"]
 
 
 def _machine(device: str) -> str:

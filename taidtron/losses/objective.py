@@ -26,6 +26,8 @@ from taidtron.losses.vocab_parallel import LOSSES
 
 OBJECTIVES = (*LOSSES, "lm")
 """Every value `taid.loss` accepts."""
+FUSED = ("taid", "fkl")
+"""The losses with a Triton kernel (`taid.loss_impl`)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class Objective:
     uses_t: bool
     lm_loss_weight: float
     chunk_tokens: int | None
+    impl: str
+    """Implementation of the fused losses (taid, fkl; `taid.loss_impl`), also for validation's KL."""
     distill_fn: Callable[..., torch.Tensor] | None
 
     def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor, *,
@@ -75,16 +79,21 @@ def objective_needs_teacher(name: str) -> bool:
 def get_loss(taid: TAIDConfig) -> Objective:
     """The objective `taid.loss` names, with the section's options (skew, js_beta, chunk_tokens, lm_loss_weight)."""
     _check_name(taid.loss)
+    if taid.loss_impl != "auto" and taid.loss not in FUSED:
+        raise ValueError(f"taid.loss_impl={taid.loss_impl} applies to the fused losses ({', '.join(FUSED)}) only; "
+                         f"leave it at auto for taid.loss={taid.loss}.")
     if taid.loss == "lm":
         return Objective(name="lm", needs_teacher=False, uses_t=False, lm_loss_weight=1.0,
-                         chunk_tokens=taid.chunk_tokens, distill_fn=None)
+                         chunk_tokens=taid.chunk_tokens, impl=taid.loss_impl, distill_fn=None)
     options: dict = {"chunk_tokens": taid.chunk_tokens}
+    if taid.loss in FUSED:
+        options["impl"] = taid.loss_impl
     if taid.loss in ("skew_fkl", "skew_rkl"):
         options["skew"] = taid.skew
     elif taid.loss == "js":
         options["beta"] = taid.js_beta
     return Objective(name=taid.loss, needs_teacher=True, uses_t=taid.loss == "taid",
-                     lm_loss_weight=taid.lm_loss_weight, chunk_tokens=taid.chunk_tokens,
+                     lm_loss_weight=taid.lm_loss_weight, chunk_tokens=taid.chunk_tokens, impl=taid.loss_impl,
                      distill_fn=partial(LOSSES[taid.loss], **options))
 
 

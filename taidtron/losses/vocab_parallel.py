@@ -17,13 +17,16 @@ Every loss is also in `LOSSES` under one uniform signature, so a trainer can cal
 
 (`taidtron.losses.get_loss(taid_cfg)` binds the options from the config for the trainer.)
 
-`t` is used by `taid` only (the others ignore it); options are `chunk_tokens` (all), `skew` (skew_fkl, skew_rkl)
-and `beta` (js). An option a loss does not take raises TypeError.
+`t` is used by `taid` only (the others ignore it); options are `chunk_tokens` (all), `impl` (taid, fkl: "auto",
+"triton" or "torch"), `skew` (skew_fkl, skew_rkl) and `beta` (js). An option a loss does not take raises TypeError.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -109,6 +112,62 @@ def _chunks(n_tokens: int, chunk_tokens: int):
         yield slice(start, min(start + chunk_tokens, n_tokens))
 
 
+# ---- implementation choice: Triton kernels or the torch chunk loops -----------------------------------------------
+
+IMPLS = ("auto", "triton", "torch")
+
+
+@functools.cache
+def _triton_kernels():
+    """The Triton kernel module, imported on first use (TRITON_INTERPRET is read when its kernels are defined).
+
+    Returns the module, or an ImportError instance describing why Triton is unusable (cached either way)."""
+    try:
+        from taidtron.losses import triton_taid
+    except ImportError as exc:  # Triton missing, or an install whose import fails
+        return exc
+    return triton_taid
+
+
+def _resolve_impl(impl, device: torch.device) -> str:
+    """"triton" or "torch" for a call on `device`; ValueError naming the fix when `impl` cannot run there.
+
+    auto: Triton on CUDA tensors when it imports (the torch path otherwise, with a warning on CUDA);
+    triton: always (CPU tensors only under TRITON_INTERPRET=1, Triton's interpreter); torch: the chunk loops.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl={impl!r} is unknown; choose one of {', '.join(IMPLS)}.")
+    if impl == "torch" or (impl == "auto" and device.type != "cuda"):
+        return "torch"
+    kernels = _triton_kernels()
+    if isinstance(kernels, ImportError):
+        if impl == "auto":
+            warnings.warn(f"Triton is not importable ({kernels}); the fused TAID loss uses its torch path "
+                          "(pip install 'taidtron[triton]' for the kernel).", RuntimeWarning, stacklevel=4)
+            return "torch"
+        raise ValueError(f"impl='triton' needs Triton, which does not import here ({kernels}); install it with "
+                         "pip install 'taidtron[triton]', or pass impl='torch'.")
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"impl='triton' got {device.type} tensors: Triton runs on CUDA devices, or on CPU only in "
+                         "its interpreter (set TRITON_INTERPRET=1 before the first call); pass impl='torch' here.")
+    return "triton"
+
+
+def _torch_taid_stats(student, teacher, t, n_valid, chunk_tokens, with_entropy):
+    """Local maxima [N, 2] and sums [N, 3 or 4] of every token, chunk by chunk (`_math.taid_chunk_stats`)."""
+    n_tokens = student.shape[0]
+    maxes = torch.full((n_tokens, 2), -math.inf, dtype=torch.float32, device=student.device)
+    sums = torch.zeros((n_tokens, 4 if with_entropy else 3), dtype=torch.float32, device=student.device)
+    if n_valid > 0 and n_tokens > 0:  # a rank whose slice is all padding gives -inf maxima and zero sums
+        work = _math.new_workspace(with_entropy, min(chunk_tokens, n_tokens), n_valid, student.device)
+        for rows in _chunks(n_tokens, chunk_tokens):
+            maxes[rows], sums[rows] = _math.taid_chunk_stats(
+                student[rows, :n_valid], teacher[rows, :n_valid], t, with_entropy, work
+            )
+        del work
+    return maxes, sums
+
+
 # ---- the fused TAID loss ------------------------------------------------------------------------------------------
 
 
@@ -128,20 +187,18 @@ class _VocabParallelTAIDLoss(torch.autograd.Function):
     padding columns get zeros. The upstream gradient is folded into the exponent, so its sign is split off first
     (one host read of `any(g < 0)`; g >= 0 is the normal case, a negative g costs one extra pass).
     Extra memory: O(N) statistics plus two fp32 [chunk_tokens, V_local] temporaries, plus the gradient.
+    impl="triton": the chunk loops are replaced by one Triton kernel each (`triton_taid.taid_stats`,
+    `triton_taid.taid_grad`): the same sums, relative to references at most 8 (base 2) below the local maxima,
+    which the MAX all-reduce combines like maxima; the same collectives; the backward multiplies by g (no sign
+    split, no host read) and the only extra memory is the gradient.
     """
 
     @staticmethod
-    def forward(ctx, student, teacher, t, n_valid, group, chunk_tokens, with_entropy):
-        n_tokens = student.shape[0]
-        maxes = torch.full((n_tokens, 2), -math.inf, dtype=torch.float32, device=student.device)
-        sums = torch.zeros((n_tokens, 4 if with_entropy else 3), dtype=torch.float32, device=student.device)
-        if n_valid > 0 and n_tokens > 0:  # a rank whose slice is all padding gives -inf maxima and zero sums
-            work = _math.new_workspace(with_entropy, min(chunk_tokens, n_tokens), n_valid, student.device)
-            for rows in _chunks(n_tokens, chunk_tokens):
-                maxes[rows], sums[rows] = _math.taid_chunk_stats(
-                    student[rows, :n_valid], teacher[rows, :n_valid], t, with_entropy, work
-                )
-            del work
+    def forward(ctx, student, teacher, t, n_valid, group, chunk_tokens, with_entropy, impl):
+        if impl == "triton":
+            maxes, sums = _triton_kernels().taid_stats(student, teacher, t, n_valid, with_entropy)
+        else:
+            maxes, sums = _torch_taid_stats(student, teacher, t, n_valid, chunk_tokens, with_entropy)
         if group is not None:
             local_max = maxes.clone()
             torch.distributed.all_reduce(maxes, op=torch.distributed.ReduceOp.MAX, group=group)
@@ -150,15 +207,18 @@ class _VocabParallelTAIDLoss(torch.autograd.Function):
             torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM, group=group)
         loss, lse = _math.taid_finalize(maxes, sums)
         ctx.save_for_backward(student, teacher, lse)
-        ctx.t, ctx.n_valid, ctx.chunk_tokens = t, n_valid, chunk_tokens
+        ctx.t, ctx.n_valid, ctx.chunk_tokens, ctx.impl = t, n_valid, chunk_tokens, impl
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None, None
+            return None, None, None, None, None, None, None, None
         student, teacher, lse = ctx.saved_tensors
         n_valid = ctx.n_valid
+        if ctx.impl == "triton":
+            grad = _triton_kernels().taid_grad(student, teacher, ctx.t, n_valid, lse, grad_loss)
+            return grad, None, None, None, None, None, None, None
         grad = torch.empty_like(student)  # [N, V_local], the logits' dtype
         if n_valid < student.shape[1]:
             grad[:, n_valid:].zero_()  # padding columns take no part in the softmax
@@ -178,11 +238,12 @@ class _VocabParallelTAIDLoss(torch.autograd.Function):
             del work
         if has_negative:
             grad[negative] = -grad[negative]
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None
 
 
-def _fused_taid(student_logits, teacher_logits, t, vocab_size, group, chunk_tokens, with_entropy):
+def _fused_taid(student_logits, teacher_logits, t, vocab_size, group, chunk_tokens, with_entropy, impl):
     _, _, n_valid, chunk_tokens = _check_inputs(student_logits, teacher_logits, vocab_size, group, chunk_tokens)
+    impl = _resolve_impl(impl, student_logits.device)
     lead, local_vocab = student_logits.shape[:-1], student_logits.shape[-1]
     loss = _VocabParallelTAIDLoss.apply(
         student_logits.reshape(-1, local_vocab),
@@ -192,6 +253,7 @@ def _fused_taid(student_logits, teacher_logits, t, vocab_size, group, chunk_toke
         group,
         chunk_tokens,
         with_entropy,
+        impl,
     )
     return loss.view(lead)
 
@@ -204,6 +266,7 @@ def vocab_parallel_taid_loss(
     vocab_size: int | None = None,
     group: torch.distributed.ProcessGroup | None = None,
     chunk_tokens: int | None = None,
+    impl: str = "auto",
 ) -> torch.Tensor:
     """TAID loss per token: -sum_v p_t(v) log q(v), p_t = softmax((1-t) stopgrad(s) + t T), q = softmax(s).
 
@@ -215,20 +278,25 @@ def vocab_parallel_taid_loss(
         vocab_size: true vocabulary (global columns >= vocab_size are padding). None: no padding.
         group: tensor-parallel process group; None for no tensor parallelism.
         chunk_tokens: tokens per chunk (bounds the fp32 temporaries to 2 x chunk_tokens x V_local).
-            None: about 2**20 logits per chunk on CPU, 2**26 on a GPU.
+            None: about 2**20 logits per chunk on CPU, 2**26 on a GPU. Torch path only.
+        impl: "auto" (Triton kernels on CUDA tensors when Triton imports, else the torch path), "triton" (CPU
+            tensors only under TRITON_INTERPRET=1) or "torch" (chunked eager torch ops).
     Returns:
         fp32 [...] per-token loss, the same on every rank of `group`.
     Collectives: forward one MAX all-reduce of [tokens, 2] and one SUM all-reduce of [tokens, 3]; backward none.
     """
-    return _fused_taid(student_logits, teacher_logits, _check_t(t), vocab_size, group, chunk_tokens, False)
+    return _fused_taid(student_logits, teacher_logits, _check_t(t), vocab_size, group, chunk_tokens, False, impl)
 
 
-def vocab_parallel_fkl_loss(student_logits, teacher_logits, *, vocab_size=None, group=None, chunk_tokens=None):
+def vocab_parallel_fkl_loss(
+    student_logits, teacher_logits, *, vocab_size=None, group=None, chunk_tokens=None, impl="auto"
+):
     """Forward KL(p_T || q) per token: the fused TAID kernel at t=1 minus the teacher's entropy (no gradient).
 
-    Same conventions and collectives as `vocab_parallel_taid_loss` (the SUM all-reduce is [tokens, 4]).
+    Same conventions, collectives and `impl` choice as `vocab_parallel_taid_loss` (the SUM all-reduce is
+    [tokens, 4]).
     """
-    return _fused_taid(student_logits, teacher_logits, 1.0, vocab_size, group, chunk_tokens, True)
+    return _fused_taid(student_logits, teacher_logits, 1.0, vocab_size, group, chunk_tokens, True, impl)
 
 
 # ---- baselines: autograd through a vocab-parallel log-softmax -----------------------------------------------------

@@ -62,3 +62,15 @@ def test_lm_loss_weight_adds_weighted_cross_entropy_and_leaves_the_distillation_
     torch.testing.assert_close(mixed.total, pure.distill + 0.25 * lm)
     with pytest.raises(ConfigError, match="lm_loss_weight"):
         TAIDConfig(lm_loss_weight=-1.0)
+
+
+def test_loss_impl_is_bound_for_the_fused_losses_and_refused_for_the_others():
+    student, teacher, labels = _inputs(4)
+    torch_path = get_loss(TAIDConfig(loss_impl="torch"))(student, teacher, labels, t=0.4, vocab_size=VOCAB, group=None)
+    auto = get_loss(TAIDConfig())(student, teacher, labels, t=0.4, vocab_size=VOCAB, group=None)
+    torch.testing.assert_close(torch_path.total, auto.total)  # auto is the torch path on CPU
+    assert get_loss(TAIDConfig(loss="fkl", loss_impl="torch")).impl == "torch"
+    with pytest.raises(ValueError, match="taid.loss_impl=torch applies to the fused losses"):
+        get_loss(TAIDConfig(loss="rkl", loss_impl="torch"))
+    with pytest.raises(ConfigError, match="taid.loss_impl='cuda'"):
+        TAIDConfig(loss_impl="cuda")

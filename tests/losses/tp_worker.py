@@ -1,10 +1,12 @@
 """torchrun worker for the tensor-parallel loss tests (gloo, CPU). Run by tests/losses/test_*.py via run_torchrun.
 
-    python -m torch.distributed.run --nproc-per-node N tests/losses/tp_worker.py {taid|baselines|count}
+    python -m torch.distributed.run --nproc-per-node N tests/losses/tp_worker.py {taid|count} [torch|triton]
 
-Every rank builds the same global logits, keeps its vocabulary slice, and checks the loss and its gradient slice
-against the float64 reference and against the unsharded (group=None) result, and reports each passed check through
-`tests.support.report` (a failed check raises, so the rank exits non-zero).
+The optional second argument is the `impl` of the fused losses (taid, fkl); default "auto" (the torch path on CPU).
+"triton" needs TRITON_INTERPRET=1 (CPU) and then checks only the fused losses, walking the kernels' vocabulary
+tiles 128 columns at a time. Every rank builds the same global logits, keeps its vocabulary slice, checks the loss
+and its gradient slice against the float64 reference and against the unsharded (group=None) result, and reports
+each passed check through `tests.support.report` (a failed check raises, so the rank exits non-zero).
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ from taidtron.losses import LOSSES, vocab_parallel_lm_loss, vocab_parallel_taid_
 from tests.support import report  # noqa: E402
 
 SEQ, BATCH, CHUNK = 7, 3, 5
+IMPL = sys.argv[2] if len(sys.argv) > 2 else "auto"
+FUSED = ("taid", "fkl")  # the losses that take `impl`
+
+
 def upstream() -> torch.Tensor:
     return upstream_grad(SEQ, BATCH, seed=99)
 
@@ -40,8 +46,8 @@ def shard(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
 
 def run_loss(name, student, teacher, *, t, vocab_size, group, g):
     s = student.clone().requires_grad_(True)
-    loss = LOSSES[name](s, teacher, t=t, vocab_size=vocab_size, group=group, chunk_tokens=CHUNK,
-                        **OPTIONS.get(name, {}))
+    options = dict(OPTIONS.get(name, {}), **({"impl": IMPL} if name in FUSED else {}))
+    loss = LOSSES[name](s, teacher, t=t, vocab_size=vocab_size, group=group, chunk_tokens=CHUNK, **options)
     (loss * g.to(loss.dtype)).sum().backward()
     return loss.detach(), s.grad
 
@@ -77,6 +83,11 @@ BF16 = {"same": 2e-2, "loss": 2e-4, "grad": 5e-3}
 
 def main(mode: str) -> None:
     dist.init_process_group("gloo")
+    names = FUSED if IMPL == "triton" else tuple(LOSSES)  # the baselines have no Triton path
+    if IMPL == "triton":
+        from taidtron.losses import triton_taid
+
+        triton_taid.MAX_BLOCK_V, triton_taid.TILE_ELEMENTS = 128, 1024  # several tiles and rows per program
     rank, world = dist.get_rank(), dist.get_world_size()
     group = dist.new_group(list(range(world)))  # an explicit TP group object, not the default one
 
@@ -86,21 +97,21 @@ def main(mode: str) -> None:
             check("taid", student, teacher, t=t, vocab_size=VOCAB, group=group, rank=rank, world=world, tol=FP32)
         s16, t16 = make_logits((SEQ, BATCH), "wide", seed=22, dtype=torch.bfloat16)
         check("taid", s16, t16, t=0.4, vocab_size=VOCAB, group=group, rank=rank, world=world, tol=BF16)
-        for name in LOSSES:  # every baseline under TP too
+        for name in names:  # every baseline under TP too
             check(name, student.div(4), teacher.div(4), t=0.4, vocab_size=VOCAB, group=group, rank=rank,
                   world=world, tol=FP32)
         report(taid="ok")
 
         if world == 4:
             # vocab 700 of 1008 columns: rank 2 holds 196 real columns, rank 3 only padding
-            for name in ("taid", "fkl", "rkl"):
+            for name in [n for n in ("taid", "fkl", "rkl") if n in names]:
                 check(name, student, teacher, t=0.4, vocab_size=700, group=group, rank=rank, world=world, tol=FP32)
             report(all_padding_rank="ok")
 
             # two TP=2 groups inside a world of 4: ranks use their rank *within* their own group
             pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
             pair = pairs[rank // 2]
-            for name in ("taid", "tvd"):
+            for name in [n for n in ("taid", "tvd") if n in names]:
                 check(name, student, teacher, t=0.93, vocab_size=VOCAB, group=pair, rank=rank % 2, world=2,
                       tol=FP32)
             report(tp2_subgroups="ok")
@@ -148,9 +159,9 @@ def main(mode: str) -> None:
         torch.distributed.all_reduce = counting_all_reduce
         try:
             forward, backward = count(lambda s, te: vocab_parallel_taid_loss(
-                s, te, 0.4, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK))
+                s, te, 0.4, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK, impl=IMPL))
             fkl_forward, fkl_backward = count(lambda s, te: LOSSES["fkl"](
-                s, te, t=0.4, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK))
+                s, te, t=0.4, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK, impl=IMPL))
             rkl_forward, rkl_backward = count(lambda s, te: LOSSES["rkl"](
                 s, te, t=0.4, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK))
             labels = make_labels((SEQ, BATCH), seed=26)
