@@ -132,8 +132,9 @@ class TAIDConfig:
     """Adaptive t. False gives the linear schedule t_start -> t_end."""
     skew: float = 0.1
     """Mixing weight of the skew KL baselines (skew_fkl, skew_rkl)."""
-    js_beta: float = 0.5
-    """Weight of the generalized Jensen-Shannon baseline (js)."""
+    js_beta: float = 0.1
+    """Teacher weight of the generalized Jensen-Shannon baseline (js): beta KL(p_T || m) + (1 - beta) KL(q || m),
+    m = beta p_T + (1 - beta) q. 0.1 as in the official TAID code."""
     lm_loss_weight: float = 0.0
     """Weight of the next-token cross-entropy added to a distillation loss (0: pure distillation, as the paper). t is
     driven by the distillation term alone."""

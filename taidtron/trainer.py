@@ -218,12 +218,13 @@ class Trainer:
         if not math.isfinite(loss):
             raise FloatingPointError(f"the training loss is {loss} at step {self.step + 1}; lower optim.lr or "
                                      f"check the data and the teacher checkpoint.")
-        self.step += 1
-        self.consumed_samples += self.parallel.global_batch_size
         taid_t = None
         if self.objective.uses_t:
-            # t moves once per optimizer step from the global mean, so every rank and layout sees the same t.
+            # t moves once per optimizer step from the global mean, so every rank and layout sees the same t; its
+            # linear floor counts the optimizer steps done before this one (the official code's global_step).
             taid_t = self.schedule.update(loss, self.step, self.optim_cfg.train_steps)
+        self.step += 1
+        self.consumed_samples += self.parallel.global_batch_size
         lm_loss = sums["lm"] / tokens if "lm" in sums else None
         return StepResult(loss=loss, lm_loss=lm_loss, grad_norm=float(grad_norm or 0.0), lr=lr, taid_t=taid_t,
                           tokens=int(sums["tokens"]), seconds=time.perf_counter() - start)

@@ -20,7 +20,9 @@ class TAIDSchedule:
         prev_loss = loss
 
     With adaptive=False, t = t_lin at every update. `t`, `m` and `prev_loss` are the checkpointed state.
-    Call it with the global-batch token-mean loss (identical on every rank), never on validation batches.
+    Call it with the global-batch token-mean loss (identical on every rank), never on validation batches. `step` is
+    the number of optimizer steps done before the one whose loss is passed (0 for the first), as the official code's
+    `trainer.global_step` during that step.
     """
 
     def __init__(
@@ -45,7 +47,8 @@ class TAIDSchedule:
         return self.t_start + (self.t_end - self.t_start) * step / total_steps
 
     def update(self, loss: float, step: int, total_steps: int) -> float:
-        """Move t after optimizer step `step` (0 <= step <= total_steps) given that step's loss; return the new t."""
+        """Move t given the loss of the optimizer step that follows `step` completed ones (0 <= step <= total_steps);
+        return the new t."""
         loss = float(loss)
         if not math.isfinite(loss):
             raise ValueError(f"loss={loss} is not finite; skip the t update for this step.")

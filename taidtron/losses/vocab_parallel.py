@@ -435,7 +435,7 @@ def vocab_parallel_skew_rkl_loss(
     )
 
 
-def vocab_parallel_js_loss(student_logits, teacher_logits, *, beta=0.5, vocab_size=None, group=None, chunk_tokens=None):
+def vocab_parallel_js_loss(student_logits, teacher_logits, *, beta=0.1, vocab_size=None, group=None, chunk_tokens=None):
     """Generalized Jensen-Shannon beta KL(p_T || m) + (1 - beta) KL(q || m), m = beta p_T + (1 - beta) q; beta in (0, 1)."""
     beta = _check_weight("beta", beta, low_open=True)
     return _vocab_parallel_divergence(

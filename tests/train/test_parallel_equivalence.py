@@ -77,6 +77,6 @@ def test_t_starts_at_t_start_and_rises_monotonically_above_the_linear_floor(refe
     _, ref, _ = reference
     t = ref["taid_t"]
     assert t[0] == 0.4  # the first update only records the loss
-    linear_floor = [0.4 + 0.6 * step / 20 for step in (2, 3)]
+    linear_floor = [0.4 + 0.6 * steps_before / 20 for steps_before in (1, 2)]  # updates after steps 2 and 3
     assert all(b > a for a, b in zip(t, t[1:]))
     assert all(value >= floor - 1e-12 for value, floor in zip(t[1:], linear_floor))

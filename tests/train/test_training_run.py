@@ -135,3 +135,18 @@ def test_sigusr1_during_start_up_saves_after_one_step_exits_75_and_the_rerun_res
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     assert "resumed from" in rerun.stderr + rerun.stdout
+
+
+def test_lm_loss_weight_logs_both_terms_and_t_follows_the_distillation_loss_alone(tmp_path):
+    from taidtron.losses import TAIDSchedule
+
+    proc = run_train(*TINY, "taid.lm_loss_weight=0.5", "taid.alpha=0.05", "optim.train_steps=5",
+                     "optim.warmup_steps=1", "logging.eval_interval=0", f"logging.run_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["lm_loss"] > 0 and r["loss"] > 0 for r in rows)
+    # replaying the schedule on the logged distillation losses gives the logged t: the LM term does not drive t
+    schedule = TAIDSchedule(alpha=0.05)
+    replay = [schedule.update(r["loss"], steps_done, 5) for steps_done, r in enumerate(rows)]
+    assert [r["taid_t"] for r in rows] == pytest.approx(replay, rel=1e-12)
+    assert replay[-1] > replay[1]  # and t did move
