@@ -65,8 +65,11 @@ def pretrain_teacher(config_path: Path, overrides: list[str], out_dir: Path, ste
     seconds = time.perf_counter() - start
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    meta = {"has_optimizer": False, "model": cfg.to_dict()["teacher"], "padded_vocab_size": cfg.padded_vocab_size(),
-            "tokenizer_fingerprint": tokenizer.fingerprint(), "source": "tools/smoke_test.py pretraining"}
+    meta = checkpoint.CheckpointMeta(
+        model=cfg.teacher, padded_vocab_size=cfg.padded_vocab_size(),
+        source=checkpoint.WeightsSource(kind="pretraining", description="tools/smoke_test.py teacher pretraining"),
+        tokenizer=checkpoint.TokenizerRef.of(cfg.data.tokenizer, tokenizer.fingerprint()),
+        seq_length=cfg.data.seq_length)
     checkpoint.save_checkpoint(out_dir, steps, model=model, meta=meta)
     destroy_distributed()
     tokens = steps * cfg.parallel.global_batch_size * cfg.data.seq_length
