@@ -9,17 +9,23 @@ Layout of a checkpoint directory:
         __<rank>_<n>.distcp  tensor bytes (model, optimizer) and per-rank RNG states
         common.pt            optimizer param groups (non-sharded state)
         metadata.json        dist_checkpointing format marker
-        taidtron.json        step, TAID state, data position, config, model architecture, teacher source, the
-                             file manifest (name -> size) and the parallel layout it was saved with
+        taidtron.json        `CheckpointMeta`: architecture, where the weights came from, tokenizer, teacher,
+                             trainer state, the file manifest (name -> size) and the parallel layout it was saved
+                             with
 
 A directory made by `tools/convert.py import` is a single iteration directory with no optimizer state; anything
 that takes a checkpoint path accepts either the top directory (it follows `latest`) or an iteration directory.
 
 Completeness: an iteration directory is written under a hidden temporary name and renamed into place only when
 every rank has finished and `taidtron.json` (written last, with the manifest) is in it; `latest` moves after the
-rename. Loading first checks the manifest (every file present, exact size) and the DCP index (every byte range it
-names lies inside its file), then the architecture, and only then reads tensors; any failure is a
-`CheckpointError` naming the file and what to do, never a partial load.
+rename. Loading first checks `taidtron.json` against its schema, the manifest (every file present, exact size) and
+the DCP index (every byte range it names lies inside its file), then the architecture and the tensor keys, and
+only then reads tensors; any failure is a `CheckpointError` naming the file and what to do, never a partial load.
+
+Loading at scale: the ranks of the group passed as `group` (the data-parallel group: its ranks need the same
+shards) split the reading between them and exchange what they read (megatron-core's fully parallel load), under a
+generous collective timeout. Keys a Transformer Engine model has and a local-spec checkpoint lacks (TE's
+`_extra_state`, its FP8 bookkeeping) are the only ones a load tolerates missing.
 
 RNG states (Python, NumPy, torch CPU, CUDA when present, megatron's model-parallel tracker) are saved per rank as
 a ShardedObject keyed by (pp, tp, dp) rank. They are restored when the checkpoint is loaded with the same layout
@@ -28,29 +34,277 @@ and skipped, with a logged note, when the layout changed (the streams are per ra
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
+import types
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import torch
 
 from taidtron import overrides
+from taidtron.config import ModelConfig
 
 META_FILE = "taidtron.json"
 LATEST_FILE = "latest"
-FORMAT_VERSION = 1
 RNG_KEY = "rng_state"
+EXTRA_STATE_SUFFIX = "_extra_state"
+"""Transformer Engine modules' FP8 bookkeeping in a state dict; the only keys a load tolerates missing."""
+LOAD_TIMEOUT = datetime.timedelta(hours=2)
+"""Collective timeout while a checkpoint loads: reading a 72B teacher from a shared file system takes minutes."""
 
 log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that is missing, incomplete or does not fit the model."""
+    """A checkpoint that is missing, incomplete, malformed or does not fit the model."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# taidtron.json: the schema
+
+
+FORMAT_VERSION = 2
+"""Version of the taidtron.json format written. 1: the dicts written before this schema (read by migration)."""
+SOURCE_KINDS = ("training", "pretraining", "hf_import", "init")
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where the saved weights came from."""
+
+    kind: str
+    """`training` (a taidtron run), `pretraining` (tools/smoke_test.py's teacher), `hf_import`
+    (`tools/convert.py import`) or `init` (a model's initial weights, written by tests)."""
+    description: str
+    """For people: the run directory, the command or the Hugging Face folder."""
+    path: str | None = None
+    """The Hugging Face folder of an import (absolute); None otherwise."""
+    hf_config: dict | None = None
+    """That folder's config.json: the fields taidtron does not model (max_position_embeddings, special token ids),
+    which an export writes back. None when the weights are not an import."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"kind {self.kind!r} is not one of {', '.join(SOURCE_KINDS)}")
+
+
+@dataclass(frozen=True)
+class TokenizerRef:
+    """The tokenizer the weights were trained with."""
+
+    path: str
+    """The tokenizer file or folder as the run configured it (absolute when written by this version)."""
+    fingerprint: str
+    """`Tokenizer.fingerprint()`: equal fingerprints index the same vocabulary."""
+
+    @classmethod
+    def of(cls, path: str | Path, fingerprint: str) -> TokenizerRef:
+        return cls(path=str(Path(path).resolve()), fingerprint=fingerprint)
+
+
+@dataclass(frozen=True)
+class TeacherSource:
+    """The teacher of a distillation run (`teacher.init`), recorded so that a resume refuses another one."""
+
+    path: str
+    """The teacher's iteration directory (absolute)."""
+    hash: str
+    """sha256 of the teacher's content id and file manifest (`describe_source`)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The parallel layout a checkpoint was saved with."""
+
+    tp: int
+    pp: int
+    dp: int
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """taidtron.json: everything about a checkpoint that is not a tensor.
+
+    Writers give the fields up to `config`; `save_checkpoint` / `save_model` fill the rest. `read_meta` validates a
+    file against this schema (every field present with its type; format 1 files are migrated on read)."""
+
+    model: ModelConfig
+    """Architecture of the saved model (the student of a distillation run)."""
+    padded_vocab_size: int
+    """Embedding rows as saved: the vocabulary padded to a multiple of 128 * tp."""
+    source: WeightsSource
+    """Where the weights came from."""
+    tokenizer: TokenizerRef | None = None
+    """The tokenizer the weights were trained with; None for imports (the HF folder has it) and tests."""
+    seq_length: int | None = None
+    """Tokens per training sequence; an export's max_position_embeddings when no Hugging Face config is known."""
+    teacher: TeacherSource | None = None
+    """Distillation runs: the teacher checkpoint; None for other checkpoints and randomly initialised teachers."""
+    trainer: dict | None = None
+    """Training checkpoints: `Trainer.state_dict()` (step, data position, LR and TAID schedules), opaque here."""
+    config: dict | None = None
+    """Training checkpoints: the run's whole resolved config (`TrainConfig.to_dict()`), for the record."""
+    format_version: int = FORMAT_VERSION
+    """Filled by save from here on."""
+    step: int = 0
+    """Optimizer steps done when saved (the iteration number); 0 for imports."""
+    content_id: str = ""
+    """A hash of the source weights for imports (equal across re-imports of the same weights), else a unique id."""
+    saved_at: str = ""
+    """Local time of the save, ISO 8601."""
+    params_dtype: str | None = None
+    """dtype of the saved model weights (`float32`, `bfloat16`, ...); None in format 1 files that did not say."""
+    layout: Layout = Layout(tp=1, pp=1, dp=1)
+    """tp, pp, dp of the run that saved."""
+    has_optimizer: bool = False
+    """Whether optimizer state is saved (resumable), or only weights."""
+    has_rng: bool = False
+    """Whether per-rank RNG states are saved."""
+    files: dict[str, int] = field(default_factory=dict)
+    """The manifest: every other file of the iteration directory and its size in bytes (empty in format 1 files
+    that predate it; the DCP index check still applies)."""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+
+MODEL_FIELDS_REQUIRED = ("family", "num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
+                         "ffn_hidden_size", "vocab_size", "rotary_base", "norm_epsilon", "add_qkv_bias",
+                         "tie_embeddings")
+"""ModelConfig fields a checkpoint must record; fields added to ModelConfig later take their defaults when an
+older checkpoint lacks them."""
+
+
+def _invalid(file: Path, where: str, problem: str) -> CheckpointError:
+    return CheckpointError(f"{file}: `{where}` {problem}. The file is damaged or was not written by taidtron; "
+                           f"re-create the checkpoint (or resume from an earlier iteration).")
+
+
+def _type_name(annotation: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "an object"}
+    origin = get_origin(annotation) or annotation
+    if dataclasses.is_dataclass(origin):
+        return "an object"
+    return names.get(origin, str(annotation))
+
+
+def _parse_value(value: Any, annotation: Any, where: str, file: Path) -> Any:
+    """`value` from JSON checked against `annotation` (the field's type); raises CheckpointError naming `where`."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, types.UnionType):  # X | None
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        annotation, origin, args = inner, get_origin(inner), get_args(inner)
+        if value is None:
+            raise _invalid(file, where, f"must be {_type_name(annotation)} or null, got null")
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise _invalid(file, where, f"must be an object, got {type(value).__name__} {value!r:.80}")
+        return _parse_dataclass(annotation, value, where, file)
+    expected = origin or annotation
+    if expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        raise _invalid(file, where, f"must be {_type_name(expected)}, got {type(value).__name__} {value!r:.80}")
+    if expected is dict and args:
+        key_type, value_type = args
+        for k, v in value.items():
+            _parse_value(v, value_type, f"{where}.{k}", file)
+    return value
+
+
+def _parse_dataclass(cls: type, raw: dict, where: str, file: Path) -> Any:
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    prefix = f"{where}." if where else ""
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise _invalid(file, prefix + unknown[0], "is not a field of this format")
+    required = MODEL_FIELDS_REQUIRED if cls is ModelConfig else names
+    missing = [name for name in required if name not in raw]
+    if missing:
+        raise _invalid(file, prefix + missing[0], "is missing")
+    kwargs = {name: _parse_value(value, hints[name], prefix + name, file) for name, value in raw.items()}
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # the dataclass's own validation (ModelConfig, WeightsSource.kind)
+        raise _invalid(file, where or "the root", f"is invalid ({exc})") from None
+
+
+def _from_format_1(raw: dict, file: Path) -> dict:
+    """Format 1, the dicts written before the schema, as format 2 (in memory; the file is not rewritten).
+
+    Format 1 had the same facts under other names: `kind: hf_import` with `source: {path, model_type}` and
+    `hf_config` for imports, `source` as a string for tools/smoke_test.py's teacher, `tokenizer_fingerprint` next
+    to `config.data.tokenizer`, `teacher_source`, and no step of its own."""
+    if "model" not in raw or "padded_vocab_size" not in raw:
+        raise CheckpointError(f"{file} (format 1) records no model architecture, so the weights cannot be matched to "
+                              f"a model; it was written by an early test helper. Re-create the checkpoint with this "
+                              f"taidtron (`tools/convert.py import` for Hugging Face weights, a training run "
+                              f"otherwise).")
+    config = raw.get("config") if isinstance(raw.get("config"), dict) else {}
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    source = raw.get("source")
+    trainer = raw.get("trainer")
+    if raw.get("kind") == "hf_import" and isinstance(source, dict):
+        weights = {"kind": "hf_import", "description": f"tools/convert.py import of {source.get('path')}",
+                   "path": source.get("path"), "hf_config": raw.get("hf_config")}
+    elif isinstance(source, str):
+        weights = {"kind": "pretraining", "description": source, "path": None, "hf_config": None}
+    elif trainer is not None:
+        weights = {"kind": "training", "description": "a taidtron training run (format 1)", "path": None,
+                   "hf_config": None}
+    else:
+        weights = {"kind": "init", "description": "format 1 checkpoint without a recorded source", "path": None,
+                   "hf_config": None}
+    tokenizer = None
+    if data.get("tokenizer") and raw.get("tokenizer_fingerprint"):
+        tokenizer = {"path": data["tokenizer"], "fingerprint": raw["tokenizer_fingerprint"]}
+    if isinstance(trainer, dict) and "step" in trainer:
+        step = trainer["step"]
+    else:
+        match = re.fullmatch(r"iter_(\d+)", file.parent.name)
+        step = int(match.group(1)) if match else 0
+    return {
+        "format_version": FORMAT_VERSION, "model": raw["model"], "padded_vocab_size": raw["padded_vocab_size"],
+        "source": weights, "tokenizer": tokenizer, "seq_length": data.get("seq_length"),
+        "teacher": raw.get("teacher_source"), "trainer": trainer, "config": raw.get("config"), "step": step,
+        "content_id": raw.get("content_id", ""), "saved_at": raw.get("saved_at", ""),
+        "params_dtype": raw.get("params_dtype"), "layout": raw.get("layout", {"tp": 1, "pp": 1, "dp": 1}),
+        "has_optimizer": raw.get("has_optimizer", False), "has_rng": raw.get("has_rng", False),
+        "files": raw.get("files", {}),
+    }
+
+
+def parse_meta(raw: Any, file: Path) -> CheckpointMeta:
+    """A parsed taidtron.json (`file` names it in errors) as a validated CheckpointMeta."""
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{file} does not hold a JSON object; the checkpoint is corrupted.")
+    version = raw.get("format_version")
+    if type(version) is int and version == 1:
+        raw = _from_format_1(raw, file)
+    elif type(version) is not int or version != FORMAT_VERSION:
+        what = "has no format_version" if version is None else f"has format_version {version!r}"
+        fix = ("a newer taidtron wrote it: upgrade taidtron to load it" if type(version) is int and version > 1
+               else "it was not written by taidtron")
+        raise CheckpointError(f"{file} {what}, and this taidtron reads formats 1 and {FORMAT_VERSION}; {fix}.")
+    return _parse_dataclass(CheckpointMeta, raw, "", file)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -80,17 +334,16 @@ def resolve_iteration_dir(path: str | Path) -> Path:
                           f"marker. Convert Hugging Face weights with `python tools/convert.py import`.")
 
 
-def read_meta(path: str | Path) -> dict:
+def read_meta(path: str | Path) -> CheckpointMeta:
+    """The validated taidtron.json of a checkpoint (a run directory follows `latest`)."""
     directory = resolve_iteration_dir(path)
     file = directory / META_FILE
     try:
-        meta = json.loads(file.read_text())
+        raw = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{file} is unreadable or corrupted ({exc}); the checkpoint cannot be trusted. Resume "
                               f"from an earlier iteration directory.") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{file} does not hold a JSON object; the checkpoint is corrupted.")
-    return meta
+    return parse_meta(raw, file)
 
 
 def _scan_files(directory: Path) -> dict[str, int]:
@@ -99,16 +352,16 @@ def _scan_files(directory: Path) -> dict[str, int]:
             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != META_FILE}
 
 
-def verify_checkpoint(path: str | Path) -> dict:
+def verify_checkpoint(path: str | Path) -> CheckpointMeta:
     """Check that a checkpoint is complete before anything is read from it; returns its metadata.
 
-    1. taidtron.json parses; every file of its manifest exists with exactly the recorded size;
+    1. taidtron.json parses and fits the schema; every file of its manifest exists with exactly the recorded size;
     2. the DCP index (.metadata) unpickles, and every byte range it lists lies inside an existing file.
     Raises CheckpointError naming the first problem found.
     """
     directory = resolve_iteration_dir(path)
     meta = read_meta(directory)
-    for name, size in sorted((meta.get("files") or {}).items()):
+    for name, size in sorted(meta.files.items()):
         file = directory / name
         if not file.is_file():
             raise CheckpointError(f"{directory} is incomplete: {name} is missing (the manifest in {META_FILE} lists "
@@ -145,7 +398,7 @@ def _verify_dcp_extents(directory: Path) -> None:
                                   f"needs {end}.")
 
 
-def describe_source(path: str | Path) -> dict:
+def describe_source(path: str | Path) -> TeacherSource:
     """Where a (teacher) checkpoint came from and a hash of its content, recorded so that a resume can tell whether
     the teacher changed under it. The hash covers the checkpoint's content id (a hash of the weights for imports,
     a unique id for each training save) and its file manifest, so it is cheap to compute for a 72B teacher and
@@ -153,23 +406,26 @@ def describe_source(path: str | Path) -> dict:
     directory = resolve_iteration_dir(path)
     meta = read_meta(directory)
     digest = hashlib.sha256()
-    digest.update(str(meta.get("content_id", "")).encode())
-    for name, size in sorted((meta.get("files") or _scan_files(directory)).items()):
+    digest.update(meta.content_id.encode())
+    for name, size in sorted((meta.files or _scan_files(directory)).items()):
         digest.update(f"{name}:{size}\n".encode())
-    return {"path": str(directory.resolve()), "hash": digest.hexdigest()}
+    return TeacherSource(path=str(directory.resolve()), hash=digest.hexdigest())
 
 
-def check_teacher_unchanged(saved: dict | None, current: dict | None) -> None:
+def check_teacher_unchanged(saved: TeacherSource | None, current: TeacherSource | None) -> None:
     """A run resumes only with the teacher it started with (same content hash; a moved copy is fine)."""
     if saved is None and current is None:
         return
-    if saved is None or current is None or saved.get("hash") != current.get("hash"):
-        raise CheckpointError(f"the teacher changed since the checkpoint was written: checkpoint used {saved}, this "
-                              f"run has {current}. Resume with the original teacher.init, or start a new run "
-                              f"directory (checkpoint.dir) for a new teacher.")
-    if saved.get("path") != current.get("path") and _is_main():
-        log.warning("teacher checkpoint moved from %s to %s (same content); continuing", saved.get("path"),
-                    current.get("path"))
+
+    def describe(source: TeacherSource | None) -> str:
+        return "a randomly initialised teacher" if source is None else f"{source.path} (hash {source.hash[:12]})"
+
+    if saved is None or current is None or saved.hash != current.hash:
+        raise CheckpointError(f"the teacher changed since the checkpoint was written: checkpoint used "
+                              f"{describe(saved)}, this run has {describe(current)}. Resume with the original "
+                              f"teacher.init, or start a new run directory (checkpoint.dir) for a new teacher.")
+    if saved.path != current.path and _is_main():
+        log.warning("teacher checkpoint moved from %s to %s (same content); continuing", saved.path, current.path)
 
 
 def iteration_name(step: int) -> str:
@@ -212,8 +468,8 @@ def _layout() -> dict:
             "pp_rank": ps.get_pipeline_model_parallel_rank(), "dp_rank": ps.get_data_parallel_rank()}
 
 
-def _same_layout(saved: dict | None, current: dict) -> bool:
-    return bool(saved) and all(saved.get(k) == current[k] for k in ("tp", "pp", "dp"))
+def _same_layout(saved: Layout, current: dict) -> bool:
+    return (saved.tp, saved.pp, saved.dp) == (current["tp"], current["pp"], current["dp"])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -262,34 +518,32 @@ def _rng_sharded_object(layout: dict, data):
 # architecture check
 
 
-def check_architecture(model: torch.nn.Module, meta: dict, where: Path) -> None:
-    """The checkpoint's architecture (meta["model"], a ModelConfig dict) must be the model's, else the load would
-    fail deep inside dist_checkpointing, or worse succeed with a wrong RoPE base or norm epsilon."""
-    saved = meta.get("model")
+def check_architecture(model: torch.nn.Module, meta: CheckpointMeta, where: Path) -> None:
+    """The checkpoint's architecture (`meta.model`) must be the model's, else the load would fail deep inside
+    dist_checkpointing, or worse succeed with a wrong RoPE base or norm epsilon."""
+    saved = meta.model
     config = getattr(model, "config", None)
-    if not saved or config is None:
+    if config is None:
         return
     current = {
         "num_layers": config.num_layers, "hidden_size": config.hidden_size,
         "num_attention_heads": config.num_attention_heads, "num_query_groups": config.num_query_groups,
         "ffn_hidden_size": config.ffn_hidden_size, "add_qkv_bias": bool(config.add_qkv_bias),
         "norm_epsilon": config.layernorm_epsilon,
-        "tie_embeddings": bool(getattr(model, "share_embeddings_and_output_weights", saved.get("tie_embeddings"))),
+        "tie_embeddings": bool(getattr(model, "share_embeddings_and_output_weights", saved.tie_embeddings)),
     }
     if hasattr(model, "rotary_base"):
         current["rotary_base"] = float(model.rotary_base)
     diffs = []
     for key, value in current.items():
-        if key not in saved:
-            continue
-        want = saved[key]
+        want = getattr(saved, key)
         same = abs(float(want) - float(value)) <= 1e-12 * max(1.0, abs(float(want))) \
             if isinstance(value, float) else want == value
         if not same:
             diffs.append(f"{key}: checkpoint {want!r}, model {value!r}")
     padded = getattr(model, "vocab_size", None)
-    if padded is not None and saved.get("vocab_size") and padded < int(saved["vocab_size"]):
-        diffs.append(f"vocab_size: checkpoint {saved['vocab_size']}, model's padded vocabulary only {padded}")
+    if padded is not None and padded < saved.vocab_size:
+        diffs.append(f"vocab_size: checkpoint {saved.vocab_size}, model's padded vocabulary only {padded}")
     if diffs:
         raise CheckpointError(f"{where} holds a different architecture than the model it is loaded into ("
                               + "; ".join(diffs) + f"). Copy the `model` section of {where / META_FILE} into the "
@@ -321,10 +575,12 @@ def _write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _write_iteration(tmp: Path, *, model, optimizer, meta: dict, save_rng: bool) -> None:
+def _write_iteration(tmp: Path, *, model, optimizer, meta: CheckpointMeta, step: int, save_rng: bool) -> None:
     """All ranks: write model (+ optimizer, + RNG) into `tmp`, then rank 0 adds taidtron.json with the manifest."""
     from megatron.core import dist_checkpointing
 
+    if not isinstance(meta, CheckpointMeta):
+        raise TypeError(f"meta must be a CheckpointMeta, got {type(meta).__name__}")
     layout = _layout()
     if optimizer is not None and any(len(getattr(getattr(sub, "optimizer", None), "state", {"": 0})) == 0
                                      for sub in getattr(optimizer, "chained_optimizers", [optimizer])):
@@ -337,16 +593,20 @@ def _write_iteration(tmp: Path, *, model, optimizer, meta: dict, save_rng: bool)
     dist_checkpointing.save(state, str(tmp))
     _barrier()  # every rank's files are closed before rank 0 lists them
     if _is_main():
-        meta = dict(meta)
-        meta.update(
+        params_dtype = next(iter(model.parameters())).dtype
+        meta = dataclasses.replace(
+            meta,
             format_version=FORMAT_VERSION,
-            content_id=meta.get("content_id") or uuid.uuid4().hex,
+            step=step,
+            content_id=meta.content_id or uuid.uuid4().hex,
             saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            layout={k: layout[k] for k in ("tp", "pp", "dp")},
+            params_dtype=str(params_dtype).removeprefix("torch."),
+            layout=Layout(tp=layout["tp"], pp=layout["pp"], dp=layout["dp"]),
+            has_optimizer=optimizer is not None,
             has_rng=save_rng,
             files=_scan_files(tmp),
         )
-        _write_text(tmp / META_FILE, json.dumps(meta, indent=1, sort_keys=True, default=str))
+        _write_text(tmp / META_FILE, meta.to_json())
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -366,8 +626,8 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def save_checkpoint(ckpt_dir: str | Path, step: int, *, model: torch.nn.Module, optimizer=None, meta: dict,
-                    keep_last: int = 0) -> Path:
+def save_checkpoint(ckpt_dir: str | Path, step: int, *, model: torch.nn.Module, optimizer=None,
+                    meta: CheckpointMeta, keep_last: int = 0) -> Path:
     """Save model (+ optimizer, + per-rank RNG states when training) under ckpt_dir/iter_<step>. All ranks call it.
 
     Atomic: everything is written to a hidden temporary directory, renamed into place when complete, and only then
@@ -383,7 +643,7 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, *, model: torch.nn.Module, 
             shutil.rmtree(tmp)
         tmp.mkdir()
     _barrier()
-    _write_iteration(tmp, model=model, optimizer=optimizer, meta=meta, save_rng=optimizer is not None)
+    _write_iteration(tmp, model=model, optimizer=optimizer, meta=meta, step=step, save_rng=optimizer is not None)
     if _is_main():
         replace_dir(tmp, final)  # a re-save of the same step (e.g. a signal right after a periodic save)
         _write_text(ckpt_dir / LATEST_FILE, final.name)
@@ -398,9 +658,11 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, *, model: torch.nn.Module, 
     return final
 
 
-def save_model(directory: str | Path, *, model: torch.nn.Module, meta: dict, overwrite: bool = False) -> Path:
+def save_model(directory: str | Path, *, model: torch.nn.Module, meta: CheckpointMeta,
+               overwrite: bool = False) -> Path:
     """Write a single iteration directory holding only model weights (what `tools/convert.py import` makes), with
-    the same atomicity as `save_checkpoint`: a hidden sibling is written and renamed to `directory` at the end."""
+    the same atomicity as `save_checkpoint`: a hidden sibling is written and renamed to `directory` at the end, and
+    removed if the save fails."""
     directory = Path(directory)
     tmp = directory.with_name(f".tmp_{directory.name}")
     if _is_main():
@@ -411,9 +673,13 @@ def save_model(directory: str | Path, *, model: torch.nn.Module, meta: dict, ove
             shutil.rmtree(tmp)
         tmp.mkdir()
     _barrier()
-    _write_iteration(tmp, model=model, optimizer=None, meta={**meta, "has_optimizer": False}, save_rng=False)
-    if _is_main():
-        replace_dir(tmp, directory)
+    try:
+        _write_iteration(tmp, model=model, optimizer=None, meta=meta, step=meta.step, save_rng=False)
+        if _is_main():
+            replace_dir(tmp, directory)
+    finally:
+        if _is_main() and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     _barrier()
     return directory
 
@@ -422,42 +688,110 @@ def save_model(directory: str | Path, *, model: torch.nn.Module, meta: dict, ove
 # load
 
 
-def _dist_load(state: dict, directory: Path) -> dict:
-    from megatron.core import dist_checkpointing
+def _match_checkpoint_keys(state: dict, directory: Path) -> set[str]:
+    """Check that the checkpoint has every model tensor `state` asks for, before anything is read; drop from `state`
+    the Transformer Engine `_extra_state` entries it lacks and return their state dict names (what the model's
+    load_state_dict will find missing).
 
+    A checkpoint written with the local layer spec (conversion, CPU runs) has no `_extra_state` for the modules only
+    TE gives one (its fused attention and norms; FP8 bookkeeping that starts empty): those are tolerated. Any other
+    key it lacks means another architecture, and the load is refused with the keys named."""
+    from megatron.core.dist_checkpointing.dict_utils import extract_matching_values
+    from megatron.core.dist_checkpointing.mapping import ShardedBase
+    from megatron.core.dist_checkpointing.serialization import load_sharded_metadata
+
+    saved_keys = {item.key for item in load_sharded_metadata(str(directory)).values()}
+    absent = {value.key for _, value in _flatten(state["model"])
+              if isinstance(value, ShardedBase) and value.key not in saved_keys}
+    other = sorted(key for key in absent if not key.endswith(EXTRA_STATE_SUFFIX))
+    if other:
+        raise CheckpointError(f"{directory} lacks {len(other)} tensor(s) the model has, e.g. {', '.join(other[:4])}: "
+                              f"it holds another architecture than the model's. Compare the `model` section of "
+                              f"{directory / META_FILE} with the config.")
+    if not absent:
+        return set()
+    dropped, kept = extract_matching_values(state, lambda v: isinstance(v, ShardedBase) and v.key in absent)
+    state.clear()
+    state.update(kept)
+    if _is_main():
+        log.info("%s has no %s (saved without Transformer Engine); they keep their initial values", directory,
+                 ", ".join(sorted(absent)))
+    return {name.removeprefix("model.") for name, _ in _flatten(dropped)}
+
+
+def _flatten(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted name, leaf) of a nested state dict."""
+    items = []
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        items += _flatten(value, name + ".") if isinstance(value, dict) else [(name, value)]
+    return items
+
+
+def _dist_load(state: dict, directory: Path, group) -> dict:
+    """dist_checkpointing.load, split across `group` (ranks holding the same shards each read a part and exchange
+    it; None: every rank reads what it needs), under LOAD_TIMEOUT for `group` and the default group."""
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.serialization import get_default_load_sharded_strategy
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelLoadStrategyWrapper
+
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    strategy = None
+    if group is not None and dist.get_world_size(group) > 1:
+        strategy = FullyParallelLoadStrategyWrapper(get_default_load_sharded_strategy(str(directory)), group)
     try:
-        return dist_checkpointing.load(state, str(directory))
-    except Exception as exc:  # dist_checkpointing raises many types; name the checkpoint and the likely cause
+        with overrides.collective_timeout([group, None], LOAD_TIMEOUT):
+            return dist_checkpointing.load(state, str(directory), sharded_strategy=strategy)
+    except (Exception, CheckpointException) as exc:  # many types (torch's is a BaseException): name the checkpoint
         raise CheckpointError(f"could not load {directory}: {type(exc).__name__}: {exc}. The checkpoint may be "
                               f"truncated or corrupted, or was saved from a different architecture; resume from an "
                               f"earlier iteration or fix the model config ({directory / META_FILE} has the saved "
                               f"architecture).") from exc
 
 
-def load_model_weights(model: torch.nn.Module, path: str | Path) -> dict:
+def _load_model_state(model: torch.nn.Module, loaded: dict, absent_extra_state: set[str], where: Path) -> None:
+    """`model.load_state_dict`, strict except for the `_extra_state` entries the checkpoint lacks."""
+    result = model.load_state_dict(loaded, strict=False)
+    missing = set(result.missing_keys) - absent_extra_state
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"{where} does not fit the model: missing {sorted(missing)[:5]}, unexpected "
+                              f"{sorted(result.unexpected_keys)[:5]}.")
+
+
+def load_model_weights(model: torch.nn.Module, path: str | Path, *, group) -> CheckpointMeta:
     """Load a GPTModel stage's weights from a taidtron checkpoint, whatever tp/pp it was saved with. Embedding and
-    output rows beyond the saved padded vocabulary are zero; rows beyond the model's are dropped."""
+    output rows beyond the saved padded vocabulary are zero; rows beyond the model's are dropped.
+
+    `group`: the ranks that load the same shards (the data-parallel group) split the reading; None: each rank
+    reads all it needs. Every rank of the default group calls this."""
     directory = resolve_iteration_dir(path)
     meta = verify_checkpoint(directory)
     check_architecture(model, meta, directory)
     # Nested as saved: dist_checkpointing merges the checkpoint's common (non-tensor) state, e.g. the optimizer's
     # param groups of a training checkpoint, into the top level of what it returns.
-    loaded = _dist_load(_sharded_state(model, None, is_loading=True), directory)
-    model.load_state_dict(loaded["model"], strict=True)
+    state = _sharded_state(model, None, is_loading=True)
+    absent = _match_checkpoint_keys(state, directory)
+    loaded = _dist_load(state, directory, group)
+    _load_model_state(model, loaded["model"], absent, directory)
     return meta
 
 
-def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer=None) -> dict:
+def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer=None, group) -> CheckpointMeta:
     """Load model (+ optimizer) from a checkpoint saved at any tp/pp; returns its metadata. RNG states are restored
-    when the checkpoint was saved with this run's tp/pp/dp layout, else skipped with a logged note."""
+    when the checkpoint was saved with this run's tp/pp/dp layout, else skipped with a logged note.
+
+    `group`: the ranks that load the same shards (the data-parallel group) split the reading; None: each rank
+    reads all it needs. Every rank of the default group calls this."""
     directory = resolve_iteration_dir(path)
     meta = verify_checkpoint(directory)
     check_architecture(model, meta, directory)
-    if optimizer is not None and not meta.get("has_optimizer", False):
-        raise CheckpointError(f"{directory} holds no optimizer state (made by `tools/convert.py import`?); use it "
+    if optimizer is not None and not (meta.has_optimizer and meta.trainer is not None):
+        raise CheckpointError(f"{directory} holds no optimizer or trainer state ({meta.source.description}); use it "
                               f"as student.init to start a new run instead of resuming from it.")
-    saved_padded = meta.get("padded_vocab_size")
-    if optimizer is not None and saved_padded and getattr(model, "vocab_size", saved_padded) != saved_padded:
+    saved_padded = meta.padded_vocab_size
+    if optimizer is not None and getattr(model, "vocab_size", saved_padded) != saved_padded:
         raise CheckpointError(f"{directory} was saved with a padded vocabulary of {saved_padded} rows and this run "
                               f"pads to {model.vocab_size} (a multiple of 128 * parallel.tp): the optimizer state "
                               f"of the embedding cannot be resharded across that change. Resume with a "
@@ -466,17 +800,18 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer=None)
     if optimizer is not None:
         overrides.materialize_optimizer_state(optimizer)
     state = _sharded_state(model, optimizer, is_loading=True)
+    absent = _match_checkpoint_keys(state, directory)
     layout = _layout()
-    restore_rng = meta.get("has_rng", False) and _same_layout(meta.get("layout"), layout)
+    restore_rng = meta.has_rng and _same_layout(meta.layout, layout)
     if restore_rng:
         state[RNG_KEY] = _rng_sharded_object(layout, None)
-    elif meta.get("has_rng", False) and _is_main():
+    elif meta.has_rng and _is_main():
         log.warning("RNG states not restored: %s was saved at tp=%s pp=%s dp=%s and this run is tp=%s pp=%s dp=%s "
                     "(per-rank random streams do not reshard; weights, optimizer and schedules are restored)",
-                    directory, *(meta["layout"].get(k) for k in ("tp", "pp", "dp")), layout["tp"], layout["pp"],
+                    directory, meta.layout.tp, meta.layout.pp, meta.layout.dp, layout["tp"], layout["pp"],
                     layout["dp"])
-    loaded = _dist_load(state, directory)
-    model.load_state_dict(loaded["model"], strict=True)
+    loaded = _dist_load(state, directory, group)
+    _load_model_state(model, loaded["model"], absent, directory)
     if optimizer is not None:
         # DistributedOptimizer.load_state_dict copies into fp32 parameters in place: autograd must be off.
         with torch.no_grad():

@@ -10,6 +10,7 @@ With an objective that needs no teacher (`taid.loss=lm`) the same loop trains th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ class Trainer:
         teacher_model = build(teacher) if teacher is not None else None
         for model_cfg, model in ((student, student_model), (teacher, teacher_model)):
             if model_cfg is not None and model_cfg.init:
-                checkpoint.load_model_weights(model, model_cfg.init)
+                checkpoint.load_model_weights(model, model_cfg.init, group=ctx.dp_group)
         self.teacher_source = checkpoint.describe_source(teacher.init) if teacher is not None and teacher.init \
             else None
         model_parallel_group = parallel_state.get_model_parallel_group()
@@ -328,9 +329,9 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     ckpt_dir = Path(cfg.checkpoint.dir or run_dir / "checkpoints")
     latest = checkpoint.find_latest(ckpt_dir) if cfg.checkpoint.resume else None
     if latest is not None:
-        meta = checkpoint.load_checkpoint(latest, model=student, optimizer=trainer.optimizer)
-        checkpoint.check_teacher_unchanged(meta.get("teacher_source"), trainer.teacher_source)
-        trainer.load_state_dict(meta["trainer"])
+        meta = checkpoint.load_checkpoint(latest, model=student, optimizer=trainer.optimizer, group=ctx.dp_group)
+        checkpoint.check_teacher_unchanged(meta.teacher, trainer.teacher_source)
+        trainer.load_state_dict(meta.trainer)
     if ctx.is_main:
         save_config(cfg, run_dir / "config.yaml")
 
@@ -349,12 +350,14 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     # Model FLOPs per token: 6N for the student (forward + backward), 2N for the teacher (forward only).
     flops_per_token = 6 * trainer.student_params + 2 * trainer.teacher_params
 
-    static_meta = {"has_optimizer": True, "config": config_dict, "model": config_dict["student"],
-                   "padded_vocab_size": trainer.padded_vocab_size, "tokenizer_fingerprint": tokenizer.fingerprint(),
-                   "teacher_source": trainer.teacher_source}
+    static_meta = checkpoint.CheckpointMeta(
+        model=cfg.student, padded_vocab_size=trainer.padded_vocab_size,
+        source=checkpoint.WeightsSource(kind="training", description=f"taidtron training run {run_dir.resolve()}"),
+        tokenizer=checkpoint.TokenizerRef.of(cfg.data.tokenizer, tokenizer.fingerprint()),
+        seq_length=cfg.data.seq_length, teacher=trainer.teacher_source, config=config_dict)
 
     def save() -> None:
-        meta = {"trainer": trainer.state_dict(), **static_meta}
+        meta = dataclasses.replace(static_meta, trainer=trainer.state_dict())
         path = checkpoint.save_checkpoint(ckpt_dir, trainer.step, model=student, optimizer=trainer.optimizer,
                                           meta=meta, keep_last=cfg.checkpoint.keep_last)
         logger.write_console(f"saved {path}")

@@ -8,6 +8,8 @@ private attribute it touches, the version it was checked against and why:
     checkpointing.py  the dist-checkpoint writer's results queue; the distributed optimizer's dummy Adam state,
                       its `step` KeyError and its shared `step` tensor on load
     datasets.py       the compiled `helpers_cpp` module GPTDataset needs, built and injected when missing
+    timeouts.py       a longer collective timeout while a checkpoint loads: torch's `_set_pg_timeout` and the
+                      backends' `options._timeout` (torch 2.13; megatron-core's own `update_pg_timeout` uses the same)
 
 No other module of taidtron patches or pokes at a library. `tests/overrides/test_megatron_version.py` fails when the
 installed megatron-core is not one of CHECKED_MEGATRON_CORE: re-check every workaround above, then add the version.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from taidtron.overrides.checkpointing import load_optimizer_state, materialize_optimizer_state, prepare_writer
 from taidtron.overrides.datasets import ensure_dataset_helpers
+from taidtron.overrides.timeouts import collective_timeout, current_timeout
 
 CHECKED_MEGATRON_CORE = ("0.16.1",)
 """megatron-core versions every workaround in this package was checked against."""
@@ -40,6 +43,8 @@ def unchecked_megatron_core() -> str | None:
 
 __all__ = [
     "CHECKED_MEGATRON_CORE",
+    "collective_timeout",
+    "current_timeout",
     "ensure_dataset_helpers",
     "load_optimizer_state",
     "materialize_optimizer_state",

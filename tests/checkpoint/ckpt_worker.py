@@ -69,8 +69,9 @@ def main() -> None:
     trainer = build_trainer(cfg, ctx, 256)
     trainer.train_step(synthetic_batches())  # the distributed optimizer has state to save only after a step
     student = trainer.model.module.student
-    meta = {"trainer": trainer.state_dict(), "has_optimizer": True, "model": cfg.to_dict()["student"],
-            "padded_vocab_size": trainer.padded_vocab_size}
+    meta = checkpoint.CheckpointMeta(model=cfg.student, padded_vocab_size=trainer.padded_vocab_size,
+                                     source=checkpoint.WeightsSource(kind="training", description="ckpt_worker"),
+                                     trainer=trainer.state_dict())
     ckpt_dir = work / "run"
     try:
         # keep_last -------------------------------------------------------------------------------------------
@@ -85,7 +86,7 @@ def main() -> None:
         checkpoint.save_checkpoint(ckpt_dir, 5, model=student, optimizer=trainer.optimizer, meta=meta, keep_last=2)
         expected = draws()
         draws()  # move every stream further, then load: the streams must rewind to the saved point
-        checkpoint.load_checkpoint(ckpt_dir, model=student, optimizer=trainer.optimizer)
+        checkpoint.load_checkpoint(ckpt_dir, model=student, optimizer=trainer.optimizer, group=ctx.dp_group)
         got = draws()
         report("rng_roundtrip", got == expected, f"expected {expected} got {got}")
 
@@ -107,11 +108,12 @@ def main() -> None:
             text = (d / checkpoint.META_FILE).read_text()
             (d / checkpoint.META_FILE).write_text(text[: len(text) // 2])
 
-        def legacy_truncated(d: Path):  # no manifest (older checkpoint): the DCP index must still catch it
+        def legacy_truncated(d: Path):  # format 1 without a manifest: the DCP index must still catch it
             meta_file = d / checkpoint.META_FILE
             data = json.loads(meta_file.read_text())
-            data.pop("files")
-            meta_file.write_text(json.dumps(data))
+            legacy = {k: data[k] for k in ("model", "padded_vocab_size", "trainer", "content_id", "saved_at",
+                                           "layout", "has_optimizer", "has_rng")}
+            meta_file.write_text(json.dumps({**legacy, "format_version": 1}))
             truncate("distcp")(d)
 
         def latest_missing(d: Path):
@@ -132,7 +134,7 @@ def main() -> None:
             (run / "latest").write_text(good.name)
             damage(run / good.name)
             try:
-                checkpoint.load_checkpoint(run, model=student, optimizer=trainer.optimizer)
+                checkpoint.load_checkpoint(run, model=student, optimizer=trainer.optimizer, group=ctx.dp_group)
             except checkpoint.CheckpointError as exc:
                 untouched = all(torch.equal(moved[k], v) for k, v in weights(student).items())
                 report(f"corrupt:{name}", untouched, f"{'untouched' if untouched else 'WEIGHTS CHANGED'}: {exc}")
@@ -140,7 +142,7 @@ def main() -> None:
                 report(f"corrupt:{name}", False, f"{type(exc).__name__} instead of CheckpointError: {exc}")
             else:
                 report(f"corrupt:{name}", False, "loaded without error")
-        checkpoint.load_checkpoint(good, model=student, optimizer=trainer.optimizer)
+        checkpoint.load_checkpoint(good, model=student, optimizer=trainer.optimizer, group=ctx.dp_group)
         restored = all(torch.equal(before[k], v) for k, v in weights(student).items())
         report("intact_after_corrupt_attempts", restored, "the undamaged checkpoint still loads exactly")
 
@@ -151,7 +153,7 @@ def main() -> None:
         wider = build_gpt(other.student, other.parallel, padded_vocab_size=256, max_seq_length=16, pp_rank=0,
                           params_dtype=torch.float32, device=ctx.device)
         try:
-            checkpoint.load_model_weights(wider, good)
+            checkpoint.load_model_weights(wider, good, group=ctx.dp_group)
         except checkpoint.CheckpointError as exc:
             report("architecture", "hidden_size" in str(exc), str(exc))
         else:

@@ -64,13 +64,13 @@ def test_architecture_mismatch_is_named(results):
     _check(results, "architecture", "hidden_size: checkpoint 64, model 96")
 
 
-def test_teacher_source_check_accepts_a_moved_copy_and_rejects_other_content(models, tmp_path):
-    original = checkpoint.describe_source(models.qwen2_ckpt)
+def test_teacher_source_check_accepts_a_moved_copy_and_rejects_other_content(teacher_ckpt, tmp_path):
+    original = checkpoint.describe_source(teacher_ckpt)
     copy = tmp_path / "copy"
-    shutil.copytree(models.qwen2_ckpt, copy)
+    shutil.copytree(teacher_ckpt, copy)
     checkpoint.check_teacher_unchanged(original, checkpoint.describe_source(copy))  # moved: same content
     other = tmp_path / "other"
-    shutil.copytree(models.qwen2_ckpt, other)
+    shutil.copytree(teacher_ckpt, other)
     meta = json.loads((other / "taidtron.json").read_text())
     meta["content_id"] = "sha256:" + "0" * 64  # what a different set of weights records
     (other / "taidtron.json").write_text(json.dumps(meta))

@@ -11,17 +11,20 @@ import pytest
 
 from conftest import REPO_ROOT, run_torchrun
 
-from .conftest import CONVERT, make_qwen2, read_metrics, restart_from, run_cli, run_train, train_args
+from hf.helpers import CONVERT, make_qwen2, run_cli
 
+from .conftest import read_metrics, restart_from, run_train, train_args
+
+PARITY_WORKER = REPO_ROOT / "tests" / "hf" / "parity_worker.py"
 STEPS = 6
 EXACT_KEYS = ("step", "consumed_samples", "consumed_tokens", "loss", "taid_t", "lr", "grad_norm")
 
 
 @pytest.fixture(scope="module")
-def straight(models, tmp_path_factory) -> Path:
+def straight(teacher_ckpt, tmp_path_factory) -> Path:
     """STEPS steps in one go, a checkpoint after every step (keep_last=4)."""
     run = tmp_path_factory.mktemp("runs") / "straight"
-    run_train(train_args(run, models.qwen2_ckpt, f"optim.train_steps={STEPS}", "checkpoint.save_interval=1",
+    run_train(train_args(run, teacher_ckpt, f"optim.train_steps={STEPS}", "checkpoint.save_interval=1",
                          "checkpoint.keep_last=4"))
     return run
 
@@ -32,13 +35,13 @@ def test_keep_last_keeps_newest_checkpoints(straight):
     assert (straight / "checkpoints" / "latest").read_text() == "iter_0000006"
 
 
-def test_restart_halfway_gives_identical_metrics(straight, models, tmp_path):
+def test_restart_halfway_gives_identical_metrics(straight, teacher_ckpt, tmp_path):
     """N/2 + restart + N/2 == N straight: the restarted run starts from the straight run's checkpoint at N/2 (what
     a first process stopped there would have left: checkpoint, `latest`, metrics rows) and must log the same
     metrics.jsonl rows, every value equal (fp32 CPU), timings aside."""
     resumed = tmp_path / "resumed"
     restart_from(straight, STEPS // 2, resumed)
-    proc = run_train(train_args(resumed, models.qwen2_ckpt, f"optim.train_steps={STEPS}",
+    proc = run_train(train_args(resumed, teacher_ckpt, f"optim.train_steps={STEPS}",
                                 "checkpoint.save_interval=1", "checkpoint.keep_last=4"))
     assert "RNG states not restored" not in proc.stderr  # same layout: the random streams are restored too
     assert f"resumed from {resumed / 'checkpoints' / 'iter_0000003'}" in proc.stdout + proc.stderr
@@ -48,7 +51,26 @@ def test_restart_halfway_gives_identical_metrics(straight, models, tmp_path):
     assert got == want
 
 
-def test_resume_with_another_teacher_is_refused(straight, models, tmp_path):
+@pytest.mark.multiprocess
+def test_restart_halfway_at_dp2_gives_identical_metrics(teacher_ckpt, tmp_path):
+    """At dp=2 the replicas split the reading of each checkpoint (megatron's fully parallel load over the
+    data-parallel group: the teacher at start-up, then the student and the distributed optimizer's state on
+    resume) and exchange what they read; the resumed run must still log the straight run's rows exactly."""
+    steps = 4
+    straight = tmp_path / "dp2"
+    args = (f"optim.train_steps={steps}", "checkpoint.save_interval=2", "parallel.distributed_optimizer=true")
+    run_train(train_args(straight, teacher_ckpt, *args), nproc=2)
+    resumed = tmp_path / "dp2_resumed"
+    restart_from(straight, steps // 2, resumed)
+    proc = run_train(train_args(resumed, teacher_ckpt, *args), nproc=2)
+    assert "RNG states not restored" not in proc.stderr
+    want = [{k: row[k] for k in EXACT_KEYS} for row in read_metrics(straight)]
+    got = [{k: row[k] for k in EXACT_KEYS} for row in read_metrics(resumed)]
+    assert [r["step"] for r in got] == list(range(1, steps + 1))
+    assert got == want
+
+
+def test_resume_with_another_teacher_is_refused(straight, teacher_ckpt, tmp_path):
     other_teacher = tmp_path / "other_teacher"
     run_cli(str(CONVERT), "import", "--hf", str(make_qwen2(tmp_path / "other_hf", seed=1)), "--out",
             str(other_teacher), "--no-progress")
@@ -67,7 +89,7 @@ def test_exported_student_logits_match_transformers(straight, tmp_path):
     run_cli(str(CONVERT), "export", "--ckpt", str(straight / "checkpoints"), "--out", str(out), "--no-progress")
     assert {"config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.model",
             "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
-    result = run_torchrun(Path(__file__).with_name("parity_worker.py"), 1, "1", "1",
+    result = run_torchrun(PARITY_WORKER, 1, "1", "1",
                           f"{out}:{straight / 'checkpoints'}")
     diff = float(re.search(r"max_abs_diff=(\S+)", result).group(1))
     print(result)
@@ -84,15 +106,15 @@ def test_exported_student_logits_match_transformers(straight, tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_resume_at_another_layout_continues_with_same_loss(models, tmp_path):
+def test_resume_at_another_layout_continues_with_same_loss(teacher_ckpt, tmp_path):
     """Saved at tp=2 pp=1, resumed at tp=1 pp=2: the first resumed step's loss equals the straight run's."""
     steps = 4
     straight = tmp_path / "tp2"
-    run_train(train_args(straight, models.qwen2_ckpt, f"optim.train_steps={steps}", "checkpoint.save_interval=2",
+    run_train(train_args(straight, teacher_ckpt, f"optim.train_steps={steps}", "checkpoint.save_interval=2",
                          "parallel.tp=2"), nproc=2)
     resumed = tmp_path / "pp2"
     restart_from(straight, steps // 2, resumed)
-    proc = run_train(train_args(resumed, models.qwen2_ckpt, f"optim.train_steps={steps}",
+    proc = run_train(train_args(resumed, teacher_ckpt, f"optim.train_steps={steps}",
                                 "checkpoint.save_interval=2", "parallel.pp=2"), nproc=2)
     assert "RNG states not restored" in proc.stderr  # per-rank streams do not reshard; said so, not silently
     want, got = read_metrics(straight), read_metrics(resumed)
@@ -109,7 +131,7 @@ def test_resume_at_another_layout_continues_with_same_loss(models, tmp_path):
     # transformers' logits match taidtron's forward of it at yet another layout (tp=2).
     exported = tmp_path / "pp2_hf"
     run_cli(str(CONVERT), "export", "--ckpt", str(resumed / "checkpoints"), "--out", str(exported), "--no-progress")
-    result = run_torchrun(Path(__file__).with_name("parity_worker.py"), 2, "2", "1",
+    result = run_torchrun(PARITY_WORKER, 2, "2", "1",
                           f"{exported}:{resumed / 'checkpoints'}")
     print(result)
     assert float(re.search(r"max_abs_diff=(\S+)", result).group(1)) <= 1e-4

@@ -53,6 +53,11 @@ def synthetic_batches(ctx, global_batch: int, micro_batch: int, seq: int, seed: 
                    "position_ids": torch.arange(seq).expand(chunk.shape[0], -1)}
 
 
+def weights_meta(cfg, role: str, trainer: Trainer, kind: str) -> checkpoint.CheckpointMeta:
+    return checkpoint.CheckpointMeta(model=getattr(cfg, role), padded_vocab_size=trainer.padded_vocab_size,
+                                     source=checkpoint.WeightsSource(kind=kind, description=f"step_worker {role}"))
+
+
 def main() -> None:
     out_dir, mode, student_init, teacher_init, *overrides = sys.argv[1:]
     out_dir = Path(out_dir)
@@ -65,8 +70,8 @@ def main() -> None:
     pair = trainer.model.module
     if mode == "init":
         assert ctx.world_size == 1
-        checkpoint.save_checkpoint(student_init, 0, model=pair.student, meta={"has_optimizer": False})
-        checkpoint.save_checkpoint(teacher_init, 0, model=pair.teacher, meta={"has_optimizer": False})
+        for role, model, path in (("student", pair.student, student_init), ("teacher", pair.teacher, teacher_init)):
+            checkpoint.save_checkpoint(path, 0, model=model, meta=weights_meta(cfg, role, trainer, "init"))
         report(initialized=True)
         destroy_distributed()
         return
@@ -89,7 +94,8 @@ def main() -> None:
     assert not pair.teacher.training, "teacher left eval mode"
     assert not any(p.requires_grad for p in pair.teacher.parameters()), "teacher parameters require grad"
     assert not any(id(p) in optimizer_params for p in pair.teacher.parameters()), "teacher is in the optimizer"
-    checkpoint.save_checkpoint(out_dir / "student", trainer.step, model=pair.student, meta={"has_optimizer": False})
+    checkpoint.save_checkpoint(out_dir / "student", trainer.step, model=pair.student,
+                               meta=weights_meta(cfg, "student", trainer, "training"))
     report(world_size=ctx.world_size, **results)
     destroy_distributed()
 

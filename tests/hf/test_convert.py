@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -11,7 +12,9 @@ import torch
 
 from conftest import run_torchrun
 
-from .conftest import CONVERT, make_qwen2, run_cli
+from taidtron import checkpoint
+
+from .helpers import CONVERT, make_qwen2, run_cli
 
 WORKER = Path(__file__).with_name("parity_worker.py")
 TOLERANCE = 1e-4  # fp32, max abs logit difference
@@ -45,15 +48,18 @@ def _hf_tensors(directory: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def test_import_records_architecture_and_prints_config_section(models):
-    meta = json.loads((models.qwen2_ckpt / "taidtron.json").read_text())
-    assert meta["has_optimizer"] is False
-    assert meta["model"] | {"init": None} == {
+def test_import_records_architecture_and_source(models):
+    meta = checkpoint.read_meta(models.qwen2_ckpt)
+    assert meta.has_optimizer is False and meta.trainer is None and meta.step == 0
+    assert dataclasses.asdict(meta.model) == {
         "family": "qwen2", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "num_query_groups": 2,
         "ffn_hidden_size": 160, "vocab_size": 1024, "rotary_base": 1e6, "norm_epsilon": 1e-6, "add_qkv_bias": True,
         "tie_embeddings": True, "init": None}
-    llama = json.loads((models.llama_ckpt / "taidtron.json").read_text())["model"]
-    assert (llama["num_query_groups"], llama["tie_embeddings"], llama["rotary_base"], llama["add_qkv_bias"]) == \
+    assert meta.source.kind == "hf_import" and meta.source.path == str(models.qwen2_hf.resolve())
+    assert meta.source.hf_config == json.loads((models.qwen2_hf / "config.json").read_text())
+    assert meta.params_dtype == "float32" and meta.padded_vocab_size == 1024
+    llama = checkpoint.read_meta(models.llama_ckpt).model
+    assert (llama.num_query_groups, llama.tie_embeddings, llama.rotary_base, llama.add_qkv_bias) == \
         (2, False, 500000.0, False)
 
 
@@ -136,7 +142,6 @@ def test_import_of_sharded_export_gives_the_same_content_id(models, exported, tm
     (so a re-imported teacher is recognised as unchanged on resume)."""
     again = tmp_path / "again"
     run_cli(str(CONVERT), "import", "--hf", str(exported["llama"]), "--out", str(again), "--no-progress")
-    first = json.loads((models.llama_ckpt / "taidtron.json").read_text())
-    second = json.loads((again / "taidtron.json").read_text())
-    assert first["content_id"] == second["content_id"]
-    assert first["model"] == second["model"]
+    first, second = checkpoint.read_meta(models.llama_ckpt), checkpoint.read_meta(again)
+    assert first.content_id == second.content_id
+    assert first.model == second.model

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import fields
-
 import torch
 import torch.distributed as dist
 
 from taidtron import checkpoint
-from taidtron.config import ModelConfig, ParallelConfig
+from taidtron.config import ParallelConfig
 from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
 from taidtron.models import build_gpt
 
@@ -30,14 +28,12 @@ def taidtron_logits(ckpt: str, parallel: ParallelConfig, ctx, tokens: torch.Tens
     """Full-vocabulary logits [b, s, V] on the last stage's ranks, None elsewhere."""
     from megatron.core import parallel_state
 
-    meta = checkpoint.read_meta(ckpt)
-    known = {f.name for f in fields(ModelConfig)}
-    model_cfg = ModelConfig(**{k: v for k, v in meta["model"].items() if k in known})
+    model_cfg = checkpoint.read_meta(ckpt).model
     multiple = 128 * parallel.tp
     padded = math.ceil(model_cfg.vocab_size / multiple) * multiple
     model = build_gpt(model_cfg, parallel, padded_vocab_size=padded, max_seq_length=SEQ, pp_rank=ctx.pp_rank,
                       params_dtype=torch.float32, device=ctx.device)
-    checkpoint.load_model_weights(model, ckpt)
+    checkpoint.load_model_weights(model, ckpt, group=ctx.dp_group)
     model.eval()
     positions = torch.arange(SEQ).expand(BATCH, -1)
     with torch.no_grad():
@@ -64,7 +60,7 @@ def main() -> None:
     try:
         for pair in pairs:
             hf_dir, ckpt = pair.split(":")
-            vocab = checkpoint.read_meta(ckpt)["model"]["vocab_size"]
+            vocab = checkpoint.read_meta(ckpt).model.vocab_size
             tokens = torch.randint(0, vocab, (BATCH, SEQ), generator=torch.Generator().manual_seed(7))
             ours = taidtron_logits(ckpt, parallel, ctx, tokens)
             diff = torch.zeros(1)
