@@ -13,7 +13,6 @@ Cases:
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import sys
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from taidtron import checkpoint
+from tests import support
 from taidtron.config import load_config
 from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
 from taidtron.trainer import build_trainer
@@ -37,8 +37,7 @@ TINY = [
 
 
 def report(case: str, ok: bool, message: str) -> None:
-    line = f"RESULT {case} {'OK' if ok else 'FAIL'} {message}".replace("\n", " ")
-    os.write(1, (line + "\n").encode())  # one write: the ranks share stdout, and their lines must not merge
+    support.report(**{case: {"ok": ok, "message": message}})
 
 
 def draws() -> list:

@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --nproc-per-node 2 parallel_load_worker.py WORK_DIR
 
-Rank 0 writes WORK_DIR/results.json: {case: {"ok": bool, "message": str}}. Cases:
+Every rank reports {case: {"ok": bool, "message": str}} through `tests.support.report`. Cases:
   parallel_read        with group=dp the two replicas each read about half of the checkpoint's bytes (and together
                        all of it), where group=None makes each read all of it; both give the saved weights exactly
   timeout              the collective timeout of the dp and default groups is LOAD_TIMEOUT while reading, and the
@@ -15,7 +15,6 @@ Rank 0 writes WORK_DIR/results.json: {case: {"ok": bool, "message": str}}. Cases
 from __future__ import annotations
 
 import io
-import json
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from taidtron.config import ModelConfig, ParallelConfig
 from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
 from taidtron.models import build_gpt
 from taidtron.models.gpt import RMSNorm
+from tests import support
 
 MODEL = ModelConfig(family="qwen2", num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2,
                     ffn_hidden_size=128, vocab_size=256)
@@ -179,8 +179,7 @@ def main() -> None:
         else:
             report("other_missing_key", False, "loaded a checkpoint that lacks decoder.final_layernorm.bias")
     finally:
-        if ctx.is_main:
-            (work / "results.json").write_text(json.dumps(results, indent=1))
+        support.report(**results)
         destroy_distributed()
 
 

@@ -4,25 +4,21 @@ source check. The save/load cases run in one worker process on a real student + 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import run_torchrun
 from taidtron import checkpoint
+from tests.support import run_torchrun
 
 WORKER = Path(__file__).with_name("ckpt_worker.py")
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict[str, tuple[bool, str]]:
-    out = run_torchrun(WORKER, 1, str(tmp_path_factory.mktemp("ckpt_worker")))
-    found = {m.group(1): (m.group(2) == "OK", m.group(3))
-             for m in re.finditer(r"^RESULT (\S+) (OK|FAIL) (.*)$", out, flags=re.MULTILINE)}
-    assert found, out
-    return found
+    (found,) = run_torchrun(WORKER, 1, str(tmp_path_factory.mktemp("ckpt_worker")))
+    return {case: (result["ok"], result["message"]) for case, result in found.items()}
 
 
 def _check(results, case: str, *needles: str) -> str:

@@ -3,39 +3,15 @@ Llama / Qwen2 models saved with transformers (no hub), and `run_cli` for the com
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import torch
 
-from conftest import REPO_ROOT, free_port
+from tests.support import REPO_ROOT, run_cli
 
 CONVERT = REPO_ROOT / "tools" / "convert.py"
 SMOKE_VOCAB = 1024  # data/smoke/tokenizer.model: a teacher for the training runs must cover it
-
-
-def subprocess_env() -> dict:
-    env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "",
-                "TAIDTRON_NO_PROGRESS": "1", "MASTER_PORT": str(free_port())})
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
-def run_cli(*args: str, expect_ok: bool = True, timeout: float = 300, cwd: Path = REPO_ROOT
-            ) -> subprocess.CompletedProcess:
-    """`python <args>` (from the repository root unless `cwd`); fails the test with the output when the exit code
-    surprises."""
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
-                          env=subprocess_env(), cwd=cwd)
-    if expect_ok and proc.returncode != 0:
-        pytest.fail(f"{' '.join(args)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-6000:]}\n"
-                    f"STDERR:\n{proc.stderr[-6000:]}")
-    return proc
 
 
 def _randomize(model: torch.nn.Module, seed: int) -> None:

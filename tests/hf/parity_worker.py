@@ -5,8 +5,8 @@
 For each pair, every rank builds its pipeline stage of the GPTModel at tp=TP pp=PP (padded vocabulary as the
 trainer pads it), loads CKPT_DIR with `checkpoint.load_model_weights` (dist_checkpointing reshards), runs one
 forward on fixed tokens (activations passed between stages with send/recv), gathers the vocab shards, drops the
-padding columns and compares with `AutoModelForCausalLM.from_pretrained(HF_DIR)` in fp32. Rank 0 prints
-`PARITY <hf dir name> tp=.. pp=.. max_abs_diff=..` per pair.
+padding columns and compares with `AutoModelForCausalLM.from_pretrained(HF_DIR)` in fp32. Every rank reports
+`parity`: {<hf dir name>: max abs logit difference} (the last stage's value, all-reduced).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from taidtron import checkpoint
 from taidtron.config import ParallelConfig
 from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
 from taidtron.models import build_gpt
+from tests.support import report
 
 BATCH, SEQ = 2, 24
 
@@ -57,6 +58,7 @@ def main() -> None:
     seed_everything(1234, ctx)
     from transformers import AutoModelForCausalLM
 
+    parity: dict[str, float] = {}
     try:
         for pair in pairs:
             hf_dir, ckpt = pair.split(":")
@@ -71,9 +73,8 @@ def main() -> None:
                 assert theirs.shape == ours.shape, (theirs.shape, ours.shape)
                 diff[0] = (theirs - ours).abs().max()
             dist.all_reduce(diff, op=dist.ReduceOp.MAX)  # the last stage's value reaches rank 0
-            if ctx.is_main:
-                print(f"PARITY {hf_dir.rstrip('/').split('/')[-1]} tp={tp} pp={pp} max_abs_diff={diff.item():.3e}",
-                      flush=True)
+            parity[hf_dir.rstrip("/").split("/")[-1]] = diff.item()
+        report(parity=parity)
     finally:
         destroy_distributed()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import run_torchrun
+from tests.support import run_torchrun
 
 REPO = Path(__file__).resolve().parents[2]
 PLAN = REPO / "tools" / "plan.py"
@@ -82,11 +82,12 @@ TINY = {
 }
 
 WORKER = '''
-import json, os, sys
+import sys
 import torch
 from taidtron.config import load_config
 from taidtron.distributed import destroy_distributed, init_distributed
 from taidtron.models import build_gpt
+from tests.support import report
 
 cfg = load_config(sys.argv[1])
 ctx = init_distributed(cfg.parallel)
@@ -96,8 +97,7 @@ for role in ("student", "teacher"):
                       max_seq_length=cfg.data.seq_length, pp_rank=ctx.pp_rank, params_dtype=torch.float32,
                       device=ctx.device)
     counts[role] = sum(p.numel() for p in model.parameters())
-line = "PARAMS " + json.dumps({"rank": ctx.rank, "tp_rank": ctx.tp_rank, "pp_rank": ctx.pp_rank, **counts})
-os.write(1, (line + "\\n").encode())  # one write: the ranks share stdout, and their lines must not merge
+report(rank=ctx.rank, tp_rank=ctx.tp_rank, pp_rank=ctx.pp_rank, **counts)
 destroy_distributed()
 '''
 
@@ -112,9 +112,8 @@ def test_weight_memory_equals_built_model_parameters_times_bytes(tmp_path, tp, p
     worker = tmp_path / "count_params.py"
     worker.write_text(WORKER)
 
-    out = run_torchrun(worker, 2, str(config))
-    built = [json.loads(line[len("PARAMS "):]) for line in out.splitlines() if line.startswith("PARAMS ")]
-    assert len(built) == 2, out
+    built = run_torchrun(worker, 2, str(config))
+    assert len(built) == 2
 
     proc = plan(str(config), "--nodes", "1", "--gpus-per-node", "2", "--json")
     assert proc.returncode == 0, proc.stderr

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from taidtron import checkpoint
 from taidtron.config import load_config
 from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
-from taidtron.trainer import build_trainer
+from taidtron.trainer import Trainer, build_trainer
 from tests.support import report
 
 VOCAB = 250  # true vocabulary; both models pad to 256 (128 * tp), so padded columns take part in every test
