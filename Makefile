@@ -5,10 +5,12 @@ PY     := $(VENV)/bin/python
 # CPU wheel of torch for machines without CUDA (a plain `pip install torch` would pull a multi-GB CUDA build).
 CPU_TORCH ?= torch==2.13.0
 
-.PHONY: install test test-triton smoke-test slurm-test bench check clean help
+.PHONY: install lint test test-triton smoke-test slurm-test bench check clean help
 
 help:
 	@echo "make install     create $(VENV) with taidtron and its dependencies (CPU torch unless CUDA torch exists)"
+	@echo "make lint        ruff: lint rules and the formatter check (configured in pyproject.toml)"
+	@echo "make check       make lint, then make test (what CI runs first)"
 	@echo "make test        run the CPU test suite (single- and multi-process, gloo), without the Triton kernel tests"
 	@echo "make test-triton install the triton extra if missing, run the Triton kernel tests in its CPU interpreter"
 	@echo "make smoke-test  train a tiny teacher, then distil it into a student with TAID (GPU if present, else CPU)"
@@ -34,7 +36,11 @@ test-triton:
 	@$(PY) -c "import triton" >/dev/null 2>&1 || $(PY) -m pip install -q -e ".[triton]"
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests -m "triton and not gpu"
 
-check: test
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+check: lint test
 
 smoke-test:
 	$(PY) tools/smoke_test.py
