@@ -56,7 +56,7 @@ def run(cmd: str | list[str], cwd: Path = REPO, env: dict | None = None) -> subp
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PYTHON", "VIRTUAL_ENV"))}
     base["PATH"] = os.pathsep.join(p for p in base.get("PATH", "").split(os.pathsep) if not Path(p, "activate").exists())
     base.update(env or {})
-    return subprocess.run(cmd, cwd=cwd, env=base, capture_output=True, text=True, timeout=120,
+    return subprocess.run(cmd, cwd=cwd, env=base, capture_output=True, text=True, timeout=120, check=False,
                           shell=isinstance(cmd, str), executable="/bin/bash" if isinstance(cmd, str) else None)
 
 
@@ -150,7 +150,7 @@ def documented_launch_commands() -> list:
     """Every line of a ```bash block in README.md / docs/*.md that runs a launch/ script."""
     found = []
     for doc in DOCS:
-        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.S):
+        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.DOTALL):
             for line in block.replace("\\\n", " ").splitlines():
                 line = line.split(" #")[0].strip()
                 if re.search(r"launch/\S+\.(sh|sbatch)\b", line):
@@ -191,7 +191,7 @@ def world_size(cmd: list[str], command: str) -> int:
         if any(a.startswith("--ntasks=") for a in cmd):
             return flag("ntasks")
         script = REPO / re.search(r"launch/\S+\.sbatch", command).group(0)  # the job shape is the script's
-        return int(re.search(r"^#SBATCH --ntasks=(\d+)", script.read_text(), flags=re.M).group(1))
+        return int(re.search(r"^#SBATCH --ntasks=(\d+)", script.read_text(), flags=re.MULTILINE).group(1))
     if "torch.distributed.run" in cmd:
         return flag("nproc-per-node") * flag("nnodes")
     if "deepspeed.launcher.runner" in cmd:

@@ -46,7 +46,8 @@ NETNS=()                                   # per node: its network namespace, as
 BR="tdt$$"                                 # bridge; host ends of the veth pairs are tdt<pid>n1, tdt<pid>n2
 SUBNET="10.$((100 + $$ % 100)).$(($$ / 100 % 250))"
 CTL_ADDR="$SUBNET.254"                     # this host on the bridge: slurmctld, munged (socket), sbatch
-ip -4 route show | grep -q "^$SUBNET\." && fail "subnet $SUBNET.0/24 is already routed here; rerun (it depends on the pid)"
+ip -4 route show | grep -q "^$SUBNET\." \
+    && fail "subnet $SUBNET.0/24 is already routed here; rerun (it depends on the pid)"
 
 on_node() {  # on_node K CMD...: run CMD on node K (0-based), in this directory (entering a mount namespace cds to /)
     local k="$1"; shift
@@ -124,7 +125,8 @@ start_cluster() {
     start_slurmd 0
     start_slurmd 1
     wait_nodes_idle 2
-    pass "two-node SLURM cluster up: $(sinfo -h -N -o '%N@%o' | tr '\n' ' ')($(on_node 0 hostname), $(on_node 1 hostname))"
+    pass "two-node SLURM cluster up: $(sinfo -h -N -o '%N@%o' | tr '\n' ' ')(host names: $(on_node 0 hostname)," \
+        "$(on_node 1 hostname))"
 }
 
 export CUDA_VISIBLE_DEVICES="" WANDB_MODE=disabled
@@ -141,7 +143,8 @@ check_reference() {
     REF="$T/runs/reference"
     say "(0) reference: NPROC=4 launch/torchrun.sh configs/smoke.yaml on this host, $STEPS steps"
     NPROC=4 timeout 600 "$REPO/launch/torchrun.sh" configs/smoke.yaml "${COMMON[@]}" optim.train_steps="$STEPS" \
-        logging.run_dir="$REF" >"$T/log/reference.log" 2>&1 || { EXTRA_LOGS+=("$T/log/reference.log"); fail "(0) reference run failed"; }
+        logging.run_dir="$REF" >"$T/log/reference.log" 2>&1 \
+        || { EXTRA_LOGS+=("$T/log/reference.log"); fail "(0) reference run failed"; }
     expect_steps "$(metric_steps "$REF")" 1 "$STEPS"
     pass "(0) reference run: 4 ranks on one node, $STEPS steps"
 }
@@ -197,7 +200,8 @@ check_preempt() {
         $(rank_logs "$JOB_B" preempt))" || fail "(b) $out"
     grep -q "resumed from $RUN_B/checkpoints/iter_$(printf %07d "$S")" "$T/logs/preempt-$JOB_B/node1.log" \
         || fail "(b) rank 0 did not log 'resumed from .../iter_$(printf %07d "$S")'"
-    pass "(b) every rank started twice on its node (2 placement lines each), resumed at step $((S + 1)), COMPLETED at $LONG_STEPS"
+    pass "(b) every rank started twice on its node (2 placement lines each), resumed at step $((S + 1))," \
+        "COMPLETED at $LONG_STEPS"
 }
 
 # (c) a node lost mid-run -----------------------------------------------------------------------------------------
@@ -210,7 +214,8 @@ check_nodelost() {
     EXTRA_LOGS+=($(rank_logs "$JOB_C" nodelost))
     wait_steps "$JOB_C" "$RUN_C" "$SIGNAL_AFTER" 300
     lost_at=$SECONDS
-    victims="$(node_pids 1 | xargs ps -o comm= -p | sort | uniq -c | awk '{ printf "%s%s x%s", sep, $2, $1; sep = ", " }')"
+    victims="$(node_pids 1 | xargs ps -o comm= -p | sort | uniq -c \
+        | awk '{ printf "%s%s x%s", sep, $2, $1; sep = ", " }')"
     kill_node 1
     wait "${SLURMD[1]}" 2>/dev/null || true   # reap it here, so that bash does not report the kill later
     say "(c) SIGKILLed every process on node2 ($victims) at logged step $(metric_steps "$RUN_C" | awk '{ print $NF }')"
@@ -222,7 +227,8 @@ check_nodelost() {
         [[ "$state" =~ ^($FINAL_STATES)$ ]] && fail "(c) job $JOB_C ended $state instead of being requeued"
         sleep 0.2
     done
-    [ "$(job_field "$JOB_C" Restarts)" = 1 ] || fail "(c) job $JOB_C still $(job_field "$JOB_C" JobState) $JOB_END_LIMIT s after the node was lost"
+    [ "$(job_field "$JOB_C" Restarts)" = 1 ] \
+        || fail "(c) job $JOB_C still $(job_field "$JOB_C" JobState) $JOB_END_LIMIT s after the node was lost"
     grep -q "srun: error: Node failure on node2" "$T/jobs/nodelost-$JOB_C.out" \
         || fail "(c) the job output does not say that node2 failed"
     # How node1's ranks learnt of it depends on where they were: in a collective with node2 they fail at once
@@ -287,7 +293,8 @@ check_deepspeed() {
     # The ranks' environment comes only from this file (pdsh starts a fresh login shell on each node).
     # GLOO_SOCKET_IFNAME: the documented way to pick the ranks' network (here the nodes' host names would do).
     printf 'CUDA_VISIBLE_DEVICES=\nWANDB_MODE=disabled\nOMP_NUM_THREADS=1\nGLOO_SOCKET_IFNAME=eth0\n' >"$T/ds_env"
-    export PDSH_SSH_ARGS_APPEND="-i $T/ssh/id -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+    local throwaway_host="-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+    export PDSH_SSH_ARGS_APPEND="-i $T/ssh/id $throwaway_host"
     rc=0
     on_node 0 env HOSTFILE="$T/hostfile" MASTER_ADDR=node1 MASTER_PORT=29401 DS_ENV_FILE="$T/ds_env" \
         DS_LAUNCHER_ARGS=--no_ssh_check timeout 600 "$REPO/launch/deepspeed.sh" configs/smoke.yaml "${COMMON[@]}" \

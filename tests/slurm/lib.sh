@@ -31,7 +31,8 @@ cluster_begin() {  # cluster_begin NAME [--keep]: checks, packages, temp dir, ex
         esac
     done
     [ "$(id -u)" -eq 0 ] || { echo "FAIL: run as root (installs packages, starts munged as user munge)"; exit 1; }
-    [ -x "$TEST_PYTHON" ] || { echo "FAIL: $TEST_PYTHON not found; run \`make install\` first or set PYTHON=/path/to/python"; exit 1; }
+    [ -x "$TEST_PYTHON" ] \
+        || { echo "FAIL: $TEST_PYTHON not found; run \`make install\` first or set PYTHON=/path/to/python"; exit 1; }
     need_packages slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client munged:munge
     id munge >/dev/null 2>&1 || { echo "FAIL: user munge does not exist; reinstall the munge package"; exit 1; }
     T="$(mktemp -d "/tmp/taidtron-$TEST_NAME.XXXXXX")"
@@ -141,6 +142,9 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 MinJobAge=600
 SchedulerType=sched/backfill
+# Look at pending jobs every second (defaults: 60 s main loop, 30 s backfill): a requeued job starts as soon as it
+# may, instead of up to a minute later.
+SchedulerParameters=sched_interval=1,bf_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
