@@ -5,7 +5,8 @@
 # the functions registered with `at_exit` run, then the temp dir goes (kept on failure or with --keep).
 #
 # Daemons run in the foreground (-F / -D) in the background of the calling shell, so $! is their pid; each gets
-# PDEATHSIG, so that they die with the test even when the test itself is killed with SIGKILL.
+# PDEATHSIG, so that it dies with the test even when the test itself is killed with SIGKILL (munged excepted: the
+# switch to user munge clears it). Processes that slurmd starts (job steps, ranks) are not covered by that.
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 # The launch scripts find <repo>/.venv/bin/python themselves; a PYTHON in the environment overrides it there too.
