@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # CPU wheel of torch for machines without CUDA (a plain `pip install torch` would pull a multi-GB CUDA build).
 CPU_TORCH ?= torch==2.13.0
 
-.PHONY: install lint test test-triton smoke-test slurm-test bench check clean help
+.PHONY: install lint test test-triton smoke-test slurm-test multinode-test bench check clean help
 
 help:
 	@echo "make install     create $(VENV) with taidtron and its dependencies (CPU torch unless CUDA torch exists)"
@@ -15,6 +15,7 @@ help:
 	@echo "make test-triton install the triton extra if missing, run the Triton kernel tests in its CPU interpreter"
 	@echo "make smoke-test  train a tiny teacher, then distil it into a student with TAID (GPU if present, else CPU)"
 	@echo "make slurm-test  start a local SLURM cluster and run the smoke sbatch plus a preemption/resume test"
+	@echo "make multinode-test  two nodes in network namespaces: 2-node sbatch, preemption, a lost node, torchrun, deepspeed"
 	@echo "make bench       time the fused TAID loss against the reference formula"
 
 install:
@@ -47,6 +48,9 @@ smoke-test:
 
 slurm-test:
 	bash tests/slurm/run_slurm_test.sh
+
+multinode-test:
+	bash tests/multinode/run_multinode_test.sh
 
 bench:
 	$(PY) tools/bench_loss.py --tokens 2048 --vocab 32000 --dtype fp32 --repeats 10 --compile --json runs/bench_loss.json

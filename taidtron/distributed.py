@@ -29,6 +29,8 @@ class LaunchEnv:
     master_addr: str
     master_port: int
     launcher: str
+    node_rank: int = 0
+    """Index of this rank's node in the job (SLURM_NODEID, torchrun's GROUP_RANK, DeepSpeed's CROSS_RANK)."""
 
     @classmethod
     def single(cls, port: int = 0) -> LaunchEnv:
@@ -53,13 +55,29 @@ def read_launch_env(environ: dict[str, str] | None = None) -> LaunchEnv:
     if "RANK" in env and "WORLD_SIZE" in env:
         launcher = "deepspeed" if "CROSS_RANK" in env or "DS_ACCELERATOR" in env else "torchrun"
         return LaunchEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
-                         env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)), launcher)
+                         env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)), launcher,
+                         int(env.get("GROUP_RANK", env.get("CROSS_RANK", 0))))
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         job_id = int(env.get("SLURM_JOB_ID", "0"))
         return LaunchEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
                          env.get("MASTER_ADDR") or _first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
-                         int(env.get("MASTER_PORT", 20000 + job_id % 20000)), "slurm")
+                         int(env.get("MASTER_PORT", 20000 + job_id % 20000)), "slurm", int(env.get("SLURM_NODEID", 0)))
     return LaunchEnv.single(int(env.get("MASTER_PORT") or 0))
+
+
+def log_placement(launch: LaunchEnv) -> None:
+    """One line per rank saying where it runs and where it meets the others: the first thing to read when a
+    multi-node job hangs at start-up or lands on the wrong hosts. One write, so ranks sharing stderr do not mix."""
+    import socket
+
+    try:
+        address = socket.gethostbyname(launch.master_addr)
+    except OSError:
+        address = "unresolved"
+    line = (f"taidtron rank {launch.rank}/{launch.world_size}: host={socket.gethostname()} node={launch.node_rank} "
+            f"local_rank={launch.local_rank} rendezvous={launch.master_addr}:{launch.master_port} ({address}) "
+            f"launcher={launch.launcher}\n")
+    os.write(2, line.encode())
 
 
 def free_port() -> int:
@@ -112,6 +130,8 @@ def init_distributed(parallel: ParallelConfig, *, launch: LaunchEnv | None = Non
 
     launch = launch or read_launch_env()
     parallel.data_parallel_size(launch.world_size)  # fails early with a clear message
+    if launch.world_size > 1:
+        log_placement(launch)
     if torch.cuda.is_available():
         torch.cuda.set_device(launch.local_rank % torch.cuda.device_count())
         device, backend = torch.device("cuda", torch.cuda.current_device()), "nccl"

@@ -82,7 +82,7 @@ def test_1_5b_students_are_qwen2_1_5b():
 # ---- launch scripts ----------------------------------------------------------------------------------------------
 
 SCRIPTS = sorted([*(REPO / "launch").glob("*.sh"), *(REPO / "launch/slurm").glob("*.sbatch"),
-                  REPO / "tests/slurm/run_slurm_test.sh"])
+                  *(REPO / "tests/slurm").glob("*.sh"), *(REPO / "tests/multinode").glob("*.sh")])
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[p.name for p in SCRIPTS])
@@ -101,4 +101,4 @@ def test_sbatch_writes_the_job_shape_once_and_requeues_on_exit_75(script):
     # Node and task counts are never repeated as numbers in the script body: srun derives them from SLURM_*.
     assert not re.search(r"--(nodes|nnodes|ntasks|ntasks-per-node|nproc-per-node|gpus-per-node)[= ]\d", body)
     assert re.search(r'-eq 75 \]; then\s+echo [^\n]*\n\s+scontrol requeue "\$SLURM_JOB_ID"', body)
-    assert re.search(r'-m taidtron\.train --config "\$CONFIG" .*"\$@"', body)
+    assert re.search(r'-m taidtron\.train --config "\$CONFIG" .*"\$\{OVERRIDES\[@\]\}"', body, flags=re.S)
