@@ -51,7 +51,7 @@ def test_import_records_architecture_and_prints_config_section(models):
     assert meta["model"] | {"init": None} == {
         "family": "qwen2", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "num_query_groups": 2,
         "ffn_hidden_size": 160, "vocab_size": 1024, "rotary_base": 1e6, "norm_epsilon": 1e-6, "add_qkv_bias": True,
-        "tie_embeddings": True, "init": None}
+        "tie_embeddings": True, "attention": "auto", "init": None}
     llama = json.loads((models.llama_ckpt / "taidtron.json").read_text())["model"]
     assert (llama["num_query_groups"], llama["tie_embeddings"], llama["rotary_base"], llama["add_qkv_bias"]) == \
         (2, False, 500000.0, False)
