@@ -129,7 +129,7 @@ def time_worker(args, seq: int) -> dict:
             times[a].append(timed(step)[0])
     base = args.attention[0]
     return {"seq": seq, "threads": torch.get_num_threads(), "results": {a: {
-        "core_attention": steps[a][0], "median_ms": statistics.median(times[a]),
+        "core_attention": steps[a][0], "median_ms": statistics.median(times[a]), "min_ms": min(times[a]),
         "times_ms": [round(t, 1) for t in times[a]], "output_mean_abs": checksum[a],
         "speedup_vs_baseline": statistics.median(b / t for b, t in zip(times[base], times[a])),
     } for a in steps}}
@@ -207,8 +207,8 @@ def main(argv=None) -> int:
           f"{model.num_attention_heads} heads, {model.num_query_groups} KV groups, d={model.kv_channels}, "
           f"ffn={model.ffn_hidden_size}), batch {args.batch}, {args.dtype}, {info['machine']}, median of "
           f"{args.repeats} rounds")
-    print(f"{'seq':>6} {'attention':<10} {'core module':<20} {'median ms':>10} {'speed-up':>9} {'extra peak MiB':>15} "
-          f"{'less memory':>12}")
+    print(f"{'seq':>6} {'attention':<10} {'core module':<20} {'median ms':>10} {'min ms':>9} {'speed-up':>9} "
+          f"{'extra peak MiB':>15} {'less memory':>12}")
     rows, ok = [], True
     for seq in args.seq:
         timing = run_worker(["time", str(seq)], raw)
@@ -223,7 +223,7 @@ def main(argv=None) -> int:
             r["memory_ratio_vs_baseline"] = base_mem / max(r["extra_peak_bytes"], 1) if base_mem else None
             rows.append(r)
             ratio = f"{r['memory_ratio_vs_baseline']:.2f}x" if base_mem else "-"
-            print(f"{seq:>6} {a:<10} {r['core_attention']:<20} {r['median_ms']:>10.1f} "
+            print(f"{seq:>6} {a:<10} {r['core_attention']:<20} {r['median_ms']:>10.1f} {r['min_ms']:>9.1f} "
                   f"{r['speedup_vs_baseline']:>8.2f}x {r['extra_peak_bytes'] / 2**20:>15.1f} {ratio:>12}")
     info["loadavg_before"], info["loadavg_after"] = load_before, os.getloadavg()
     method = next((r["memory_method"] for r in rows), "?")

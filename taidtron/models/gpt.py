@@ -40,7 +40,7 @@ def check_transformer_engine_imports() -> None:
     try:
         import transformer_engine  # noqa: F401
     except ModuleNotFoundError:
-        return  # not installed: megatron-core's local modules are used
+        return  # not installed (or a dependency missing): megatron-core imports and treats TE as absent
     except Exception as exc:  # noqa: BLE001 - a broken install raises OSError/ImportError/RuntimeError alike
         error = exc
     else:
