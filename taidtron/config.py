@@ -48,12 +48,19 @@ class ModelConfig:
     """Bias on the QKV projection. None means the family default (True for qwen2, False for llama)."""
     tie_embeddings: bool = False
     """Share the input embedding and the output layer (Qwen2-1.5B does, Qwen2-7B/72B do not)."""
+    attention: str = "auto"
+    """Core attention: `auto` (Transformer Engine's fused attention when megatron-core can use TE on a GPU, else
+    `sdpa`), `sdpa` (torch scaled_dot_product_attention in megatron's local layers: flash kernels, no [seq, seq]
+    tensor kept) or `local` (megatron-core's unfused DotProductAttention, keeps the [seq, seq] probabilities)."""
     init: str | None = None
     """Checkpoint to start from: a taidtron checkpoint directory (see `tools/convert.py import`). None: random."""
 
     def __post_init__(self) -> None:
         if self.family not in ("llama", "qwen2"):
             raise ConfigError(f"model.family={self.family!r} is not supported; use 'llama' or 'qwen2'.")
+        if self.attention not in ("auto", "sdpa", "local"):
+            raise ConfigError(f"{{student,teacher}}.attention={self.attention!r} is not supported; use 'auto', "
+                              f"'sdpa' or 'local'.")
         if self.num_query_groups is None:
             self.num_query_groups = self.num_attention_heads
         if self.add_qkv_bias is None:

@@ -14,8 +14,10 @@ Per-GPU memory, for every pipeline stage (the tp ranks of a stage are alike):
             logit gradient, one transient copy (megatron's transpose().contiguous()), two fp32 loss-chunk temporaries
   overhead  CUDA context, NCCL buffers, allocator fragmentation (--overhead-gib)
 Parameter counts follow megatron-core's GPTModel shapes exactly (tests/launch/test_plan.py checks them against
-built models). Activations assume Transformer Engine's flash attention (no [seq, seq] scores kept); pass
-`--attention unfused` for megatron's local spec, which keeps fp32 and bf16 attention probabilities.
+built models). Activations follow each model's `attention` setting: `auto` (Transformer Engine, or SDPA where TE is
+missing) and `sdpa` are flash attention, which keeps q, k, v, the output and one fp32 log-sum-exp per head and
+row; `local` is megatron's unfused DotProductAttention, which also keeps the fp32 softmax output and the bf16
+probabilities, [heads, seq, seq] per sequence (plan it with `student.attention=local teacher.attention=local`).
 
 Step time from FLOPs (PaLM convention, attention not halved for causality): student 6*N + 12*L*h*seq per token,
 teacher 2*N + 4*L*h*seq per token (forward only), divided by world * --gpu-tflops * --mfu, times the 1F1B bubble
@@ -99,7 +101,13 @@ def matmul_params_per_token(model: ModelConfig, padded_vocab: int) -> int:
     return model.num_layers * (h * (h + 2 * kv) + h * h + 3 * h * f) + h * padded_vocab
 
 
-def layer_activation_bytes(model: ModelConfig, *, tp: int, sp: bool, seq: int, attention: str) -> float:
+def keeps_attention_probabilities(model: ModelConfig) -> bool:
+    """Whether the model's core attention materialises [heads, seq, seq] probabilities: only megatron's local
+    (unfused) module. `auto` is Transformer Engine's fused attention on a cluster with TE, else SDPA (flash)."""
+    return model.attention == "local"
+
+
+def layer_activation_bytes(model: ModelConfig, *, tp: int, sp: bool, seq: int) -> float:
     """Bytes the backward pass keeps per token for one decoder layer (bf16): norm inputs, linear inputs, q/k/v and
     the attention output, the SwiGLU input and output. With sequence parallelism the tp-replicated tensors are
     sharded (megatron saves the local shard and all-gathers again in the backward). No dropout (Qwen2 has none)."""
@@ -107,24 +115,26 @@ def layer_activation_bytes(model: ModelConfig, *, tp: int, sp: bool, seq: int, a
     kv = model.num_query_groups * model.kv_channels
     replicated = h / tp if sp else h
     elements = 4 * replicated + (2 * h + 2 * kv) / tp + 3 * f / tp
-    extra = 0.0
-    if attention == "unfused":
+    if keeps_attention_probabilities(model):
         # megatron's DotProductAttention: k, v expanded to all heads, fp32 softmax output and bf16 probabilities.
         extra = (4 * (h - kv) + 6 * a * seq) / tp
+    else:
+        extra = 4 * a / tp  # flash: one fp32 log-sum-exp per head and query row
     return 2 * elements + extra
 
 
-def layer_transient_bytes(model: ModelConfig, *, tp: int, sp: bool, seq: int, attention: str) -> float:
+def layer_transient_bytes(model: ModelConfig, *, tp: int, sp: bool, seq: int) -> float:
     """Peak bytes per token of one layer's no-grad forward (input, qkv, attention output, fc1 and SwiGLU out)."""
     h, f, a = model.hidden_size, model.ffn_hidden_size, model.num_attention_heads
     kv = model.num_query_groups * model.kv_channels
     full = h  # the all-gathered input exists transiently even with sequence parallelism
     elements = 2 * full + (2 * h + 2 * kv) / tp + 3 * f / tp
-    extra = 10 * a * seq / tp if attention == "unfused" else 0.0  # fp32 scores + softmax, bf16 probs
+    # unfused: fp32 scores + softmax, bf16 probs; flash: no [seq, seq] tensor at all
+    extra = 10 * a * seq / tp if keeps_attention_probabilities(model) else 0.0
     return 2 * elements + extra
 
 
-def plan_memory(cfg: TrainConfig, world_size: int, *, overhead_gib: float, attention: str) -> list[StageMemory]:
+def plan_memory(cfg: TrainConfig, world_size: int, *, overhead_gib: float) -> list[StageMemory]:
     par = cfg.parallel
     tp, pp, sp = par.tp, par.pp, par.sequence_parallel
     dp = par.data_parallel_size(world_size)
@@ -139,14 +149,14 @@ def plan_memory(cfg: TrainConfig, world_size: int, *, overhead_gib: float, atten
         n_s = stage_parameters(s, tp=tp, pp=pp, stage=stage, padded_vocab=vocab)
         n_t = stage_parameters(t, tp=tp, pp=pp, stage=stage, padded_vocab=vocab)
         in_flight = min(pp - stage, micro_batches)  # 1F1B: stage i holds pp - i forward passes before backward
-        act = layer_activation_bytes(s, tp=tp, sp=sp, seq=seq, attention=attention) * (s.num_layers // pp)
+        act = layer_activation_bytes(s, tp=tp, sp=sp, seq=seq) * (s.num_layers // pp)
         last = stage == pp - 1
         if last:  # final norm input and output-layer input
             act += 2 * 2 * s.hidden_size / (tp if sp else 1)
         # Pipeline: the received [seq, mbs, h_s + h_t] input (not on stage 0) and the sent output (not on the last
         # stage) stay referenced until the micro-batch's backward.
         buffers = in_flight * tokens * 2 * h_sum_full * ((stage > 0) + (not last))
-        transient = tokens * max(layer_transient_bytes(m, tp=tp, sp=sp, seq=seq, attention=attention) for m in (s, t))
+        transient = tokens * max(layer_transient_bytes(m, tp=tp, sp=sp, seq=seq) for m in (s, t))
         logits = 0.0
         if last:
             shard = tokens * vocab / tp
@@ -205,6 +215,10 @@ def advice(cfg: TrainConfig, worst: StageMemory, budget: float) -> str:
     return "; ".join(parts) or "use GPUs with more memory or a smaller layout"
 
 
+def _attention_label(model: ModelConfig) -> str:
+    return f"{model.attention} ({'unfused' if keeps_attention_probabilities(model) else 'flash'})"
+
+
 def _gib(x: float) -> str:
     return f"{x / GIB:8.2f}"
 
@@ -219,7 +233,8 @@ def render(cfg: TrainConfig, args, world: int, stages: list[StageMemory], thr: d
         f"distributed_optimizer={str(par.distributed_optimizer).lower()}; micro_batch={par.micro_batch_size} "
         f"x {thr['micro_batches']} micro-batches x dp {dp} = {par.global_batch_size} sequences x "
         f"{cfg.data.seq_length} tokens = {thr['tokens_per_step']:,} tokens/step",
-        f"attention {args.attention}; padded vocab {cfg.padded_vocab_size():,}",
+        f"attention student {_attention_label(cfg.student)}, teacher {_attention_label(cfg.teacher)}; "
+        f"padded vocab {cfg.padded_vocab_size():,}",
         "",
         "per-GPU memory (GiB)      " + "".join(f"  stage {m.stage:<3}" for m in stages),
     ]
@@ -263,8 +278,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-tflops", type=float, default=989.0,
                         help="peak dense bf16 TFLOP/s per GPU (H100 SXM: 989, H200: 989, A100: 312)")
     parser.add_argument("--mfu", type=float, default=0.4, help="assumed model-FLOPs utilisation (0-1)")
-    parser.add_argument("--attention", choices=("flash", "unfused"), default="flash",
-                        help="flash: Transformer Engine spec (GPU clusters); unfused: megatron's local spec")
     parser.add_argument("--overhead-gib", type=float, default=4.0,
                         help="per-GPU reserve for the CUDA context, NCCL buffers and fragmentation")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -280,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    stages = plan_memory(cfg, world, overhead_gib=args.overhead_gib, attention=args.attention)
+    stages = plan_memory(cfg, world, overhead_gib=args.overhead_gib)
     thr = plan_throughput(cfg, world, gpu_tflops=args.gpu_tflops, mfu=args.mfu)
     budget = args.gpu_mem_gib * GIB
     worst = max(stages, key=lambda m: m.total)
@@ -290,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             "config": args.config, "overrides": args.overrides, "nodes": args.nodes,
             "gpus_per_node": args.gpus_per_node, "world_size": world, "gpu_mem_gib": args.gpu_mem_gib,
             "tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "dp": cfg.parallel.data_parallel_size(world),
+            "attention": {"student": cfg.student.attention, "teacher": cfg.teacher.attention},
             "fits": fits, "peak_gib": worst.total / GIB, "peak_stage": worst.stage,
             "stages": [{**asdict(m), "total": m.total} for m in stages], "throughput": thr,
         }, indent=2))

@@ -1,6 +1,18 @@
 """Teacher and student: megatron-core GPT models (Llama / Qwen2) and the pair that runs both per pipeline stage."""
 
-from taidtron.models.gpt import build_gpt, layer_spec, pipeline_config, transformer_config
-from taidtron.models.pair import DistillationPair
+from taidtron.models.gpt import check_transformer_engine_imports
 
-__all__ = ["DistillationPair", "build_gpt", "layer_spec", "pipeline_config", "transformer_config"]
+check_transformer_engine_imports()  # before the imports below load megatron-core
+
+from taidtron.models.attention import SDPAttention  # noqa: E402
+from taidtron.models.gpt import (  # noqa: E402
+    build_gpt,
+    layer_spec,
+    pipeline_config,
+    resolve_attention,
+    transformer_config,
+)
+from taidtron.models.pair import DistillationPair  # noqa: E402
+
+__all__ = ["DistillationPair", "SDPAttention", "build_gpt", "layer_spec", "pipeline_config", "resolve_attention",
+           "transformer_config"]

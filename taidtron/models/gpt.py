@@ -1,7 +1,11 @@
 """Llama / Qwen2 decoders as megatron-core GPTModels. Teacher and student differ only by their ModelConfig.
 
-The layer spec is chosen once, here: Transformer Engine's when it is installed (GPU clusters), otherwise
-megatron-core's local spec with torch RMSNorm (CPU, or GPUs without TE).
+The layer spec is chosen once, here (`layer_spec`), from the model's `attention` setting:
+  te     Transformer Engine's spec (fused norms, linears and attention); what `auto` picks when megatron-core can
+         use TE and a GPU is present
+  sdpa   megatron-core's local spec with torch RMSNorm and `SDPAttention` (torch flash kernels) as core attention;
+         what `auto` picks otherwise (CPU, GPUs without TE)
+  local  megatron-core's local spec with its unfused `DotProductAttention` (keeps [b, heads, s, s] probabilities)
 """
 
 from __future__ import annotations
@@ -28,16 +32,50 @@ class RMSNorm(torch.nn.RMSNorm):
         setattr(self.weight, "sequence_parallel", config.sequence_parallel)
 
 
-def _has_transformer_engine() -> bool:
+def check_transformer_engine_imports() -> None:
+    """Fail with the fix when Transformer Engine is installed but broken. megatron-core 0.16.1 cannot even be
+    imported then: its `fp8_utils` decides `HAVE_TE` from `import transformer_engine` alone and goes on to import
+    `transformer_engine.pytorch`, which fails when the torch extension is missing or was built for another torch.
+    Must run before anything imports megatron-core (`taidtron.models` calls it first)."""
     try:
         import transformer_engine  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+    except ModuleNotFoundError:
+        return  # not installed (or a dependency missing): megatron-core imports and treats TE as absent
+    except Exception as exc:  # noqa: BLE001 - a broken install raises OSError/ImportError/RuntimeError alike
+        error = exc
+    else:
+        try:
+            import transformer_engine.pytorch  # noqa: F401
+            return
+        except Exception as exc:  # noqa: BLE001
+            error = exc
+    raise ImportError(
+        f"Transformer Engine is installed but does not import for this torch ({type(error).__name__}: {error}); "
+        f"reinstall it against this torch (pip install --no-build-isolation -e '.[te]') or uninstall it "
+        f"(pip uninstall transformer-engine transformer-engine-torch) to run without it") from None
 
 
-def layer_spec(num_local_layers: int):
-    """The block spec for one pipeline stage: `num_local_layers` decoder layers and the final norm."""
+def transformer_engine_usable() -> bool:
+    """Whether megatron-core can build Transformer Engine layers here: its own `HAVE_TE` (set only when
+    `transformer_engine.pytorch` imports, not merely the top-level package, which imports even when the torch
+    extension is broken or built for another torch) and a CUDA device to run them on."""
+    from megatron.core.extensions.transformer_engine import HAVE_TE
+
+    return HAVE_TE and torch.cuda.is_available()
+
+
+def resolve_attention(attention: str) -> str:
+    """The implementation a model's `attention` setting selects on this machine: `te`, `sdpa` or `local`."""
+    if attention == "auto":
+        return "te" if transformer_engine_usable() else "sdpa"
+    if attention not in ("sdpa", "local"):
+        raise ValueError(f"unknown attention {attention!r}")
+    return attention
+
+
+def layer_spec(num_local_layers: int, attention: str):
+    """The block spec for one pipeline stage: `num_local_layers` decoder layers and the final norm, with the core
+    attention `attention` selects (see `resolve_attention`)."""
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
         get_gpt_layer_with_transformer_engine_spec,
@@ -45,13 +83,21 @@ def layer_spec(num_local_layers: int):
     from megatron.core.transformer.spec_utils import ModuleSpec
     from megatron.core.transformer.transformer_block import TransformerBlock, TransformerBlockSubmodules
 
-    if _has_transformer_engine():
+    from taidtron.models.attention import SDPAttention
+
+    implementation = resolve_attention(attention)
+    if implementation == "te":
         from megatron.core.extensions.transformer_engine import TENorm
 
         layer, final_norm = get_gpt_layer_with_transformer_engine_spec(), TENorm
     else:
         local = get_gpt_layer_local_spec(normalization="RMSNorm")
-        submodules = dataclasses.replace(local.submodules, input_layernorm=RMSNorm, pre_mlp_layernorm=RMSNorm)
+        self_attention = local.submodules.self_attention
+        if implementation == "sdpa":
+            self_attention = dataclasses.replace(self_attention, submodules=dataclasses.replace(
+                self_attention.submodules, core_attention=SDPAttention))
+        submodules = dataclasses.replace(local.submodules, input_layernorm=RMSNorm, pre_mlp_layernorm=RMSNorm,
+                                         self_attention=self_attention)
         layer, final_norm = dataclasses.replace(local, submodules=submodules), RMSNorm
     return ModuleSpec(module=TransformerBlock,
                       submodules=TransformerBlockSubmodules(layer_specs=[layer] * num_local_layers,
@@ -113,7 +159,7 @@ def build_gpt(model: ModelConfig, parallel: ParallelConfig, *, padded_vocab_size
                                 use_cpu_initialization=device.type == "cpu", initialize=initialize)
     gpt = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(model.num_layers // parallel.pp),
+        transformer_layer_spec=layer_spec(model.num_layers // parallel.pp, model.attention),
         vocab_size=padded_vocab_size,
         max_sequence_length=max_seq_length,
         pre_process=pp_rank == 0,

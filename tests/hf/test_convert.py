@@ -53,7 +53,7 @@ def test_import_records_architecture_and_source(models):
     assert dataclasses.asdict(meta.model) == {
         "family": "qwen2", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "num_query_groups": 2,
         "ffn_hidden_size": 160, "vocab_size": 1024, "rotary_base": 1e6, "norm_epsilon": 1e-6, "add_qkv_bias": True,
-        "tie_embeddings": True, "init": None}
+        "tie_embeddings": True, "attention": "auto", "init": None}
     assert meta.source.kind == "hf_import" and meta.source.path == str(models.qwen2_hf.resolve())
     assert meta.source.hf_config == json.loads((models.qwen2_hf / "config.json").read_text())
     assert meta.params_dtype == "float32" and meta.padded_vocab_size == 1024

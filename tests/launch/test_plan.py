@@ -3,6 +3,7 @@ that says what to change, and counts exactly the parameters megatron-core builds
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from taidtron.config import ModelConfig
 from tests.support import run_torchrun
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,3 +128,97 @@ def test_weight_memory_equals_built_model_parameters_times_bytes(tmp_path, tp, p
         assert stage["student_weights"] == 2 * rank["student"]  # bf16
         assert stage["student_grads"] == 4 * rank["student"]    # fp32 main gradients
         assert stage["teacher_weights"] == 2 * rank["teacher"]  # bf16, frozen
+
+
+# ---- activation memory against what megatron-core layers keep for the backward pass --------------------------------
+
+SAVED_WORKER = '''
+import json, sys
+import torch
+from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+from megatron.core.transformer.spec_utils import build_module
+from taidtron.config import ModelConfig, ParallelConfig
+from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
+from taidtron.models import layer_spec, transformer_config
+from tests.support import report
+
+model = json.loads(sys.argv[1])
+ctx = init_distributed(ParallelConfig())
+seed_everything(1, ctx)
+rows = []
+for attention in ("local", "sdpa"):
+    cfg = ModelConfig(**model, attention=attention)
+    config = transformer_config(cfg, ParallelConfig(), params_dtype=torch.bfloat16, use_cpu_initialization=True)
+    layer = build_module(layer_spec(1, attention).submodules.layer_specs[0], config=config, layer_number=1)
+    params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+    for seq in (256, 512):
+        rotary = RotaryEmbedding(kv_channels=cfg.kv_channels, rotary_percent=1.0, rotary_base=10000)(seq)
+        x = torch.randn(seq, 1, cfg.hidden_size, dtype=torch.bfloat16, requires_grad=True)
+        kept = {}  # storage -> bytes: views of one tensor (q, k, v of the fused QKV output) count once
+
+        def pack(t):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in params:
+                kept[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out, _ = layer(x, attention_mask=None, rotary_pos_emb=rotary)
+        rows.append({"attention": attention, "seq": seq, "bytes": sum(kept.values()),
+                     "core": type(layer.self_attention.core_attention).__name__})
+report(rows=rows)
+destroy_distributed()
+'''
+
+
+@pytest.mark.multiprocess
+def test_attention_memory_follows_what_the_layers_keep_for_backward(tmp_path):
+    """One bf16 decoder layer on CPU, each attention, two sequence lengths; every tensor autograd keeps is counted.
+    SDPA keeps nothing that grows with the sequence per token (no [seq, seq] tensor); the local module does, and
+    the planner's local-minus-flash difference per token is what the layers really keep in addition."""
+    spec = importlib.util.spec_from_file_location("tools_plan", PLAN)
+    planner = sys.modules.setdefault("tools_plan", importlib.util.module_from_spec(spec))  # dataclasses need it
+    spec.loader.exec_module(planner)
+    model = {"family": "qwen2", "num_layers": 1, "hidden_size": 256, "num_attention_heads": 8, "num_query_groups": 2,
+             "ffn_hidden_size": 704}
+    worker = tmp_path / "saved_worker.py"
+    worker.write_text(SAVED_WORKER)
+    (result,) = run_torchrun(worker, 1, json.dumps(model))
+    rows = result["rows"]
+    kept = {(r["attention"], r["seq"]): r["bytes"] / r["seq"] for r in rows}  # bytes per token
+    assert {r["core"] for r in rows} == {"DotProductAttention", "SDPAttention"} and len(kept) == 4, rows
+
+    def planned(attention: str, seq: int) -> float:
+        return planner.layer_activation_bytes(ModelConfig(**model, attention=attention), tp=1, sp=False, seq=seq)
+
+    # Growth per token from 256 to 512 tokens: none with SDPA; with the local module the [heads, seq, seq] fp32
+    # softmax output and bf16 probabilities (6 bytes per head and key; its cached causal mask adds ~2%).
+    assert kept["sdpa", 512] == pytest.approx(kept["sdpa", 256], rel=1e-3)
+    assert planned("sdpa", 512) == planned("sdpa", 256)
+    growth = kept["local", 512] - kept["local", 256]
+    assert growth == pytest.approx(planned("local", 512) - planned("local", 256), rel=0.03), kept
+    # What local keeps beyond flash, per token. Not exact: SDPA also keeps its output before the reshape to
+    # [s, b, h] (2 bytes per channel, 4% of this small layer's activations) and local the repeated k and v.
+    for seq in (256, 512):
+        extra = kept["local", seq] - kept["sdpa", seq]
+        assert extra == pytest.approx(planned("local", seq) - planned("sdpa", seq), rel=0.05), (seq, kept)
+
+
+def test_plan_reads_each_models_attention_setting():
+    config = DOCUMENTED[1][0]
+    flash = json.loads(plan(config, "--nodes", "16", "--gpus-per-node", "8", "--json").stdout)
+    local = json.loads(plan(config, "student.attention=local", "teacher.attention=local", "--nodes", "16",
+                            "--gpus-per-node", "8", "--json").stdout)
+    teacher_only = json.loads(plan(config, "teacher.attention=local", "--nodes", "16", "--gpus-per-node", "8",
+                                   "--json").stdout)
+    assert flash["attention"] == {"student": "auto", "teacher": "auto"}
+    assert local["attention"] == {"student": "local", "teacher": "local"}
+    for a, b in zip(flash["stages"], local["stages"]):
+        assert b["activations"] > 3 * a["activations"] and b["teacher_transient"] > 5 * a["teacher_transient"]
+        assert b["student_weights"] == a["student_weights"] and b["logits"] == a["logits"]
+    # the teacher's setting changes only its no-grad transient, not the student's saved activations
+    assert [s["activations"] for s in teacher_only["stages"]] == [s["activations"] for s in flash["stages"]]
+    assert teacher_only["stages"][0]["teacher_transient"] == local["stages"][0]["teacher_transient"]
+    assert local["peak_gib"] - flash["peak_gib"] > 10  # what the [seq, seq] probabilities cost at 4096 tokens
+    proc = plan(config, "student.attention=flash", "--nodes", "16", "--gpus-per-node", "8")
+    assert proc.returncode == 2 and "attention='flash' is not supported" in proc.stderr
