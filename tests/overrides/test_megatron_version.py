@@ -11,7 +11,7 @@ from taidtron import overrides
 REPO = Path(overrides.__file__).resolve().parents[2]
 KNOWN_PRIVATE_NAMES = ("_results_queue", "_set_main_param_and_optimizer_states",
                        "_init_optimizer_states_with_dummy_values", "helpers_cpp", "_get_cuda_rng_state",
-                       "_set_cuda_rng_state")
+                       "_set_cuda_rng_state", "_set_pg_timeout", "options._timeout", "_get_backend")
 """The private names the workarounds touch (see taidtron/overrides/__init__.py)."""
 
 
