@@ -13,6 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
@@ -273,6 +274,10 @@ class LoggingConfig:
             raise ConfigError(f"logging.wandb_mode={self.wandb_mode!r}; use offline, online or disabled.")
 
 
+ROLES = ("student", "teacher")
+"""The model sections of a run, by role."""
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     """Root of the tree: one experiment."""
@@ -296,25 +301,17 @@ class TrainConfig:
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"precision={self.precision!r}; use auto, bf16 or fp32.")
 
-    def uses_teacher(self) -> bool:
-        """Whether the objective distils from the teacher (every `taid.loss` but `lm`)."""
-        from taidtron.losses import objective_needs_teacher  # local: the config stays importable without torch
+    def padded_vocab_size(self, roles: Sequence[str] = ROLES) -> int:
+        """One vocabulary size for the models of `roles`, divisible by 128 * tp, so their logit shards align."""
+        return padded_vocab_size([getattr(self, role) for role in roles], self.parallel.tp)
 
-        return objective_needs_teacher(self.taid.loss)
-
-    def models(self) -> dict[str, ModelConfig]:
-        """The model sections this run builds, by role: the student, and the teacher when the objective uses it."""
-        return {"student": self.student, "teacher": self.teacher} if self.uses_teacher() else {"student": self.student}
-
-    def padded_vocab_size(self) -> int:
-        """One vocabulary size for the models, divisible by 128 * tp, so their logit shards align."""
-        return padded_vocab_size(list(self.models().values()), self.parallel.tp)
-
-    def validate_layout(self, world_size: int) -> None:
-        """Checks that need the world size: divisibility of both models under tp/pp, and the batch arithmetic."""
+    def validate_layout(self, world_size: int, roles: Sequence[str] = ROLES) -> None:
+        """Checks that need the world size: divisibility of the models of `roles` (those the run builds: without a
+        teacher the teacher section is not used) under tp/pp, and the batch arithmetic."""
         par = self.parallel
         par.accumulation_steps(world_size)
-        for role, model in self.models().items():
+        for role in roles:
+            model: ModelConfig = getattr(self, role)
             if model.num_attention_heads % par.tp:
                 raise ConfigError(f"{role}.num_attention_heads ({model.num_attention_heads}) is not divisible by "
                                   f"parallel.tp ({par.tp}); choose tp dividing it.")

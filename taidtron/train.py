@@ -48,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
-    from taidtron.trainer import fit
+    from taidtron.trainer import fit, model_roles
 
     try:
         ctx = init_distributed(cfg.parallel)
-        cfg.validate_layout(ctx.world_size)
+        cfg.validate_layout(ctx.world_size, model_roles(cfg.taid))
         seed_everything(cfg.seed, ctx)
         return fit(cfg, ctx, stop)
     except ValueError as exc:  # ConfigError, CheckpointError, tokenizer/data errors: the user must change something

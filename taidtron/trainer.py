@@ -22,7 +22,14 @@ import torch.distributed as dist
 
 from taidtron.config import ModelConfig, OptimConfig, ParallelConfig, TAIDConfig, TrainConfig, padded_vocab_size
 from taidtron.distributed import ParallelContext
-from taidtron.losses import LossTerms, TAIDSchedule, get_loss, vocab_parallel_fkl_loss, vocab_parallel_lm_loss
+from taidtron.losses import (
+    LossTerms,
+    TAIDSchedule,
+    get_loss,
+    objective_needs_teacher,
+    vocab_parallel_fkl_loss,
+    vocab_parallel_lm_loss,
+)
 from taidtron.models import DistillationPair, build_gpt, pipeline_config
 from taidtron.preemption import PREEMPTED_EXIT_CODE, StopSignal
 
@@ -303,12 +310,17 @@ def _masked_token_sums(loss_mask: torch.Tensor, terms: LossTerms, extra: dict[st
     return (total * loss_mask).sum(), num_tokens.to(torch.int), stats
 
 
+def model_roles(taid: TAIDConfig) -> tuple[str, ...]:
+    """The model sections a run with this objective builds: the student, and the teacher when the objective needs one
+    (every `taid.loss` but `lm`)."""
+    return ("student", "teacher") if objective_needs_teacher(taid.loss) else ("student",)
+
+
 def build_trainer(cfg: TrainConfig, ctx: ParallelContext, vocab_size: int) -> Trainer:
     """The Trainer of an experiment: hands it the config sections it uses."""
-    models = cfg.models()
-    return Trainer(student=models["student"], teacher=models.get("teacher"), parallel=cfg.parallel, taid=cfg.taid,
-                   optim=cfg.optim, seq_length=cfg.data.seq_length, precision=cfg.precision, ctx=ctx,
-                   vocab_size=vocab_size)
+    teacher = cfg.teacher if "teacher" in model_roles(cfg.taid) else None
+    return Trainer(student=cfg.student, teacher=teacher, parallel=cfg.parallel, taid=cfg.taid, optim=cfg.optim,
+                   seq_length=cfg.data.seq_length, precision=cfg.precision, ctx=ctx, vocab_size=vocab_size)
 
 
 def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) -> int:

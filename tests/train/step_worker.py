@@ -64,7 +64,7 @@ def main() -> None:
     init_overrides = [] if mode == "init" else [f"student.init={student_init}", f"teacher.init={teacher_init}"]
     cfg = load_config(None, BASE + init_overrides + overrides)
     ctx = init_distributed(cfg.parallel)
-    cfg.validate_layout(ctx.world_size)
+    cfg.validate_layout(ctx.world_size)  # both models: the workers distil
     seed_everything(cfg.seed, ctx)
     trainer = build_trainer(cfg, ctx, VOCAB)
     pair = trainer.model.module
