@@ -34,10 +34,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from taidtron import lifetime
     from taidtron.preemption import StopSignal
 
-    # First thing, before torch is imported: a SIGUSR1/SIGTERM during start-up must not kill the rank.
+    # First thing, before torch is imported: a SIGUSR1/SIGTERM during start-up must not kill the rank, and every
+    # helper process forked from here on dies with this one.
     stop = StopSignal()
+    lifetime.install()
     from taidtron.config import ConfigError, load_config
 
     args = parse_args(argv)

@@ -23,6 +23,7 @@ import numpy as np
 
 from taidtron.data.records import Record, expand_inputs, iter_records, record_text
 from taidtron.data.tokenizer import load_tokenizer
+from taidtron.lifetime import die_with_parent
 
 META_SUFFIX = ".meta.json"
 
@@ -37,6 +38,12 @@ def _init_worker(tokenizer_path: str, eod_token: str | None, json_key: str, dtyp
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one process per core already
     _WORKER.update(tok=load_tokenizer(tokenizer_path, eod_token=eod_token), json_key=json_key,
                    dtype=np.dtype(dtype_name))
+
+
+def _start_worker(parent_pid: int, *init_args) -> None:
+    """Pool initializer: the worker dies with the tokenizing process (a killed parent leaves no idle pool behind)."""
+    die_with_parent(parent_pid)
+    _init_worker(*init_args)
 
 
 def _encode(record: Record) -> tuple[np.ndarray | None, int]:
@@ -117,7 +124,7 @@ def build_indexed_dataset(
             # fork keeps worker start-up cheap (megatron-core is already imported); the tokenizer is re-loaded
             # in each worker by the initializer.
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            pool = ctx.Pool(workers, initializer=_init_worker, initargs=init_args)
+            pool = ctx.Pool(workers, initializer=_start_worker, initargs=(os.getpid(), *init_args))
             encoded = pool.imap(_encode, records, chunksize=64)
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenize -> {Path(prefix).name}",
                   disable=not progress) as bar:

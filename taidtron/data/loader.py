@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -36,6 +38,7 @@ from taidtron import overrides
 from taidtron.data.indexed import dataset_files, read_meta
 from taidtron.data.tokenizer import Tokenizer
 from taidtron.distributed import world_of_one
+from taidtron.lifetime import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -212,9 +215,15 @@ def collate(samples: list[dict]) -> Batch:
     return batch
 
 
+def _worker_dies_with(parent_pid: int, _worker_id: int) -> None:
+    die_with_parent(parent_pid)
+
+
 def _loader(dataset, sampler: PretrainingBatchSampler, num_workers: int) -> Iterator[Batch]:
+    # Workers die with this process at once (torch's own watchdog would notice a dead parent only within seconds).
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                                         collate_fn=collate, persistent_workers=False)
+                                         collate_fn=collate, persistent_workers=False,
+                                         worker_init_fn=partial(_worker_dies_with, os.getpid()))
     return iter(loader)
 
 
