@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,6 +35,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_output_dirs(cfg) -> None:
+    """The run and checkpoint directories can be created and written: checked before anything is built, so that a
+    typo does not surface at the first save."""
+    from taidtron.config import ConfigError
+
+    for key, directory in (("logging.run_dir", cfg.logging.run_dir), ("checkpoint.dir", cfg.checkpoint.dir)):
+        if directory is None:
+            continue
+        try:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"{key}={directory} is not a writable directory ({exc.strerror or exc}); choose "
+                              f"another {key}.") from None
+
+
+def user_error(kind: str, exc: Exception) -> int:
+    """Bad input: one line on stderr (whatever the message holds), exit code 2."""
+    print(f"taidtron: {kind}: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     from taidtron import lifetime
     from taidtron.preemption import StopSignal
@@ -46,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        check_output_dirs(cfg)
     except ConfigError as exc:
-        print(f"taidtron: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return user_error("configuration error", exc)
 
     from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
     from taidtron.trainer import fit
@@ -59,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         seed_everything(cfg.seed, ctx)
         return fit(cfg, ctx, stop)
     except ValueError as exc:  # ConfigError, CheckpointError, tokenizer/data errors: the user must change something
-        print(f"taidtron: error: {exc}", file=sys.stderr)
-        return 2
+        return user_error("error", exc)
     finally:
         destroy_distributed()
 
