@@ -29,11 +29,11 @@ def start_parent(tmp_path, body: str) -> tuple[subprocess.Popen, dict]:
     return proc, json.loads(line)
 
 
-def kill_parent_and_collect_survivors(proc: subprocess.Popen, children: list[int]) -> list[int]:
+def kill_parent_and_collect_survivors(proc: subprocess.Popen, children: list[int], wait_s: float = 5.0) -> list[int]:
     assert still_running(children, wait_s=0) == children, "the helpers should be running before the kill"
     proc.kill()
     proc.wait(timeout=30)
-    survivors = still_running(children)
+    survivors = still_running(children, wait_s=wait_s)
     for pid in survivors:  # do not leave them to the next test
         psutil.Process(pid).kill()
     return survivors
@@ -110,3 +110,45 @@ def test_checkpoint_writer_ignores_job_signals_but_dies_with_the_trainer(tmp_pat
     psutil.Process(manager).send_signal(signal.SIGUSR1)
     assert still_running([manager], wait_s=1.0) == [manager], "the writer must survive job-wide stop signals"
     assert kill_parent_and_collect_survivors(proc, [manager]) == []
+
+
+def test_data_loader_workers_die_with_their_rank(tmp_path):
+    proc, info = start_parent(tmp_path, f"""
+        import json, time
+        import psutil
+        from taidtron.config import DataConfig
+        from taidtron.data import build_data_iterators, load_tokenizer
+        cfg = DataConfig(blend=["{REPO_ROOT}/data/smoke/smoke_text_document"], seq_length=32,
+                         cache_dir="{tmp_path}/cache")
+        train, _ = build_data_iterators(cfg, load_tokenizer("{REPO_ROOT}/data/smoke/tokenizer.model"),
+                                        micro_batch_size=2, global_batch_size=4, dp_rank=0, dp_size=1,
+                                        train_steps=1000, eval_iters=0, num_workers=2)
+        next(train)
+        print(json.dumps({{"children": [c.pid for c in psutil.Process().children()]}}), flush=True)
+        time.sleep(600)
+    """)
+    assert len(info["children"]) == 2
+    # torch's own watchdog would end them within 5 s; the parent-death signal does it at once
+    assert kill_parent_and_collect_survivors(proc, info["children"], wait_s=2.0) == []
+
+
+def test_tokenization_pool_workers_die_with_the_preprocessing_process(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text((REPO_ROOT / "data" / "smoke" / "corpus.jsonl").read_text() * 20)  # 16 MB: several seconds
+    proc, info = start_parent(tmp_path, f"""
+        import json, threading, time
+        import psutil
+        from taidtron.data import build_indexed_dataset
+
+        def report_workers():
+            while len(workers := psutil.Process().children()) < 2:
+                time.sleep(0.05)
+            print(json.dumps({{"children": [c.pid for c in workers]}}), flush=True)
+
+        threading.Thread(target=report_workers, daemon=True).start()
+        build_indexed_dataset(["{corpus}"], "{tmp_path}/out", "{REPO_ROOT}/data/smoke/tokenizer.model", workers=2,
+                              progress=False)
+        time.sleep(600)
+    """)
+    assert len(info["children"]) == 2
+    assert kill_parent_and_collect_survivors(proc, info["children"]) == []

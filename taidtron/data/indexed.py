@@ -64,9 +64,19 @@ def dataset_files(prefix: str | Path) -> tuple[Path, Path, Path]:
 
 
 def read_meta(prefix: str | Path) -> dict | None:
-    """The sidecar written by `build_indexed_dataset`, or None for datasets built by other tools."""
-    meta = dataset_files(prefix)[2]
-    return json.loads(meta.read_text()) if meta.is_file() else None
+    """The sidecar written by `build_indexed_dataset`, or None for datasets built by other tools. Raises ValueError
+    naming the file when it exists but is not a JSON object."""
+    path = dataset_files(prefix)[2]
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        meta = exc
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is unreadable ({meta!s:.80}); delete it (the data is then checked by sampling) or "
+                         f"rebuild the dataset with tools/preprocess_data.py.")
+    return meta
 
 
 def build_indexed_dataset(
