@@ -93,23 +93,28 @@ def test_a_child_whose_parent_is_already_gone_when_it_asks_exits_at_once(tmp_pat
     assert kill_parent_and_collect_survivors(proc, info["children"]) == []
 
 
-def test_checkpoint_writer_ignores_job_signals_but_dies_with_the_trainer(tmp_path):
-    proc, info = start_parent(tmp_path, """
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])  # spawn is what runs on GPU machines
+def test_checkpoint_writer_ignores_job_signals_but_dies_with_the_trainer(tmp_path, start_method):
+    proc, info = start_parent(tmp_path, f"""
         import json, os, time
         from taidtron.preemption import StopSignal
-        stop = StopSignal()
         import psutil
         from taidtron.overrides import prepare_writer
-        prepare_writer()
-        print(json.dumps({"children": [c.pid for c in psutil.Process().children()]}), flush=True)
-        time.sleep(600)
+        if __name__ == "__main__":
+            stop = StopSignal()
+            prepare_writer("{start_method}")
+            children = psutil.Process().children()
+            # spawn also starts multiprocessing's resource tracker; the writer is the Manager, running our code
+            writer = [c.pid for c in children if "resource_tracker" not in " ".join(c.cmdline())]
+            print(json.dumps({{"children": [c.pid for c in children], "writer": writer}}), flush=True)
+            time.sleep(600)
     """)
-    assert len(info["children"]) == 1, info
-    manager = info["children"][0]
-    psutil.Process(manager).send_signal(signal.SIGTERM)  # what SLURM / torchrun deliver to the whole job
-    psutil.Process(manager).send_signal(signal.SIGUSR1)
-    assert still_running([manager], wait_s=1.0) == [manager], "the writer must survive job-wide stop signals"
-    assert kill_parent_and_collect_survivors(proc, [manager]) == []
+    assert len(info["writer"]) == 1, info
+    writer = psutil.Process(info["writer"][0])
+    writer.send_signal(signal.SIGTERM)  # what SLURM / torchrun deliver to the whole job
+    writer.send_signal(signal.SIGUSR1)
+    assert still_running([writer.pid], wait_s=1.0) == [writer.pid], "the writer must survive job-wide stop signals"
+    assert kill_parent_and_collect_survivors(proc, info["children"]) == []
 
 
 def test_data_loader_workers_die_with_their_rank(tmp_path):

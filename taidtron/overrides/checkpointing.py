@@ -19,14 +19,14 @@ import signal
 import torch
 
 
-def prepare_writer() -> None:
+def prepare_writer(start_method: str | None = None) -> None:
     """Create dist_checkpointing's write-results queue now, before the trainer installs its signal handlers.
 
     megatron-core makes it lazily at the first save, through a *spawn* multiprocessing Manager: 5-12 s and a
     re-import of `__main__` on CPU. Three fixes: (1) the Manager ignores SIGUSR1/SIGTERM, which SLURM and torchrun
     deliver to the whole job step on preemption (a dead Manager makes the preemption save itself fail); (2) it dies
     with the trainer (a trainer killed with SIGKILL would otherwise leave it behind, ~400 MB); (3) without CUDA it is
-    forked (~0.4 s; safe with no CUDA context), with CUDA it stays spawned.
+    forked (~0.4 s; safe with no CUDA context), with CUDA it stays spawned (`start_method` overrides the choice).
     Call from the main thread (the kernel ties the Manager's parent-death signal to the thread that starts it).
     """
     from multiprocessing.managers import SyncManager
@@ -35,7 +35,7 @@ def prepare_writer() -> None:
 
     if filesystem_async._results_queue is not None:
         return
-    context = multiprocessing.get_context("spawn" if torch.cuda.is_available() else "fork")
+    context = multiprocessing.get_context(start_method or ("spawn" if torch.cuda.is_available() else "fork"))
     manager = SyncManager(ctx=context)
     # Blocked, not ignored, while the Manager starts: the child inherits the mask and ignores them before unblocking,
     # and a stop signal meant for the trainer in the meantime stays pending instead of being lost.
