@@ -99,7 +99,8 @@ class ParallelConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"parallel.{name}={getattr(self, name)} must be >= 1.")
         if self.sequence_parallel and self.tp == 1:
-            raise ConfigError("parallel.sequence_parallel=true needs parallel.tp > 1; set parallel.sequence_parallel=false.")
+            raise ConfigError("parallel.sequence_parallel=true needs parallel.tp > 1; set "
+                              "parallel.sequence_parallel=false.")
 
     def data_parallel_size(self, world_size: int) -> int:
         if world_size % (self.tp * self.pp):

@@ -13,19 +13,37 @@ from typing import Any
 # Warnings that every rank of every run prints and nobody can act on. Each entry: category, message (regex, matched
 # at the start), and why it is safe to drop. Anything not listed here is shown as usual.
 _LIBRARY_NOISE = (
-    (UserWarning, r"Transformer Engine and Apex are not installed",
-     "megatron-core falls back to torch kernels (4 modules, 4 lines); the banner says whether TE is used"),
+    (
+        UserWarning,
+        r"Transformer Engine and Apex are not installed",
+        "megatron-core falls back to torch kernels (4 modules, 4 lines); the banner says whether TE is used",
+    ),
     (UserWarning, r"Apex is not installed. Falling back to Torch Norm", "the same fallback, for the norm layers"),
-    (UserWarning, r"full scope is deprecated",
-     "megatron-core 0.16.1's own TransformerConfig default (cuda_graph_scope), not a setting of ours"),
-    (UserWarning, r"The \.grad attribute of a Tensor that is not a leaf Tensor is being accessed",
-     "megatron-core's distributed optimizer probes .grad on its shard views in zero_grad (hasattr), by design"),
-    (FutureWarning, r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated",
-     "megatron-core's gradient and parameter collectives"),
-    (FutureWarning, r"`load_state_dict` is deprecated and will be removed",
-     "megatron-core's dist_checkpointing calls torch.distributed.checkpoint.load_state_dict"),
-    (FutureWarning, r"Please use DTensor instead and we are deprecating ShardedTensor",
-     "megatron-core's dist_checkpointing builds ShardedTensors"),
+    (
+        UserWarning,
+        r"full scope is deprecated",
+        "megatron-core 0.16.1's own TransformerConfig default (cuda_graph_scope), not a setting of ours",
+    ),
+    (
+        UserWarning,
+        r"The \.grad attribute of a Tensor that is not a leaf Tensor is being accessed",
+        "megatron-core's distributed optimizer probes .grad on its shard views in zero_grad (hasattr), by design",
+    ),
+    (
+        FutureWarning,
+        r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated",
+        "megatron-core's gradient and parameter collectives",
+    ),
+    (
+        FutureWarning,
+        r"`load_state_dict` is deprecated and will be removed",
+        "megatron-core's dist_checkpointing calls torch.distributed.checkpoint.load_state_dict",
+    ),
+    (
+        FutureWarning,
+        r"Please use DTensor instead and we are deprecating ShardedTensor",
+        "megatron-core's dist_checkpointing builds ShardedTensors",
+    ),
 )
 
 
@@ -51,8 +69,11 @@ def step_line(row: dict, total_steps: int, eta_seconds: float | None) -> str:
         parts.append(f"lm loss {_number(row['lm_loss'], '.4f')}")
     if "taid_t" in row:
         parts.append(f"t {_number(row['taid_t'], '.4f')}")
-    parts += [f"lr {_number(row.get('lr'), '.3e')}", f"grad norm {_number(row.get('grad_norm'), '.3f')}",
-              f"{_number(row.get('tokens_per_s'), ',.0f')} tok/s"]
+    parts += [
+        f"lr {_number(row.get('lr'), '.3e')}",
+        f"grad norm {_number(row.get('grad_norm'), '.3f')}",
+        f"{_number(row.get('tokens_per_s'), ',.0f')} tok/s",
+    ]
     if row.get("mfu") is not None:
         parts.append(f"MFU {row['mfu']:.1%}")
     if eta_seconds is not None:
@@ -98,24 +119,29 @@ def banner(cfg, ctx, trainer, *, datasets: list, resumed_from=None, wandb_run: s
     for role, model in models.items():
         params = trainer.student_params if role == "student" else trainer.teacher_params
         source = f"init {model.init}" if model.init else "random init"
-        lines.append(f"{role:<11} {model.family}, {model.num_layers} layers, hidden {model.hidden_size}, "
-                     f"{_count(params)} parameters ({params:,}); {source}")
+        lines.append(
+            f"{role:<11} {model.family}, {model.num_layers} layers, hidden {model.hidden_size}, "
+            f"{_count(params)} parameters ({params:,}); {source}"
+        )
     if "teacher" not in models:
         lines.append(f"teacher     none (taid.loss={taid.loss} trains the student alone)")
     _, weights = parse_blend(data.blend)
     weights = weights or [1.0]
     train_share = parse_split(data.split)[0]
     planned_tokens = optim.train_steps * tokens_per_step
-    for summary, weight in zip(datasets, weights):
+    for summary, weight in zip(datasets, weights, strict=True):
         share = weight / sum(weights)
         epochs = share * planned_tokens / max(1.0, train_share * summary.tokens)
-        lines.append(f"data        {summary.prefix}: {summary.documents:,} documents, {summary.tokens:,} tokens "
-                     f"({summary.dtype}); weight {share:.3f}, {epochs:.2f} epochs of its train split "
-                     f"({train_share:.0%})")
+        lines.append(
+            f"data        {summary.prefix}: {summary.documents:,} documents, {summary.tokens:,} tokens "
+            f"({summary.dtype}); weight {share:.3f}, {epochs:.2f} epochs of its train split "
+            f"({train_share:.0%})"
+        )
     uses_t = trainer.objective.uses_t
     if resumed_from:
-        resume = f"resumed from {resumed_from} at step {trainer.step}" + (f" (t={trainer.schedule.t:.4f})" if uses_t
-                                                                          else "")
+        resume = f"resumed from {resumed_from} at step {trainer.step}" + (
+            f" (t={trainer.schedule.t:.4f})" if uses_t else ""
+        )
         resume += f", {optim.train_steps - trainer.step:,} steps to go"
     else:
         resume = "new run"
@@ -142,7 +168,7 @@ def _every(interval: int) -> str:
 def _objective(taid, uses_t: bool) -> str:
     text = f"taid.loss={taid.loss}"
     if uses_t:
-        schedule = (f"adaptive (alpha {taid.alpha:g}, beta {taid.beta:g})" if taid.adaptive else "linear")
+        schedule = f"adaptive (alpha {taid.alpha:g}, beta {taid.beta:g})" if taid.adaptive else "linear"
         text += f", t {taid.t_start:g} -> {taid.t_end:g} {schedule}"
     if taid.loss in ("skew_fkl", "skew_rkl"):
         text += f", skew {taid.skew:g}"

@@ -43,8 +43,16 @@ def interactive_console() -> bool:
 
 
 class MetricsLogger:
-    def __init__(self, cfg: LoggingConfig, *, enabled: bool, total_steps: int, start_step: int, config_dict: dict,
-                 interactive: bool | None = None):
+    def __init__(
+        self,
+        cfg: LoggingConfig,
+        *,
+        enabled: bool,
+        total_steps: int,
+        start_step: int,
+        config_dict: dict,
+        interactive: bool | None = None,
+    ):
         self.enabled = enabled
         self.log_interval = cfg.log_interval
         self.total_steps = total_steps
@@ -61,8 +69,9 @@ class MetricsLogger:
         self._truncate_after(start_step)
         self.file = open(self.path, "a", encoding="utf-8")
         if interactive_console() if interactive is None else interactive:
-            self.bar = tqdm(total=total_steps, initial=start_step, desc="distil", unit="step", dynamic_ncols=True,
-                            file=sys.stdout)
+            self.bar = tqdm(
+                total=total_steps, initial=start_step, desc="distil", unit="step", dynamic_ncols=True, file=sys.stdout
+            )
         if cfg.wandb_mode != "disabled":
             self.wandb_run = _start_wandb(cfg, self.run_dir, config_dict)
         if cfg.tensorboard:
@@ -147,8 +156,7 @@ class MetricsLogger:
 
 def _numbers(row: dict) -> dict:
     """The values of a row that wandb and TensorBoard plot: numbers, not `step`, flags or missing (None) values."""
-    return {k: v for k, v in row.items()
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _start_wandb(cfg: LoggingConfig, run_dir: Path, config_dict: dict):
@@ -163,20 +171,32 @@ def _start_wandb(cfg: LoggingConfig, run_dir: Path, config_dict: dict):
         tmp.write_text(run_id + "\n")
         tmp.replace(id_file)
     try:
-        return wandb.init(project=cfg.wandb_project, mode=cfg.wandb_mode, dir=str(run_dir), config=config_dict,
-                          name=run_dir.name, id=run_id, resume="allow", settings=wandb.Settings(quiet=True))
+        return wandb.init(
+            project=cfg.wandb_project,
+            mode=cfg.wandb_mode,
+            dir=str(run_dir),
+            config=config_dict,
+            name=run_dir.name,
+            id=run_id,
+            resume="allow",
+            settings=wandb.Settings(quiet=True),
+        )
     except wandb.errors.Error as exc:
         reason = " ".join(str(exc).split())
-        raise ValueError(f"wandb could not start in logging.wandb_mode={cfg.wandb_mode} ({reason}); run `wandb "
-                         f"login` or set WANDB_API_KEY, or use logging.wandb_mode=offline (sync later with "
-                         f"`wandb sync`).") from None
+        raise ValueError(
+            f"wandb could not start in logging.wandb_mode={cfg.wandb_mode} ({reason}); run `wandb "
+            f"login` or set WANDB_API_KEY, or use logging.wandb_mode=offline (sync later with "
+            f"`wandb sync`)."
+        ) from None
 
 
 def _start_tensorboard(log_dir: Path, purge_step: int):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ValueError("logging.tensorboard=true needs the tensorboard package: pip install 'taidtron[tensorboard]' "
-                         "(or pip install tensorboard), or set logging.tensorboard=false.") from None
+        raise ValueError(
+            "logging.tensorboard=true needs the tensorboard package: pip install 'taidtron[tensorboard]' "
+            "(or pip install tensorboard), or set logging.tensorboard=false."
+        ) from None
     # purge_step: TensorBoard drops events at or after it that an interrupted earlier start wrote past the checkpoint.
     return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)

@@ -59,9 +59,12 @@ class StopSignal:
         if lost:
             _exit_now(signum, f"{name} received and {lost}: the job has failed and cannot save; stopping now")
         if self._deliveries == 1 and _rank() == 0:
-            print(f"taidtron: {name} received: finishing this step, then saving and exiting with "
-                  f"{PREEMPTED_EXIT_CODE} (send SIGTERM or SIGINT again to stop at once, without saving)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"taidtron: {name} received: finishing this step, then saving and exiting with "
+                f"{PREEMPTED_EXIT_CODE} (send SIGTERM or SIGINT again to stop at once, without saving)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def agreed(self, ctx) -> bool:
         """One MAX all-reduce of the local flag over the world (the launcher may signal only some ranks)."""
@@ -94,8 +97,11 @@ def local_ranks_lost() -> str | None:
     except (psutil.Error, AttributeError):  # no parent any more: the launcher itself is gone
         return "its launcher has exited"
     missing = expected - alive
-    return f"{missing} of the {expected} ranks on this host {'has' if missing == 1 else 'have'} exited" \
-        if missing > 0 else None
+    return (
+        f"{missing} of the {expected} ranks on this host {'has' if missing == 1 else 'have'} exited"
+        if missing > 0
+        else None
+    )
 
 
 def _rank() -> int:

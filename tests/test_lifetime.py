@@ -20,8 +20,14 @@ def start_parent(tmp_path, body: str) -> tuple[subprocess.Popen, dict]:
     run. A file, not `-c`: spawned children re-import the parent's __main__."""
     script = tmp_path / "parent.py"
     script.write_text(textwrap.dedent(body))
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO_ROOT, env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()
     if not line:
         proc.kill()
@@ -40,7 +46,9 @@ def kill_parent_and_collect_survivors(proc: subprocess.Popen, children: list[int
 
 
 def test_children_forked_after_install_die_when_the_parent_is_killed(tmp_path):
-    proc, info = start_parent(tmp_path, """
+    proc, info = start_parent(
+        tmp_path,
+        """
         import json, multiprocessing, os, threading, time
         from taidtron import lifetime
         lifetime.install()
@@ -54,12 +62,15 @@ def test_children_forked_after_install_die_when_the_parent_is_killed(tmp_path):
         t.start(); t.join()
         print(json.dumps({"children": [p.pid for p in from_main + [from_thread]]}), flush=True)
         time.sleep(600)
-    """)
+    """,
+    )
     assert kill_parent_and_collect_survivors(proc, info["children"]) == []
 
 
 def test_spawned_child_that_calls_die_with_parent_dies_with_it(tmp_path):
-    proc, info = start_parent(tmp_path, """
+    proc, info = start_parent(
+        tmp_path,
+        """
         import json, multiprocessing, os, time
         from taidtron.lifetime import die_with_parent
 
@@ -73,12 +84,15 @@ def test_spawned_child_that_calls_die_with_parent_dies_with_it(tmp_path):
             time.sleep(3)  # let it reach die_with_parent
             print(json.dumps({"children": [p.pid]}), flush=True)
             time.sleep(600)
-    """)
+    """,
+    )
     assert kill_parent_and_collect_survivors(proc, info["children"]) == []
 
 
 def test_a_child_whose_parent_is_already_gone_when_it_asks_exits_at_once(tmp_path):
-    proc, info = start_parent(tmp_path, """
+    proc, info = start_parent(
+        tmp_path,
+        """
         import json, os, time
         from taidtron.lifetime import die_with_parent
         parent = os.getpid()
@@ -89,13 +103,16 @@ def test_a_child_whose_parent_is_already_gone_when_it_asks_exits_at_once(tmp_pat
             time.sleep(600)
         print(json.dumps({"children": [pid]}), flush=True)
         time.sleep(600)
-    """)
+    """,
+    )
     assert kill_parent_and_collect_survivors(proc, info["children"]) == []
 
 
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])  # spawn is what runs on GPU machines
 def test_checkpoint_writer_ignores_job_signals_but_dies_with_the_trainer(tmp_path, start_method):
-    proc, info = start_parent(tmp_path, f"""
+    proc, info = start_parent(
+        tmp_path,
+        f"""
         import json, os, time
         from taidtron.preemption import StopSignal
         import psutil
@@ -108,7 +125,8 @@ def test_checkpoint_writer_ignores_job_signals_but_dies_with_the_trainer(tmp_pat
             writer = [c.pid for c in children if "resource_tracker" not in " ".join(c.cmdline())]
             print(json.dumps({{"children": [c.pid for c in children], "writer": writer}}), flush=True)
             time.sleep(600)
-    """)
+    """,
+    )
     assert len(info["writer"]) == 1, info
     writer = psutil.Process(info["writer"][0])
     writer.send_signal(signal.SIGTERM)  # what SLURM / torchrun deliver to the whole job
@@ -118,7 +136,9 @@ def test_checkpoint_writer_ignores_job_signals_but_dies_with_the_trainer(tmp_pat
 
 
 def test_data_loader_workers_die_with_their_rank(tmp_path):
-    proc, info = start_parent(tmp_path, f"""
+    proc, info = start_parent(
+        tmp_path,
+        f"""
         import json, time
         import psutil
         from taidtron.config import DataConfig
@@ -131,7 +151,8 @@ def test_data_loader_workers_die_with_their_rank(tmp_path):
         next(train)
         print(json.dumps({{"children": [c.pid for c in psutil.Process().children()]}}), flush=True)
         time.sleep(600)
-    """)
+    """,
+    )
     assert len(info["children"]) == 2
     # torch's own watchdog would end them within 5 s; the parent-death signal does it at once
     assert kill_parent_and_collect_survivors(proc, info["children"], wait_s=2.0) == []
@@ -140,7 +161,9 @@ def test_data_loader_workers_die_with_their_rank(tmp_path):
 def test_tokenization_pool_workers_die_with_the_preprocessing_process(tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text((REPO_ROOT / "data" / "smoke" / "corpus.jsonl").read_text() * 20)  # 16 MB: several seconds
-    proc, info = start_parent(tmp_path, f"""
+    proc, info = start_parent(
+        tmp_path,
+        f"""
         import json, threading, time
         import psutil
         from taidtron.data import build_indexed_dataset
@@ -154,6 +177,7 @@ def test_tokenization_pool_workers_die_with_the_preprocessing_process(tmp_path):
         build_indexed_dataset(["{corpus}"], "{tmp_path}/out", "{REPO_ROOT}/data/smoke/tokenizer.model", workers=2,
                               progress=False)
         time.sleep(600)
-    """)
+    """,
+    )
     assert len(info["children"]) == 2
     assert kill_parent_and_collect_survivors(proc, info["children"]) == []

@@ -11,14 +11,24 @@ from taidtron.metrics import WANDB_ID_FILE, MetricsLogger
 
 
 def row(step: int, **extra) -> dict:
-    return {"step": step, "consumed_samples": 8 * step, "loss": 5.0 - 0.1 * step, "taid_t": 0.4 + 0.01 * step,
-            "lr": 1e-3, "grad_norm": 0.5, "tokens_per_s": 1234.5, "step_time_s": 0.2, **extra}
+    return {
+        "step": step,
+        "consumed_samples": 8 * step,
+        "loss": 5.0 - 0.1 * step,
+        "taid_t": 0.4 + 0.01 * step,
+        "lr": 1e-3,
+        "grad_norm": 0.5,
+        "tokens_per_s": 1234.5,
+        "step_time_s": 0.2,
+        **extra,
+    }
 
 
 def logger(tmp_path, *, start_step=0, total_steps=6, interactive=False, **logging) -> MetricsLogger:
     cfg = LoggingConfig(run_dir=str(tmp_path), **{"wandb_mode": "disabled", **logging})
-    return MetricsLogger(cfg, enabled=True, total_steps=total_steps, start_step=start_step, config_dict={"x": 1},
-                         interactive=interactive)
+    return MetricsLogger(
+        cfg, enabled=True, total_steps=total_steps, start_step=start_step, config_dict={"x": 1}, interactive=interactive
+    )
 
 
 def read_rows(tmp_path) -> list[dict]:
@@ -50,8 +60,9 @@ def test_without_a_terminal_a_plain_line_every_log_interval_steps(tmp_path, caps
     assert "\r" not in out
     lines = out.splitlines()
     assert [line.split(" | ")[0] for line in lines[:3]] == ["step 2/5", "step 4/5", "step 5/5"]  # + the last step
-    assert lines[0].startswith("step 2/5 | loss 4.8000 | lm loss 3.0000 | t 0.4200 | lr 1.000e-03 | grad norm 0.500 "
-                               "| 1,234 tok/s | ETA 0:00:")
+    assert lines[0].startswith(
+        "step 2/5 | loss 4.8000 | lm loss 3.0000 | t 0.4200 | lr 1.000e-03 | grad norm 0.500 | 1,234 tok/s | ETA 0:00:"
+    )
     assert "lm loss n/a" in lines[1]  # a missing value is shown as such, not as a crash
     assert lines[2].endswith("ETA 0:00:00") and lines[3] == "saved somewhere"
 
