@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import InitVar, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any, get_args, get_origin, get_type_hints
@@ -55,13 +56,15 @@ class ModelConfig:
     tensor kept) or `local` (megatron-core's unfused DotProductAttention, keeps the [seq, seq] probabilities)."""
     init: str | None = None
     """Checkpoint to start from: a taidtron checkpoint directory (see `tools/convert.py import`). None: random."""
+    role: InitVar[str] = "model"
+    """Not a key: the section this model sits in (student / teacher), so that errors name the key the user wrote."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, role: str) -> None:
         if self.family not in ("llama", "qwen2"):
-            raise ConfigError(f"model.family={self.family!r} is not supported; use 'llama' or 'qwen2'.")
+            raise ConfigError(f"{role}.family={self.family!r} is not supported; use 'llama' or 'qwen2'.")
         if self.attention not in ("auto", "sdpa", "local"):
-            raise ConfigError(f"{{student,teacher}}.attention={self.attention!r} is not supported; use 'auto', "
-                              f"'sdpa' or 'local'.")
+            raise ConfigError(f"{role}.attention={self.attention!r} is not supported; use 'auto', 'sdpa' or "
+                              f"'local'.")
         if self.num_query_groups is None:
             self.num_query_groups = self.num_attention_heads
         if self.add_qkv_bias is None:
@@ -69,13 +72,13 @@ class ModelConfig:
         for name in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
                      "vocab_size"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name}={getattr(self, name)} must be positive.")
+                raise ConfigError(f"{role}.{name}={getattr(self, name)} must be positive.")
         if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"model.hidden_size ({self.hidden_size}) must be a multiple of "
-                              f"model.num_attention_heads ({self.num_attention_heads}).")
+            raise ConfigError(f"{role}.hidden_size ({self.hidden_size}) must be a multiple of "
+                              f"{role}.num_attention_heads ({self.num_attention_heads}).")
         if self.num_attention_heads % self.num_query_groups:
-            raise ConfigError(f"model.num_attention_heads ({self.num_attention_heads}) must be a multiple of "
-                              f"model.num_query_groups ({self.num_query_groups}).")
+            raise ConfigError(f"{role}.num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                              f"{role}.num_query_groups ({self.num_query_groups}).")
 
     @property
     def kv_channels(self) -> int:
@@ -104,7 +107,8 @@ class ParallelConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"parallel.{name}={getattr(self, name)} must be >= 1.")
         if self.sequence_parallel and self.tp == 1:
-            raise ConfigError("parallel.sequence_parallel=true needs parallel.tp > 1; set parallel.sequence_parallel=false.")
+            raise ConfigError("parallel.sequence_parallel=true needs parallel.tp > 1; set "
+                              "parallel.sequence_parallel=false.")
 
     def data_parallel_size(self, world_size: int) -> int:
         if world_size % (self.tp * self.pp):
@@ -254,24 +258,33 @@ class CheckpointConfig:
 
 @dataclass(kw_only=True)
 class LoggingConfig:
-    """Console, metrics.jsonl and wandb."""
+    """Console, metrics.jsonl, wandb and TensorBoard."""
 
     run_dir: str = "runs/default"
-    """Directory of this run: metrics.jsonl, config.yaml, checkpoints, wandb files."""
+    """Directory of this run: metrics.jsonl, config.yaml, checkpoints, wandb and TensorBoard files."""
     log_interval: int = 1
-    """Print to the console every this many optimizer steps (metrics.jsonl gets every step)."""
+    """Console line (or progress-bar update) every this many optimizer steps (metrics.jsonl gets every step)."""
     eval_interval: int = 0
     """Validation every this many optimizer steps. 0 disables periodic validation (one runs at the end)."""
     eval_iters: int = 2
     """Global batches per validation."""
     wandb_mode: str = "offline"
-    """wandb mode: offline (default, sync later with `wandb sync`), online, or disabled."""
+    """wandb mode: offline (default, sync later with `wandb sync`), online, or disabled. A resumed run continues the
+    same wandb run (its id is kept in <run_dir>/wandb_run_id)."""
     wandb_project: str = "taidtron"
     """wandb project name."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files under <run_dir>/tensorboard (needs the `tensorboard` package)."""
 
     def __post_init__(self) -> None:
         if self.wandb_mode not in ("offline", "online", "disabled"):
             raise ConfigError(f"logging.wandb_mode={self.wandb_mode!r}; use offline, online or disabled.")
+        if self.log_interval < 1:
+            raise ConfigError(f"logging.log_interval={self.log_interval} must be >= 1.")
+        if self.eval_interval < 0 or self.eval_iters < 0:
+            raise ConfigError("logging.eval_interval and logging.eval_iters must be >= 0.")
+        if not self.run_dir:
+            raise ConfigError("logging.run_dir is empty; set it to the directory of this run.")
 
 
 ROLES = ("student", "teacher")
@@ -282,9 +295,9 @@ ROLES = ("student", "teacher")
 class TrainConfig:
     """Root of the tree: one experiment."""
 
-    student: ModelConfig = field(default_factory=ModelConfig)
+    student: ModelConfig = field(default_factory=partial(ModelConfig, role="student"))
     """The model being trained."""
-    teacher: ModelConfig = field(default_factory=ModelConfig)
+    teacher: ModelConfig = field(default_factory=partial(ModelConfig, role="teacher"))
     """The frozen model distilled from (same tokenizer as the student)."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     taid: TAIDConfig = field(default_factory=TAIDConfig)
@@ -362,10 +375,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
     if origin is list:
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
+        if isinstance(value, str):  # one item written without brackets: data.blend=data/my_corpus_text_document
+            value = [value]
         if not isinstance(value, list):
-            raise ConfigError(f"{where} must be a list, got {value!r}.")
+            raise ConfigError(f"{where} must be a list such as [a, b], got {value!r}.")
         return list(value)
     if annotation is bool:
         if isinstance(value, bool):
@@ -376,6 +389,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if annotation in (int, float, str):
         if annotation is int and isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{where} must be an integer, got {value!r}.")
+        if annotation in (int, float) and isinstance(value, bool):  # int(True) would pass silently
+            raise ConfigError(f"{where} must be a number, got {value!r}.")
+        if annotation is str and isinstance(value, (dict, list)):
+            raise ConfigError(f"{where} must be a string, got {value!r}.")
         try:
             return annotation(value)
         except (TypeError, ValueError):
@@ -392,29 +409,58 @@ def _build(cls: type, values: dict, where: str = "") -> Any:
         raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; valid keys under "
                           f"{where or 'the root'}: {', '.join(sorted(known))}.")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
+    if cls is ModelConfig:  # the one section that appears under two names
+        kwargs["role"] = where
     return cls(**kwargs)
 
 
 def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
     keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"override {dotted}={raw}: the key must look like section.key (e.g. optim.lr=3e-4).")
     node = tree
     for key in keys[:-1]:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted}: {key} is not a section.")
-    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {dotted}={raw} is not a valid YAML value ({_yaml_problem(exc)}); close its "
+                          f"brackets and quotes, or quote the whole value to pass it as a string.") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The one-line gist of a YAML error: what and where."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark, context, context_mark = (getattr(exc, name, None) for name in ("problem_mark", "context", "context_mark"))
+    text = f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+    if context and context_mark is not None and (mark is None or context_mark.line != mark.line):
+        text += f", {context} at line {context_mark.line + 1}"
+    return text
+
+
+def _read_yaml(path: Path) -> dict:
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; pass --config with a YAML file, e.g. "
+                          f"configs/smoke.yaml.")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass --config with a file from configs/.")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc}).") from None
+    if not isinstance(tree, (dict, type(None))):
+        raise ConfigError(f"config file {path} must hold a mapping of sections (student:, optim:, ...) at the top "
+                          f"level, not a {type(tree).__name__}.")
+    return tree or {}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML file (or start from defaults) and apply `section.key=value` overrides."""
-    tree: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; pass --config with a file from configs/.")
-        tree = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level.")
+    tree = _read_yaml(Path(path)) if path is not None else {}
     for item in overrides or []:
         item = item[2:] if item.startswith("--") else item
         if "=" not in item:

@@ -1,17 +1,28 @@
-"""Per-run metrics: `metrics.jsonl` (one row per optimizer step), a console progress bar, wandb (offline default).
+"""Per-run metrics on the main rank: `metrics.jsonl` (one row per optimizer step), the console, wandb (offline by
+default) and, optionally, TensorBoard.
 
-Only the main rank writes; every row is flushed as it is written so a killed job keeps what it logged.
+Console: on a terminal a tqdm progress bar; otherwise (a batch job's log file) one plain line every
+`logging.log_interval` steps, with step, loss, t, lr, gradient norm, tokens/s and ETA (see `console.step_line`).
+Resumes: rows past the checkpoint's step are dropped from `metrics.jsonl`, TensorBoard discards its events past it,
+and wandb continues the same run, whose id is kept in `<run_dir>/wandb_run_id`.
+Every row is flushed as it is written, so a killed job keeps what it logged.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
 
 from taidtron.config import LoggingConfig
+from taidtron.console import step_line
+
+WANDB_ID_FILE = "wandb_run_id"
 
 # Dense bf16 peak of common training GPUs (TFLOP/s), for MFU; unknown devices report no MFU.
 _PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
@@ -26,25 +37,51 @@ def peak_flops_per_gpu(device_name: str | None) -> float | None:
     return None
 
 
+def interactive_console() -> bool:
+    """A progress bar only for a person at a terminal (TAIDTRON_NO_PROGRESS=1 forces plain lines)."""
+    return sys.stdout.isatty() and os.environ.get("TAIDTRON_NO_PROGRESS") != "1"
+
+
 class MetricsLogger:
-    def __init__(self, cfg: LoggingConfig, *, enabled: bool, total_steps: int, start_step: int, config_dict: dict):
+    def __init__(
+        self,
+        cfg: LoggingConfig,
+        *,
+        enabled: bool,
+        total_steps: int,
+        start_step: int,
+        config_dict: dict,
+        interactive: bool | None = None,
+    ):
         self.enabled = enabled
         self.log_interval = cfg.log_interval
-        self.path = Path(cfg.run_dir) / "metrics.jsonl"
+        self.total_steps = total_steps
+        self.run_dir = Path(cfg.run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
         self.bar = None
         self.wandb_run = None
+        self.tensorboard = None
+        self._clock = time.monotonic()
+        self._steps_timed = 0
         if not enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self._truncate_after(start_step)
         self.file = open(self.path, "a", encoding="utf-8")
-        self.bar = tqdm(total=total_steps, initial=start_step, desc="distil", unit="step", dynamic_ncols=True,
-                        disable=os.environ.get("TAIDTRON_NO_PROGRESS") == "1")
+        if interactive_console() if interactive is None else interactive:
+            self.bar = tqdm(
+                total=total_steps, initial=start_step, desc="distil", unit="step", dynamic_ncols=True, file=sys.stdout
+            )
         if cfg.wandb_mode != "disabled":
-            import wandb
+            self.wandb_run = _start_wandb(cfg, self.run_dir, config_dict)
+        if cfg.tensorboard:
+            self.tensorboard = _start_tensorboard(self.run_dir / "tensorboard", purge_step=start_step + 1)
 
-            self.wandb_run = wandb.init(project=cfg.wandb_project, mode=cfg.wandb_mode, dir=str(self.path.parent),
-                                        config=config_dict, name=Path(cfg.run_dir).name, resume="allow")
+    @property
+    def wandb_description(self) -> str | None:
+        if self.wandb_run is None:
+            return None
+        return f"{self.wandb_run.id} ({self.wandb_run.settings.mode}, {self.wandb_run.dir})"
 
     def _truncate_after(self, step: int) -> None:
         """On resume, rows past the checkpoint's step were never committed to a checkpoint: drop them so the
@@ -67,28 +104,43 @@ class MetricsLogger:
             return
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
+        numbers = _numbers(row)
         if self.wandb_run is not None:
-            self.wandb_run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+            self.wandb_run.log(numbers, step=row["step"])
+        if self.tensorboard is not None:
+            for key, value in numbers.items():
+                self.tensorboard.add_scalar(f"train/{key}", value, row["step"])
+        self._steps_timed += 1
         if self.bar is not None:
             self.bar.update(1)
             if row["step"] % self.log_interval == 0:
-                shown = {"loss": f"{row['loss']:.4f}"}
-                if "taid_t" in row:
+                shown = {"loss": f"{row['loss']:.4f}" if row.get("loss") is not None else "n/a"}
+                if row.get("taid_t") is not None:
                     shown["t"] = f"{row['taid_t']:.3f}"
-                self.bar.set_postfix(**shown, tok_s=f"{row['tokens_per_s']:.0f}")
+                self.bar.set_postfix(**shown, tok_s=f"{row.get('tokens_per_s') or 0:.0f}")
+        elif row["step"] % self.log_interval == 0 or row["step"] == self.total_steps:
+            per_step = (time.monotonic() - self._clock) / self._steps_timed
+            print(step_line(row, self.total_steps, per_step * (self.total_steps - row["step"])), flush=True)
 
     def log_eval(self, row: dict) -> None:
         if not self.enabled:
             return
         self.write_console(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        numbers = _numbers(row)
         if self.wandb_run is not None:
-            self.wandb_run.log({f"valid/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
+            self.wandb_run.log({f"valid/{k}": v for k, v in numbers.items()}, step=row["step"])
+        if self.tensorboard is not None:
+            for key, value in numbers.items():
+                self.tensorboard.add_scalar(f"valid/{key}", value, row["step"])
         with open(self.path.parent / "eval.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
     def write_console(self, text: str) -> None:
         if self.enabled:
-            (self.bar.write if self.bar is not None else print)(text)
+            if self.bar is not None:
+                self.bar.write(text)
+            else:
+                print(text, flush=True)
 
     def close(self) -> None:
         if not self.enabled:
@@ -96,5 +148,55 @@ class MetricsLogger:
         if self.bar is not None:
             self.bar.close()
         self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+
+def _numbers(row: dict) -> dict:
+    """The values of a row that wandb and TensorBoard plot: numbers, not `step`, flags or missing (None) values."""
+    return {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _start_wandb(cfg: LoggingConfig, run_dir: Path, config_dict: dict):
+    """wandb.init continuing the run of this run directory (a requeued job is one wandb run, not one per start)."""
+    import wandb
+
+    id_file = run_dir / WANDB_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.is_file() else ""
+    if not run_id:
+        run_id = secrets.token_hex(6)  # wandb ids: letters and digits
+        tmp = id_file.with_name(id_file.name + ".tmp")
+        tmp.write_text(run_id + "\n")
+        tmp.replace(id_file)
+    try:
+        return wandb.init(
+            project=cfg.wandb_project,
+            mode=cfg.wandb_mode,
+            dir=str(run_dir),
+            config=config_dict,
+            name=run_dir.name,
+            id=run_id,
+            resume="allow",
+            settings=wandb.Settings(quiet=True),
+        )
+    except wandb.errors.Error as exc:
+        reason = " ".join(str(exc).split())
+        raise ValueError(
+            f"wandb could not start in logging.wandb_mode={cfg.wandb_mode} ({reason}); run `wandb "
+            f"login` or set WANDB_API_KEY, or use logging.wandb_mode=offline (sync later with "
+            f"`wandb sync`)."
+        ) from None
+
+
+def _start_tensorboard(log_dir: Path, purge_step: int):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError(
+            "logging.tensorboard=true needs the tensorboard package: pip install 'taidtron[tensorboard]' "
+            "(or pip install tensorboard), or set logging.tensorboard=false."
+        ) from None
+    # purge_step: TensorBoard drops events at or after it that an interrupted earlier start wrote past the checkpoint.
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)

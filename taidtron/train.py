@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -18,8 +20,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Distil a teacher LM into a student with TAID on megatron-core (TP/PP/DP).",
         epilog="overrides: any config key as section.key=value, e.g. optim.lr=3e-4 parallel.tp=2\n"
-               "exit codes: 0 done, 75 preempted by SIGUSR1/SIGTERM after saving a checkpoint (requeue to resume),"
-               "\n            2 bad input: configuration, checkpoint, tokenizer or data (the message says what to change)"
+               "exit codes: 0 done\n"
+               "            2 bad input: configuration, checkpoint, tokenizer or data (the message says what to fix)\n"
+               "            75 preempted by SIGUSR1/SIGTERM/SIGINT after saving a checkpoint (requeue to resume)\n"
+               "            128+N stopped by signal N without saving: a second SIGTERM/SIGINT, or a stop signal after\n"
+               "              another rank of the job on this host had exited"
                "\n\nconfig keys (defaults):" + config_help(),
     )
     parser.add_argument("--config", help="YAML experiment file (see configs/)")
@@ -33,22 +38,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_output_dirs(cfg) -> None:
+    """The run and checkpoint directories can be created and written: checked before anything is built, so that a
+    typo does not surface at the first save."""
+    from taidtron.config import ConfigError
+
+    for key, directory in (("logging.run_dir", cfg.logging.run_dir), ("checkpoint.dir", cfg.checkpoint.dir)):
+        if directory is None:
+            continue
+        try:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"{key}={directory} is not a writable directory ({exc.strerror or exc}); choose "
+                              f"another {key}.") from None
+
+
+def user_error(kind: str, exc: Exception) -> int:
+    """Bad input: one line on stderr (whatever the message holds), exit code 2."""
+    print(f"taidtron: {kind}: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    from taidtron import lifetime
     from taidtron.preemption import StopSignal
 
-    # First thing, before torch is imported: a SIGUSR1/SIGTERM during start-up must not kill the rank.
+    # First thing, before torch is imported: a SIGUSR1/SIGTERM during start-up must not kill the rank, and every
+    # helper process forked from here on dies with this one.
     stop = StopSignal()
+    lifetime.install()
     from taidtron.config import ConfigError, load_config
 
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        check_output_dirs(cfg)
     except ConfigError as exc:
-        print(f"taidtron: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return user_error("configuration error", exc)
 
     from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
-    from taidtron.trainer import fit, model_roles
+
+    try:
+        from taidtron.trainer import fit, model_roles
+    except ImportError as exc:  # an install to repair, e.g. a broken Transformer Engine (taidtron.models says how)
+        return user_error("installation error", exc)
 
     try:
         ctx = init_distributed(cfg.parallel)
@@ -56,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         seed_everything(cfg.seed, ctx)
         return fit(cfg, ctx, stop)
     except ValueError as exc:  # ConfigError, CheckpointError, tokenizer/data errors: the user must change something
-        print(f"taidtron: error: {exc}", file=sys.stderr)
-        return 2
+        return user_error("error", exc)
     finally:
         destroy_distributed()
 

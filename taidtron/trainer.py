@@ -329,12 +329,13 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     process start, so a signal that arrives while the run is being built still ends in a save."""
     from pathlib import Path
 
-    from taidtron import checkpoint, overrides
+    from taidtron import checkpoint, console, overrides
     from taidtron.config import save_config
-    from taidtron.data import build_data_iterators, load_shared_tokenizer
+    from taidtron.data import build_data_iterators, check_blend, load_shared_tokenizer
     from taidtron.metrics import MetricsLogger, peak_flops_per_gpu
 
     tokenizer = load_shared_tokenizer(cfg.data)
+    datasets = check_blend(cfg.data, tokenizer)  # files, index, sizes and tokenizer, before any model is built
     trainer = build_trainer(cfg, ctx, tokenizer.vocab_size)
     student = trainer.student
     run_dir = Path(cfg.logging.run_dir)
@@ -355,9 +356,9 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     config_dict = cfg.to_dict()
     logger = MetricsLogger(cfg.logging, enabled=ctx.is_main, total_steps=cfg.optim.train_steps,
                            start_step=trainer.step, config_dict=config_dict)
-    if latest is not None:
-        t_note = f" (t={trainer.schedule.t:.4f})" if trainer.objective.uses_t else ""
-        logger.write_console(f"resumed from {latest} at step {trainer.step}{t_note}")
+    if ctx.is_main:
+        logger.write_console(console.banner(cfg, ctx, trainer, datasets=datasets, resumed_from=latest,
+                                            wandb_run=logger.wandb_description))
     peak_flops = peak_flops_per_gpu(torch.cuda.get_device_name() if ctx.device.type == "cuda" else None)
     # Model FLOPs per token: 6N for the student (forward + backward), 2N for the teacher (forward only).
     flops_per_token = 6 * trainer.student_params + 2 * trainer.teacher_params

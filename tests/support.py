@@ -30,7 +30,7 @@ from taidtron.distributed import free_port
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_ENV = "TAIDTRON_TEST_RESULTS"
 
-__all__ = ["REPO_ROOT", "free_port", "report", "run_cli", "run_torchrun", "subprocess_env"]
+__all__ = ["REPO_ROOT", "free_port", "report", "run_cli", "run_torchrun", "still_running", "subprocess_env"]
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
@@ -81,6 +81,27 @@ def run_torchrun(script: str | Path, nproc: int, *args: str, timeout: float = 30
             pytest.fail(f"torchrun {script}: no results from {', '.join(missing)}\nSTDOUT:\n{proc.stdout[-4000:]}"
                         f"\nSTDERR:\n{proc.stderr[-4000:]}")
         return [json.loads(f.read_text()) for f in files]
+
+
+def still_running(pids: list[int], wait_s: float = 5.0) -> list[int]:
+    """The processes among `pids` still alive after waiting up to `wait_s` seconds for them to end (a zombie has
+    ended: only its exit status is left for its parent to collect)."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.1)
 
 
 def report(**values: Any) -> None:

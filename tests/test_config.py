@@ -32,7 +32,11 @@ def test_saved_config_loads_back_identically(tmp_path):
     (["optim.lr=fast"], "optim.lr must be of type float"),
     (["parallel.sequence_parallel=true"], "needs parallel.tp > 1"),
     (["taid.beta=1.0"], "taid.beta=1.0 must be in [0, 1)"),
-    (["student.num_query_groups=3"], "must be a multiple of model.num_query_groups (3)"),
+    (["student.num_query_groups=3"], "must be a multiple of student.num_query_groups (3)"),
+    (["teacher.family=gpt"], "teacher.family='gpt' is not supported"),
+    (["optim.lr=[1"], "override optim.lr=[1 is not a valid YAML value"),
+    (["parallel.tp=true"], "parallel.tp must be a number"),
+    (["logging.log_interval=0"], "logging.log_interval=0 must be >= 1"),
     (["precision=fp16"], "precision='fp16'"),
     (["optim"], "must look like section.key=value"),
 ])

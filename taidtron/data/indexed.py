@@ -23,6 +23,7 @@ import numpy as np
 
 from taidtron.data.records import Record, expand_inputs, iter_records, record_text
 from taidtron.data.tokenizer import load_tokenizer
+from taidtron.lifetime import die_with_parent
 
 META_SUFFIX = ".meta.json"
 
@@ -37,6 +38,12 @@ def _init_worker(tokenizer_path: str, eod_token: str | None, json_key: str, dtyp
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one process per core already
     _WORKER.update(tok=load_tokenizer(tokenizer_path, eod_token=eod_token), json_key=json_key,
                    dtype=np.dtype(dtype_name))
+
+
+def _start_worker(parent_pid: int, *init_args) -> None:
+    """Pool initializer: the worker dies with the tokenizing process (a killed parent leaves no idle pool behind)."""
+    die_with_parent(parent_pid)
+    _init_worker(*init_args)
 
 
 def _encode(record: Record) -> tuple[np.ndarray | None, int]:
@@ -57,9 +64,19 @@ def dataset_files(prefix: str | Path) -> tuple[Path, Path, Path]:
 
 
 def read_meta(prefix: str | Path) -> dict | None:
-    """The sidecar written by `build_indexed_dataset`, or None for datasets built by other tools."""
-    meta = dataset_files(prefix)[2]
-    return json.loads(meta.read_text()) if meta.is_file() else None
+    """The sidecar written by `build_indexed_dataset`, or None for datasets built by other tools. Raises ValueError
+    naming the file when it exists but is not a JSON object."""
+    path = dataset_files(prefix)[2]
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        meta = exc
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is unreadable ({meta!s:.80}); delete it (the data is then checked by sampling) or "
+                         f"rebuild the dataset with tools/preprocess_data.py.")
+    return meta
 
 
 def build_indexed_dataset(
@@ -117,7 +134,7 @@ def build_indexed_dataset(
             # fork keeps worker start-up cheap (megatron-core is already imported); the tokenizer is re-loaded
             # in each worker by the initializer.
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            pool = ctx.Pool(workers, initializer=_init_worker, initargs=init_args)
+            pool = ctx.Pool(workers, initializer=_start_worker, initargs=(os.getpid(), *init_args))
             encoded = pool.imap(_encode, records, chunksize=64)
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenize -> {Path(prefix).name}",
                   disable=not progress) as bar:

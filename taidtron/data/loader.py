@@ -26,16 +26,21 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
 from taidtron import overrides
-from taidtron.data.indexed import dataset_files, read_meta
+from taidtron.data.indexed import dataset_files
 from taidtron.data.tokenizer import Tokenizer
+from taidtron.data.validate import check_dataset
 from taidtron.distributed import world_of_one
+from taidtron.lifetime import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -84,30 +89,6 @@ def parse_split(split: str) -> list[float]:
     return [v / sum(values) for v in values]
 
 
-def _check_dataset(prefix: str, tokenizer: Tokenizer, shares: list[float]) -> None:
-    """Clear errors before megatron-core's asserts: missing files, another tokenizer, a split left empty."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-    bin_path, idx_path, _ = dataset_files(prefix)
-    if not (bin_path.is_file() and idx_path.is_file()):
-        raise ValueError(f"dataset {prefix} not found (need {bin_path} and {idx_path}); build it with "
-                         "tools/preprocess_data.py or fix data.blend.")
-    meta = read_meta(prefix)
-    if meta is not None and meta.get("tokenizer_fingerprint") not in (None, tokenizer.fingerprint()):
-        raise ValueError(f"dataset {prefix} was tokenized with {meta.get('tokenizer')} (fingerprint "
-                         f"{meta['tokenizer_fingerprint'][:12]}), not with data.tokenizer {tokenizer.path} "
-                         f"({tokenizer.fingerprint()[:12]}); re-run tools/preprocess_data.py with this tokenizer.")
-    num_docs = len(IndexedDataset(prefix).sequence_lengths)
-    bounds = [0.0]
-    for share in shares:
-        bounds.append(bounds[-1] + share)
-    for name, beg, end in zip(("train", "valid", "test"), bounds[:-1], bounds[1:]):
-        # megatron-core rounds the split bookends to documents the same way
-        if end > beg and int(round(end * num_docs)) <= int(round(beg * num_docs)):
-            raise ValueError(f"dataset {prefix} has {num_docs} documents, so data.split leaves its {name} part "
-                             f"empty; use more data or change data.split.")
-
-
 def _content_key(prefixes: list[str]) -> str:
     """A digest of the datasets' content (.idx bytes and .bin size), independent of mtime and location."""
     h = hashlib.sha256()
@@ -138,8 +119,8 @@ def build_datasets(data_cfg: Any, tokenizer: Tokenizer, *, train_samples: int, v
 
     prefixes, weights = parse_blend(data_cfg.blend)
     shares = parse_split(data_cfg.split)
-    for prefix in prefixes:
-        _check_dataset(prefix, tokenizer, shares)
+    for prefix in prefixes:  # already done by the trainer before it built anything; cheap (sampled)
+        check_dataset(prefix, tokenizer, shares)
     overrides.ensure_dataset_helpers()
     if train_samples < 1:
         raise ValueError(f"train_samples={train_samples} must be >= 1.")
@@ -212,9 +193,15 @@ def collate(samples: list[dict]) -> Batch:
     return batch
 
 
+def _worker_dies_with(parent_pid: int, _worker_id: int) -> None:
+    die_with_parent(parent_pid)
+
+
 def _loader(dataset, sampler: PretrainingBatchSampler, num_workers: int) -> Iterator[Batch]:
+    # Workers die with this process at once (torch's own watchdog would notice a dead parent only within seconds).
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                                         collate_fn=collate, persistent_workers=False)
+                                         collate_fn=collate, persistent_workers=False,
+                                         worker_init_fn=partial(_worker_dies_with, os.getpid()))
     return iter(loader)
 
 

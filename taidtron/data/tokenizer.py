@@ -17,8 +17,9 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from megatron.core.tokenizers import MegatronTokenizerBase
 

@@ -152,7 +152,7 @@ def test_user_errors_name_the_problem(tmp_path, smoke_prefix, smoke_tok, hf_toke
         iterators(data_cfg([], tmp_path), smoke_tok)
     with pytest.raises(ValueError, match="weight 'x'"):
         iterators(data_cfg(["x", smoke_prefix, 1, smoke_prefix], tmp_path), smoke_tok)
-    with pytest.raises(ValueError, match="tokenized with .* re-run tools/preprocess_data.py"):
+    with pytest.raises(ValueError, match="tokenized with .* tokenize the data with data.tokenizer"):
         iterators(data_cfg([smoke_prefix], tmp_path), load_tokenizer(hf_tokenizer_json))
     with pytest.raises(ValueError, match="data.split"):
         iterators(data_cfg([smoke_prefix], tmp_path, split="0,1,0"), smoke_tok)

@@ -82,18 +82,43 @@ def test_run_writes_config_validation_and_periodic_checkpoints(short_run):
 
 @pytest.mark.parametrize("override, message", [
     (["optim.lrr=1"], "unknown config key(s) optim.lrr"),
+    (["foo.bar=1"], "unknown config key(s) foo; valid keys under the root"),
     (["parallel.tp=3"], "parallel.tp * parallel.pp"),
     (["taid.loss=kl"], "taid.loss='kl' is unknown"),
     (["taid.t_start=0.9", "taid.t_end=0.5"], "taid.t_start"),
     (["parallel.global_batch_size=6"], "parallel.global_batch_size (6) must be a multiple"),
+    (["optim.lr=[1"], "override optim.lr=[1 is not a valid YAML value"),
+    (["optim.lr=fast"], "optim.lr must be of type float, got 'fast'"),
+    (["parallel.tp=true"], "parallel.tp must be a number, got True"),
+    (["student.family=gpt"], "student.family='gpt' is not supported"),
+    (["teacher.num_attention_heads=5"], "teacher.hidden_size (96) must be a multiple of teacher.num_attention_heads"),
+    (["--config", "configs"], "config file configs is a directory"),
+    (["--config", "configs/missing.yaml"], "config file configs/missing.yaml does not exist"),
+    (["logging.run_dir=configs/smoke.yaml/run"], "logging.run_dir=configs/smoke.yaml/run is not a writable directory"),
     (["data.tokenizer=missing.model"], "missing.model"),
+    (["data.tokenizer=configs/smoke.yaml"], "unknown tokenizer format for configs/smoke.yaml"),
+    (["data.tokenizer=configs"], "directory configs holds neither tokenizer.json nor tokenizer.model"),
+    (["data.blend=[data/smoke/missing]"], "data/smoke/missing.bin and data/smoke/missing.idx not found"),
+    (["teacher.init=configs"], "configs is not a taidtron checkpoint"),
 ])
 def test_invalid_configuration_stops_with_one_clear_message(override, message):
     proc = run_train(*TINY, *override)
-    assert proc.returncode != 0
-    assert proc.returncode == 2
+    assert proc.returncode == 2, proc.stderr[-3000:]
     assert message in proc.stderr, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-3000:]  # one line: no traceback, no warnings
+
+
+def test_a_yaml_syntax_error_in_the_config_file_is_one_line_naming_where(tmp_path):
+    lines = (REPO_ROOT / "configs" / "smoke.yaml").read_text().splitlines()
+    opened = lines.index("  lr: 3.0e-3") + 1  # 1-based line of the bracket opened and never closed
+    lines[opened - 1] = "  lr: [3.0e-3"
+    bad = tmp_path / "exp.yaml"
+    bad.write_text("\n".join(lines) + "\n")
+    proc = run_train(f"--config={bad}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"taidtron: configuration error: config file {bad} is not valid YAML: expected ',' or ']', but got ':' at "
+        f"line {opened + 1}, column 9, while parsing a flow sequence at line {opened}."], proc.stderr
 
 
 @pytest.mark.parametrize("loss", ["fkl", "skew_rkl", "js"])
@@ -104,6 +129,15 @@ def test_baseline_objectives_train_through_the_same_loop(loss, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["loss"] >= 0 and r["grad_norm"] > 0 for r in rows)
     assert not any("taid_t" in r for r in rows)  # t is logged only where the loss uses it
+    # A batch log: one banner, then a plain line per step (log_interval 1), no progress bar, no library noise.
+    meta = json.loads((REPO_ROOT / "data/smoke/smoke_text_document.meta.json").read_text())
+    assert proc.stdout.count("layout      world 1 = tp 1 x pp 1 x dp 1") == 1, proc.stdout
+    assert f"objective   taid.loss={loss}" in proc.stdout
+    assert f"data/smoke/smoke_text_document: {meta['documents']:,} documents, {meta['tokens']:,} tokens" in proc.stdout
+    assert f"plan        3 steps = {3 * 8 * 64 / 1e3:.2f}K tokens ({3 * 8 * 64:,}); new run" in proc.stdout
+    assert [line.split(" | ")[0] for line in proc.stdout.splitlines() if line.startswith("step ")] == \
+        ["step 1/3", "step 2/3", "step 3/3"]
+    assert "\r" not in proc.stdout and "Warning" not in proc.stderr, proc.stderr[-3000:]
 
 
 @pytest.mark.multiprocess

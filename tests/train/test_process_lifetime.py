@@ -1,0 +1,188 @@
+"""The real trainer and its processes: a SIGKILLed trainer leaves no helper behind, a rank that fails under torchrun
+stops the others at once (no 30 s wait for torchrun's SIGKILL), a preempted healthy job still saves and exits 75,
+and a second SIGTERM/SIGINT stops a rank at once."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.support import REPO_ROOT, RESULTS_ENV, free_port, still_running, subprocess_env
+from tests.train.test_training_run import TINY
+
+WORKER = Path(__file__).with_name("crash_worker.py")
+LONG_RUN = [*TINY, "optim.train_steps=500", "optim.warmup_steps=1", "logging.eval_interval=0"]
+TORCHRUN = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--nproc-per-node=2",
+    "--nnodes=1",
+    "--master-addr=127.0.0.1",
+]
+# What launch/torchrun.sh sets: SIGUSR1 forwarded too, and 600 s for the ranks to save after a signal.
+TORCHRUN_ENV = {
+    "PET_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
+    "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "600",
+}
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 300, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"exited with {proc.returncode} before {what}:\n{proc.stderr.read()[-4000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {what} after {timeout} s")
+        time.sleep(0.2)
+
+
+def steps_logged(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def test_kill_9_of_a_trainer_after_its_first_save_leaves_no_process_behind(tmp_path):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "taidtron.train",
+            "--config",
+            "configs/smoke.yaml",
+            *LONG_RUN,
+            "checkpoint.save_interval=1",
+            "logging.wandb_mode=offline",
+            f"logging.run_dir={tmp_path}",
+        ],
+        cwd=REPO_ROOT,
+        env=subprocess_env(WANDB_SILENT="true"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: (tmp_path / "checkpoints" / "latest").is_file(), proc, what="first checkpoint")
+    descendants = psutil.Process(proc.pid).children(recursive=True)
+    described = {p.pid: " ".join(p.cmdline()[:3]) for p in descendants}
+    # the checkpoint writer's Manager at least (wandb's service processes too)
+    assert any("taidtron.train" in cmd for cmd in described.values()), described
+    proc.kill()
+    proc.wait(timeout=30)
+    survivors = still_running(list(described))
+    for pid in survivors:
+        psutil.Process(pid).kill()
+    assert survivors == [], f"still running 5 s after the trainer's SIGKILL: {[described[p] for p in survivors]}"
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("where", ["start-up", "step-2"])
+def test_a_rank_failing_under_torchrun_stops_the_other_ranks_at_once(where, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    proc = subprocess.Popen(
+        [
+            *TORCHRUN,
+            f"--master-port={free_port()}",
+            str(WORKER),
+            "1",
+            where,
+            "--config",
+            "configs/smoke.yaml",
+            *LONG_RUN,
+            f"logging.run_dir={tmp_path / 'run'}",
+        ],
+        cwd=REPO_ROOT,
+        env=subprocess_env(**TORCHRUN_ENV, **{RESULTS_ENV: str(results)}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines, sigterm_at = [], None
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:  # torchrun logs when it signals the surviving rank; read it as it comes
+        lines.append(line)
+        if sigterm_at is None and "closing signal SIGTERM" in line:
+            sigterm_at = time.monotonic()
+        if time.monotonic() > deadline:
+            proc.kill()
+    proc.wait(timeout=60)
+    ended_at = time.monotonic()
+    output = "".join(lines)
+    assert proc.returncode != 0 and (results / "rank1.json").is_file(), output[-4000:]  # the failure happened
+    assert sigterm_at is not None, output[-4000:]
+    timing = f"torchrun ended {ended_at - sigterm_at:.1f} s after it sent SIGTERM to the surviving rank"
+    # Before: the survivor ignored that SIGTERM and torchrun SIGKILLed it 30 s later (its fixed timeout on failure).
+    assert "SIGKILL" not in output, f"{timing}\n{output[-4000:]}"
+    assert "the job has failed and cannot save; stopping now" in output, f"{timing}\n{output[-4000:]}"
+    assert ended_at - sigterm_at < 15, f"{timing}\n{output[-4000:]}"  # torchrun itself kills at 30 s
+    assert not (tmp_path / "run" / "checkpoints" / "latest").exists()
+
+
+@pytest.mark.multiprocess
+def test_sigterm_to_torchrun_of_a_healthy_job_saves_on_every_rank_and_exits_75(tmp_path):
+    proc = subprocess.Popen(
+        [
+            *TORCHRUN,
+            f"--master-port={free_port()}",
+            "-m",
+            "taidtron.train",
+            "--config",
+            "configs/smoke.yaml",
+            *LONG_RUN,
+            f"logging.run_dir={tmp_path}",
+        ],
+        cwd=REPO_ROOT,
+        env=subprocess_env(**TORCHRUN_ENV),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: steps_logged(tmp_path) >= 2, proc, what="two optimizer steps")
+    proc.send_signal(signal.SIGTERM)  # a scheduler stopping the job: torchrun forwards it to both ranks
+    stdout, stderr = proc.communicate(timeout=300)
+    output = stdout + stderr
+    steps = steps_logged(tmp_path)
+    assert f"saved at step {steps}; exiting with 75" in output, output[-4000:]
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == f"iter_{steps:07d}"
+    assert "SIGKILL" not in output and "stopping now" not in output, output[-4000:]
+
+
+def test_a_second_sigterm_or_sigint_stops_at_once_without_saving(tmp_path):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "taidtron.train",
+            "--config",
+            "configs/smoke.yaml",
+            *LONG_RUN,
+            f"logging.run_dir={tmp_path}",
+        ],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: steps_logged(tmp_path) >= 1, proc, what="one optimizer step")
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)  # two pending SIGTERMs would merge into one; a save takes seconds
+    second = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)  # the process itself (a few lines of output cannot fill the pipes)
+    took = time.monotonic() - second
+    _, stderr = proc.communicate(timeout=60)
+    # Before: the second signal was only recorded; the rank saved and exited 75 (or 1 on a traceback).
+    assert proc.returncode == 128 + signal.SIGINT, (
+        f"exit {proc.returncode} {took:.1f} s after the second signal\n{stderr[-3000:]}"
+    )
+    assert took < 15, f"{took:.1f} s from the second signal to the exit"  # generous: a shared, loaded CI machine
+    assert "SIGINT received again: stopping now, without saving" in stderr
+    assert not (tmp_path / "checkpoints" / "latest").exists()
