@@ -96,7 +96,7 @@ def banner(cfg, ctx, trainer, *, datasets: list, resumed_from=None, wandb_run: s
     """The start-up summary a batch log opens with (rank 0): layout, models, data and epochs, the plan, the
     objective, and where the outputs go. `datasets` are `taidtron.data.validate.DatasetSummary`s; `trainer` is the
     built (and resumed) `taidtron.trainer.Trainer`."""
-    from taidtron.data.loader import parse_blend, parse_split
+    from taidtron.data.validate import parse_blend, parse_split
     from taidtron.models.gpt import _has_transformer_engine
 
     par, optim, data, taid = cfg.parallel, cfg.optim, cfg.data, cfg.taid

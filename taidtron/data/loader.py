@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -38,7 +37,7 @@ import torch
 from taidtron import overrides
 from taidtron.data.indexed import dataset_files
 from taidtron.data.tokenizer import Tokenizer
-from taidtron.data.validate import check_dataset
+from taidtron.data.validate import check_dataset, parse_blend, parse_split
 from taidtron.distributed import world_of_one
 from taidtron.lifetime import die_with_parent
 
@@ -50,43 +49,6 @@ BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
 
 # ----------------------------------------------------------------------------------------------------------
 # blend, split and cache
-
-
-def parse_blend(blend: list[Any]) -> tuple[list[str], list[float] | None]:
-    """`[prefix, ...]` or `[w1, prefix1, w2, prefix2, ...]` -> (prefixes, weights or None)."""
-    if not blend:
-        raise ValueError("data.blend is empty; set it to a dataset prefix built by tools/preprocess_data.py, "
-                         "e.g. data.blend=[data/smoke/smoke_text_document].")
-    if len(blend) == 1:
-        return [str(blend[0])], None
-    if len(blend) % 2:
-        raise ValueError(f"data.blend={blend} must alternate weight and prefix: [w1, p1, w2, p2, ...].")
-    weights, prefixes = [], []
-    for w, p in zip(blend[0::2], blend[1::2]):
-        try:
-            weight = float(w)
-        except (TypeError, ValueError):
-            raise ValueError(f"data.blend weight {w!r} (before {p!r}) is not a number; the blend must alternate "
-                             "weight and prefix: [w1, p1, w2, p2, ...].") from None
-        if weight <= 0:
-            raise ValueError(f"data.blend weight {w!r} for {p!r} must be > 0.")
-        weights.append(weight)
-        prefixes.append(str(p))
-    return prefixes, weights
-
-
-def parse_split(split: str) -> list[float]:
-    """"98,2,0" -> normalized [train, valid, test] shares, as megatron-core reads it."""
-    parts = [s for s in re.split(r"[,/ ]+", str(split).strip()) if s]
-    try:
-        values = [float(s) for s in parts]
-    except ValueError:
-        raise ValueError(f"data.split={split!r} must be up to three numbers, e.g. '98,2,0'.") from None
-    if not 1 <= len(values) <= 3 or any(v < 0 for v in values) or sum(values) <= 0 or values[0] <= 0:
-        raise ValueError(f"data.split={split!r} must be up to three non-negative numbers with a positive train "
-                         "share, e.g. '98,2,0'.")
-    values += [0.0] * (3 - len(values))
-    return [v / sum(values) for v in values]
 
 
 def _content_key(prefixes: list[str]) -> str:
