@@ -6,6 +6,7 @@ Only the main rank writes; every row is flushed as it is written so a killed job
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -24,6 +25,13 @@ def peak_flops_per_gpu(device_name: str | None) -> float | None:
         if key in device_name:
             return tflops * 1e12
     return None
+
+
+def json_line(row: dict) -> str:
+    """One strict JSON line: a NaN or infinite value (a skipped step's loss or gradient norm) is written as null,
+    never as the bare NaN / Infinity that strict parsers reject."""
+    finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+    return json.dumps(finite, allow_nan=False) + "\n"
 
 
 class MetricsLogger:
@@ -47,25 +55,27 @@ class MetricsLogger:
                                         config=config_dict, name=Path(cfg.run_dir).name, resume="allow")
 
     def _truncate_after(self, step: int) -> None:
-        """On resume, rows past the checkpoint's step were never committed to a checkpoint: drop them so the
-        file reads as one uninterrupted run."""
-        if not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
-            except json.JSONDecodeError:
-                break  # a torn last line from a killed writer
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(self.path)
+        """On resume, rows past the checkpoint's step (metrics.jsonl, eval.jsonl) were never committed to a
+        checkpoint: drop them so each file reads as one uninterrupted run."""
+        for path in (self.path, self.path.parent / "eval.jsonl"):
+            if not path.exists():
+                continue
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a torn last line from a killed writer
+                if row.get("step", 0) <= step:
+                    kept.append(json_line(row))  # rows of older versions' bare NaN become null
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(kept))
+            tmp.replace(path)
 
     def log(self, row: dict) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps(row) + "\n")
+        self.file.write(json_line(row))
         self.file.flush()
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
@@ -84,7 +94,7 @@ class MetricsLogger:
         if self.wandb_run is not None:
             self.wandb_run.log({f"valid/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
         with open(self.path.parent / "eval.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json_line(row))
 
     def write_console(self, text: str) -> None:
         if self.enabled:
