@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -59,7 +60,7 @@ def _size(directory: Path) -> int:
 def test_a_save_that_runs_out_of_space_keeps_the_previous_checkpoint_and_says_so(tmp_path):
     # One checkpoint of this run, measured on the ordinary disk at the same layout (2 data-parallel ranks).
     measure = tmp_path / "measure"
-    run_train([*ARGS, "optim.train_steps=1", f"logging.run_dir={measure}"], nproc=2)
+    run_train([*ARGS, "optim.train_steps=2", f"logging.run_dir={measure}"], nproc=2)
     one = _size(measure / "checkpoints" / "iter_0000001")
 
     # Room for one and a half checkpoints: the save at step 1 fits, the one at step 2 does not.
@@ -78,7 +79,7 @@ def test_a_save_that_runs_out_of_space_keeps_the_previous_checkpoint_and_says_so
         assert f"no space left on the file system of {ckpt_dir} while saving step 2" in message
         assert "MiB free after removing the partial save" in message
         assert f"{ckpt_dir / 'iter_0000001'} is still the latest checkpoint" in message
-        assert "Traceback" not in proc.stderr
+        assert not re.search(r"\[rank\d\]: Traceback", proc.stderr)  # torchrun's own report aside, no traceback
 
         # The partial save is gone, the previous checkpoint is complete and still `latest`.
         assert sorted(p.name for p in ckpt_dir.iterdir()) == ["iter_0000001", "latest"]
