@@ -1023,7 +1023,8 @@ def _save_failure_message(error: BaseException | None, out_of_space: bool, ckpt_
         return (f"no space left on the file system of {ckpt_dir} while saving step {step}: {_mib(free)} free after "
                 f"removing the partial save{need}. The partial save was removed and {previous}. Free space there, "
                 f"lower checkpoint.keep_last, or set checkpoint.dir to a larger file system, then resume.")
-    reason = "it failed on another rank" if error is None else f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+    reason = "it failed on another rank" if error is None \
+        else f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
     return (f"saving step {step} to {ckpt_dir} failed ({reason}). The partial save was removed and {previous}; "
             f"check that the directory is writable, then resume.")
 

@@ -248,10 +248,10 @@ class CheckpointConfig:
     """Resume from this iteration (its step) instead of `latest`, e.g. when `latest` is damaged or diverged. It
     must be a complete checkpoint in `dir`. None: `latest`."""
     override: list[str] = field(default_factory=list)
-    """Config keys a resume may change although the checkpoint fixes them, e.g. [optim.lr, optim.min_lr] to lower
-    the learning rate after a divergence. A resumed run whose config differs from the checkpoint's in any other
-    such key (models, optimizer and LR schedule, TAID, data, batch size, precision, seed) is refused; see
-    docs/checkpoints.md."""
+    """Config keys a resume may change although the checkpoint fixes them (optimizer and LR schedule, TAID, data
+    blend/split/seed/seq_length, global batch size), e.g. [optim.lr, optim.min_lr] to lower the learning rate after
+    a divergence. A resume whose config differs from the checkpoint's in a fixed key not listed here is refused; the
+    models' architecture, precision and seed never change on resume (docs/checkpoints.md)."""
 
     def __post_init__(self) -> None:
         if self.save_interval < 0 or self.keep_last < 0:

@@ -13,7 +13,6 @@ With an objective that needs no teacher (`taid.loss=lm`) the same loop trains th
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from functools import partial

@@ -37,8 +37,9 @@ def step_if_finite(optimizer, *, loss: float, clip_grad: float) -> tuple[bool, f
                 continue
             params = sub.get_parameters()
             if params:
+                decoupled = sub.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8
                 clip_grad_by_total_norm_fp32(params, max_norm=clip_grad, total_norm=grad_norm,
-                                             use_decoupled_grad=sub.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
+                                             use_decoupled_grad=decoupled)
     return bool(optimizer.step_with_ready_grads()), grad_norm
 
 
