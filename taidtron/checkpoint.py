@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import hashlib
 import json
 import logging
@@ -67,6 +68,11 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, incomplete, malformed or does not fit the model."""
+
+
+class SaveError(CheckpointError):
+    """A save that was refused (non-finite state) or failed (e.g. no space left); the previous checkpoint is
+    intact and still `latest`."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -428,6 +434,226 @@ def check_teacher_unchanged(saved: TeacherSource | None, current: TeacherSource 
         log.warning("teacher checkpoint moved from %s to %s (same content); continuing", saved.path, current.path)
 
 
+def check_tokenizer(meta: CheckpointMeta, what: str, tokenizer: TokenizerRef) -> None:
+    """The checkpoint's weights were trained with the run's tokenizer (equal fingerprints), when it records one
+    (Hugging Face imports do not: their folder holds it)."""
+    if meta.tokenizer is None or meta.tokenizer.fingerprint == tokenizer.fingerprint:
+        return
+    raise CheckpointError(f"{what} was trained with the tokenizer {meta.tokenizer.path} (fingerprint "
+                          f"{meta.tokenizer.fingerprint[:12]}), but data.tokenizer is {tokenizer.path} (fingerprint "
+                          f"{tokenizer.fingerprint[:12]}): the same ids would name other tokens. Set data.tokenizer "
+                          f"to the tokenizer the checkpoint was trained with, or use a checkpoint trained with this "
+                          f"one.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# resuming a run: which checkpoint, and what may differ from its config
+
+
+RESUME_FREE_KEYS = ("logging.", "checkpoint.", "parallel.tp", "parallel.pp", "parallel.sequence_parallel",
+                    "parallel.micro_batch_size", "parallel.distributed_optimizer", "taid.loss_impl",
+                    "taid.chunk_tokens", "data.tokenizer", "data.teacher_tokenizer", "data.cache_dir", "student.init",
+                    "teacher.init", "optim.max_skipped_steps")
+"""Config keys (a trailing dot: a whole section) a resumed run may change freely: they change how the run is
+logged, saved, laid out or computed, not what it trains. The layout reshards on load; the tokenizer is compared by
+its fingerprint and the teacher by its content instead of by path."""
+RESUME_FROZEN_KEYS = {
+    "student.": "the checkpoint holds a student of this architecture",
+    "teacher.": "the run distils from this teacher (start a new run for another one)",
+    "precision": "the weights and optimizer state were saved in this precision (start a new run with "
+                 "student.init=<the checkpoint> to change it)",
+    "seed": "the random streams are restored from the checkpoint, so a new seed would not take effect",
+}
+"""Keys a resume cannot change even on purpose, and why. Every other key the checkpoint fixes (optimizer and LR
+schedule, TAID, data blend/split/seed/sequence length, global batch size) can be changed by listing it in
+`checkpoint.override`."""
+
+
+def _matches(key: str, patterns) -> str | None:
+    return next((p for p in patterns if key == p or (p.endswith(".") and key.startswith(p))), None)
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """A config key whose value differs from the one the checkpoint was written with."""
+
+    key: str
+    saved: Any
+    current: Any
+    kind: str
+    """`free` (applied), `extended` (optim.train_steps raised), `override` (fixed, accepted by checkpoint.override),
+    `refused` (fixed, not accepted) or `frozen` (cannot change on resume)."""
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.saved!r} -> {self.current!r}"
+
+
+def compare_configs(saved: dict, current: dict, override: list[str] = ()) -> list[ConfigChange]:
+    """Every leaf of two `TrainConfig.to_dict()` trees that differs, classified for a resume (see ConfigChange).
+    Keys only one side has (a taidtron version added or removed them) are not compared. The teacher section is
+    compared only when both configs train with a teacher."""
+    from taidtron.config import flatten_config
+    from taidtron.losses import objective_needs_teacher
+
+    old, new = flatten_config(saved), flatten_config(current)
+    teacher_matters = all(objective_needs_teacher(str(cfg.get("taid.loss", "taid"))) for cfg in (old, new))
+    changes = []
+    for key in sorted(set(old) & set(new)):
+        if old[key] == new[key] or (key.startswith("teacher.") and not teacher_matters):
+            continue
+        if key == "optim.train_steps" and new[key] > old[key]:
+            kind = "extended"
+        elif _matches(key, RESUME_FREE_KEYS):
+            kind = "free"
+        elif _matches(key, RESUME_FROZEN_KEYS):
+            kind = "frozen"
+        else:
+            kind = "override" if key in override else "refused"
+        changes.append(ConfigChange(key, old[key], new[key], kind))
+    return changes
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """What a start resumes from and what it changes (`plan_resume`)."""
+
+    directory: Path
+    """The iteration directory to load (verified complete)."""
+    meta: CheckpointMeta
+    changes: list[ConfigChange]
+    """Differences from the checkpoint's config that are applied (kinds free, extended, override)."""
+    stretch_schedule: bool
+    """Whether the LR and t schedules take the config's optim.train_steps as their horizon (listed in
+    checkpoint.override) instead of keeping the checkpoint's."""
+    newer: list[str]
+    """Iteration directories newer than the one loaded (an abandoned continuation), replaced as the run reaches
+    their steps."""
+
+    def describe(self) -> str:
+        """One line for the console and the run's config record."""
+        parts = [f"resumed from {self.directory} at step {self.meta.step}"]
+        for change in self.changes:
+            if change.kind == "extended" and not self.stretch_schedule:
+                parts.append(f"{change} (run extended; the LR and t schedules keep their {change.saved}-step "
+                             f"horizon: later steps run at optim.min_lr and t_end)")
+            elif change.kind == "extended":
+                parts.append(f"{change} (run extended; the LR and t schedules stretched to {change.current} steps)")
+            else:
+                parts.append(f"{change}{' (checkpoint.override)' if change.kind == 'override' else ''}")
+        if self.newer:
+            parts.append(f"newer checkpoints {', '.join(self.newer)} are from an abandoned continuation and will be "
+                         f"replaced")
+        return "; ".join(parts)
+
+
+def complete_iterations(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, directory) of every iteration in `ckpt_dir` that passes `verify_checkpoint`, newest first."""
+    found = []
+    for directory in Path(ckpt_dir).glob("iter_*"):
+        try:
+            found.append((verify_checkpoint(directory).step, directory))
+        except CheckpointError:
+            continue
+    return sorted(found, key=lambda item: item[0], reverse=True)
+
+
+def _choose_another_hint(ckpt_dir: Path, exclude: Path | None = None) -> str:
+    complete = [(step, d) for step, d in complete_iterations(ckpt_dir) if exclude is None or d.name != exclude.name]
+    if not complete:
+        return (f"No complete checkpoint is left in {ckpt_dir}; start a new run in another logging.run_dir (or "
+                f"checkpoint.dir).")
+    listed = ", ".join(f"{d.name} (step {step})" for step, d in complete[:5])
+    return (f"Complete checkpoints there: {listed}; resume from one with checkpoint.load_iteration={complete[0][0]} "
+            f"(or another of those steps).")
+
+
+def _resume_directory(ckpt_dir: Path, load_iteration: int | None) -> Path | None:
+    """The verified iteration directory to resume from: `load_iteration`'s, else `latest`'s, else None (no
+    `latest`: a fresh start)."""
+    if load_iteration is not None:
+        directory = ckpt_dir / iteration_name(load_iteration)
+        try:
+            if not directory.is_dir():
+                raise CheckpointError(f"{directory} does not exist")
+            verify_checkpoint(directory)
+        except CheckpointError as exc:
+            raise CheckpointError(f"checkpoint.load_iteration={load_iteration}: {exc} "
+                                  f"{_choose_another_hint(ckpt_dir)}") from None
+        return directory
+    latest = ckpt_dir / LATEST_FILE
+    if not latest.is_file():
+        return None
+    name = latest.read_text().strip()
+    directory = ckpt_dir / name
+    try:
+        if not name or not directory.is_dir():
+            raise CheckpointError(f"{directory} does not exist")
+        verify_checkpoint(directory)
+    except CheckpointError as exc:
+        raise CheckpointError(f"the latest checkpoint cannot be loaded: {latest} names {name!r}, and {exc} "
+                              f"{_choose_another_hint(ckpt_dir)}") from None
+    return directory
+
+
+def plan_resume(ckpt_cfg, ckpt_dir: str | Path, config: dict, tokenizer: TokenizerRef) -> ResumePlan | None:
+    """Decide, before anything is built, what this start resumes from; None for a fresh start. No process group
+    needed; every rank reaches the same answer from the same files.
+
+    `ckpt_cfg` is the checkpoint section, `config` the whole resolved config (`TrainConfig.to_dict()`). Raises
+    CheckpointError (one line, what to do) when the checkpoint to resume is damaged (listing the complete ones and
+    `checkpoint.load_iteration`), was trained with another tokenizer, already reached `optim.train_steps` (a
+    finished run is never resumed, nor its config rewritten), or when the config differs from the checkpoint's in a
+    key the checkpoint fixes and `checkpoint.override` does not list it."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_cfg.resume:
+        if (ckpt_dir / LATEST_FILE).is_file() or any(ckpt_dir.glob("iter_*")):
+            raise CheckpointError(f"checkpoint.resume=false, but {ckpt_dir} holds checkpoints of an earlier run, "
+                                  f"which this start would overwrite; choose another logging.run_dir (or "
+                                  f"checkpoint.dir) for a new run, or resume it (checkpoint.resume=true).")
+        return None
+    directory = _resume_directory(ckpt_dir, ckpt_cfg.load_iteration)
+    if directory is None:
+        return None
+    meta = read_meta(directory)
+    if not (meta.has_optimizer and meta.trainer is not None):
+        raise CheckpointError(f"{directory} holds no optimizer or trainer state ({meta.source.description}), so a "
+                              f"run cannot resume from it; use it as student.init in a new run directory.")
+    check_tokenizer(meta, f"the checkpoint {directory}", tokenizer)
+    from taidtron.config import flatten_config
+
+    train_steps = flatten_config(config)["optim.train_steps"]
+    saved_steps = flatten_config(meta.config or {}).get("optim.train_steps", train_steps)
+    if meta.step >= train_steps:
+        if train_steps == saved_steps:
+            raise CheckpointError(f"the run in {ckpt_dir} is complete: {directory.name} is at step {meta.step} = "
+                                  f"optim.train_steps, so there is nothing to resume (nothing was changed). To train "
+                                  f"further raise optim.train_steps (the run continues from step {meta.step}); for a "
+                                  f"new run choose another logging.run_dir (or checkpoint.dir).")
+        raise CheckpointError(f"optim.train_steps={train_steps}, but {directory} is already at step {meta.step}; "
+                              f"raise optim.train_steps above {meta.step}, or choose another logging.run_dir (or "
+                              f"checkpoint.dir) for a new run.")
+    changes = compare_configs(meta.config, config, ckpt_cfg.override) if meta.config else []
+    frozen = [c for c in changes if c.kind == "frozen"]
+    refused = [c for c in changes if c.kind == "refused"]
+    if frozen or refused:
+        problems = []
+        if refused:
+            keys = ",".join(c.key for c in refused)
+            problems.append(f"in keys the checkpoint fixes: {', '.join(map(str, refused))}; to apply "
+                            f"{'this change' if len(refused) == 1 else 'these changes'} on purpose, resume with "
+                            f"checkpoint.override=[{keys}]")
+        for change in frozen:
+            reason = RESUME_FROZEN_KEYS[_matches(change.key, RESUME_FROZEN_KEYS)]
+            problems.append(f"in {change}, which no resume can change: {reason}")
+        raise CheckpointError(f"the config differs from the checkpoint {directory} (step {meta.step}) "
+                              + "; and ".join(problems) + ". For a new run choose another logging.run_dir (or "
+                              "checkpoint.dir).")
+    newer = sorted(p.name for p in ckpt_dir.glob("iter_*") if p.is_dir() and p.name > directory.name)
+    return ResumePlan(directory=directory, meta=meta, changes=changes,
+                      stretch_schedule="optim.train_steps" in ckpt_cfg.override and saved_steps != train_steps,
+                      newer=newer)
+
+
 def iteration_name(step: int) -> str:
     return f"iter_{step:07d}"
 
@@ -449,6 +675,18 @@ def _barrier() -> None:
 
     if dist.is_initialized():
         dist.barrier()
+
+
+def _any_rank(*flags: bool) -> tuple[bool, ...]:
+    """Each flag OR-ed over every rank of the default group (one all-reduce); the flags themselves without one."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return tuple(bool(f) for f in flags)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    values = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return tuple(bool(v) for v in values.tolist())
 
 
 def _is_main() -> bool:
@@ -630,32 +868,169 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, *, model: torch.nn.Module, 
                     meta: CheckpointMeta, keep_last: int = 0) -> Path:
     """Save model (+ optimizer, + per-rank RNG states when training) under ckpt_dir/iter_<step>. All ranks call it.
 
+    Refused (SaveError, nothing written) when any rank's model or optimizer state holds a NaN or an infinity.
     Atomic: everything is written to a hidden temporary directory, renamed into place when complete, and only then
-    is `latest` updated (itself via rename). A crash at any point leaves the previous checkpoint as `latest`.
-    `keep_last` > 0 then removes all but the newest `keep_last` iteration directories (never the one just written).
+    is `latest` updated (itself via rename). A crash at any point leaves the previous checkpoint as `latest`; a
+    failed write (e.g. no space left) removes the temporary directory and raises SaveError on every rank.
+    `keep_last` > 0 then removes all but the newest `keep_last` iteration directories older than this one (each
+    renamed to a hidden name first, so a kill mid-removal never leaves a partial `iter_*`); iterations newer than
+    this step (from a run resumed at an earlier `checkpoint.load_iteration`) are left until a save replaces them.
     """
     ckpt_dir = Path(ckpt_dir)
     final = ckpt_dir / iteration_name(step)
     tmp = ckpt_dir / f".tmp_{final.name}"
+    _refuse_non_finite(model, optimizer, ckpt_dir, step)
     if _is_main():
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
     _barrier()
-    _write_iteration(tmp, model=model, optimizer=optimizer, meta=meta, step=step, save_rng=optimizer is not None)
+    error: BaseException | None = None
+    try:
+        _write_iteration(tmp, model=model, optimizer=optimizer, meta=meta, step=step, save_rng=optimizer is not None)
+    except (Exception, _checkpoint_exception()) as exc:  # torch's CheckpointException is a BaseException
+        error = exc
+    failed, out_of_space = _any_rank(error is not None, error is not None and _is_out_of_space(error))
+    if failed:
+        if _is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+        _barrier()
+        if error is not None and not out_of_space and not _is_os_error(error):
+            raise error  # not the file system: a bug, keep its traceback
+        raise SaveError(_save_failure_message(error, out_of_space, ckpt_dir, step)) from error
     if _is_main():
         replace_dir(tmp, final)  # a re-save of the same step (e.g. a signal right after a periodic save)
         _write_text(ckpt_dir / LATEST_FILE, final.name)
-        for stale in ckpt_dir.glob(".tmp_iter_*"):  # left by a crashed save of this run
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_leftovers(ckpt_dir)
         if keep_last > 0:
-            iterations = sorted((p for p in ckpt_dir.glob("iter_*") if p.is_dir() and p != final),
-                                key=lambda p: p.name)
-            for old in iterations[: max(0, len(iterations) - (keep_last - 1))]:
-                shutil.rmtree(old, ignore_errors=True)
+            older = sorted(p for p in ckpt_dir.glob("iter_*") if p.is_dir() and p.name < final.name)
+            for old in older[: max(0, len(older) - (keep_last - 1))]:
+                _discard(old)
     _barrier()
     return final
+
+
+def remove_leftovers(ckpt_dir: str | Path) -> None:
+    """Main rank: finish what an interrupted save or pruning left in `ckpt_dir` (a hidden `.tmp_*` save, a
+    `.trash_*` directory half removed, the `.old_*` copy of an interrupted re-save: put back when the new one never
+    arrived, else removed). Called after every save and at start-up."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return
+    for old in ckpt_dir.glob(".old_iter_*"):
+        target = old.with_name(old.name.removeprefix(".old_"))
+        if target.exists():
+            _remove(old)
+        else:
+            old.rename(target)
+    for stale in [*ckpt_dir.glob(".tmp_iter_*"), *ckpt_dir.glob(".trash_*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _discard(path: Path) -> None:
+    """Remove an iteration directory so that no partial copy keeps its name: rename to a hidden name, then delete."""
+    trash = path.with_name(f".trash_{path.name}")
+    _remove(trash)
+    path.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _non_finite_tensors(model: torch.nn.Module, optimizer) -> list[str]:
+    """What of this rank's shards holds a NaN or an infinity: model parameters by name, optimizer state (fp32 main
+    parameters, Adam moments) by kind."""
+    found = [f"student {name}" for name, param in model.named_parameters()
+             if param.is_floating_point() and not bool(torch.isfinite(param).all())]
+    kinds: dict[str, int] = {}
+    for sub in getattr(optimizer, "chained_optimizers", [optimizer]) if optimizer is not None else []:
+        inner = getattr(sub, "optimizer", None)
+        for group in getattr(inner, "param_groups", []):
+            for param in group["params"]:
+                tensors = {"main parameters": param, **inner.state.get(param, {})}
+                for kind, tensor in tensors.items():
+                    if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() \
+                            and not bool(torch.isfinite(tensor).all()):
+                        kinds[kind] = kinds.get(kind, 0) + 1
+    found += [f"optimizer {kind} ({count} tensor{'s' if count > 1 else ''})" for kind, count in kinds.items()]
+    return found
+
+
+def _refuse_non_finite(model: torch.nn.Module, optimizer, ckpt_dir: Path, step: int) -> None:
+    """Every rank checks its own shards; if any holds a non-finite value, every rank raises SaveError before a
+    byte is written."""
+    with torch.no_grad():
+        local = _non_finite_tensors(model, optimizer)
+    (bad,) = _any_rank(bool(local))
+    if not bad:
+        return
+    where = (", ".join(local[:3]) + (f" and {len(local) - 3} more" if len(local) > 3 else "")) if local \
+        else "tensors on another rank"
+    raise SaveError(f"step {step} was not saved: the training state holds NaN or infinite values ({where}); "
+                    f"{describe_latest(ckpt_dir)}. The run diverged: lower optim.lr and resume with "
+                    f"checkpoint.override=[optim.lr] (or an earlier checkpoint with checkpoint.load_iteration).")
+
+
+def describe_latest(ckpt_dir: Path) -> str:
+    """For messages: which checkpoint `latest` names, or that there is none."""
+    latest = ckpt_dir / LATEST_FILE
+    name = latest.read_text().strip() if latest.is_file() else ""
+    return f"{ckpt_dir / name} is still the latest checkpoint" if name else f"{ckpt_dir} holds no checkpoint yet"
+
+
+def _checkpoint_exception() -> type:
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    return CheckpointException
+
+
+def _exception_chain(error: BaseException) -> list[BaseException]:
+    """`error`, its causes and contexts, and the per-rank exceptions a torch CheckpointException carries."""
+    seen: list[BaseException] = []
+    todo = [error]
+    while todo:
+        exc = todo.pop()
+        if exc is None or any(exc is s for s in seen):
+            continue
+        seen.append(exc)
+        todo += [exc.__cause__, exc.__context__]
+        for wrapped in getattr(exc, "failures", {}).values():  # {rank: (exception, traceback)}
+            todo.append(wrapped[0] if isinstance(wrapped, tuple) else wrapped)
+    return seen
+
+
+def _is_os_error(error: BaseException) -> bool:
+    return any(isinstance(exc, OSError) for exc in _exception_chain(error))
+
+
+def _is_out_of_space(error: BaseException) -> bool:
+    """ENOSPC or EDQUOT anywhere in the chain. megatron's writer processes report their OSError as the text of a
+    RuntimeError gathered from every rank (the OSError itself does not survive), so the text counts too."""
+    codes = (errno.ENOSPC, errno.EDQUOT)
+    texts = [os.strerror(code) for code in codes]
+    return any(getattr(exc, "errno", None) in codes or any(t in str(exc) for t in texts)
+               for exc in _exception_chain(error))
+
+
+def _save_failure_message(error: BaseException | None, out_of_space: bool, ckpt_dir: Path, step: int) -> str:
+    free = shutil.disk_usage(ckpt_dir).free if ckpt_dir.exists() else 0
+    previous = describe_latest(ckpt_dir)
+    if out_of_space:
+        need = ""
+        latest = ckpt_dir / LATEST_FILE
+        if latest.is_file() and (ckpt_dir / latest.read_text().strip()).is_dir():
+            size = sum(f.stat().st_size for f in (ckpt_dir / latest.read_text().strip()).rglob("*") if f.is_file())
+            need = f"; one checkpoint takes {_mib(size)}"
+        return (f"no space left on the file system of {ckpt_dir} while saving step {step}: {_mib(free)} free after "
+                f"removing the partial save{need}. The partial save was removed and {previous}. Free space there, "
+                f"lower checkpoint.keep_last, or set checkpoint.dir to a larger file system, then resume.")
+    reason = "it failed on another rank" if error is None \
+        else f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+    return (f"saving step {step} to {ckpt_dir} failed ({reason}). The partial save was removed and {previous}; "
+            f"check that the directory is writable, then resume.")
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
 
 def save_model(directory: str | Path, *, model: torch.nn.Module, meta: CheckpointMeta,
@@ -745,10 +1120,11 @@ def _dist_load(state: dict, directory: Path, group) -> dict:
         with overrides.collective_timeout([group, None], LOAD_TIMEOUT):
             return dist_checkpointing.load(state, str(directory), sharded_strategy=strategy)
     except (Exception, CheckpointException) as exc:  # many types (torch's is a BaseException): name the checkpoint
+        hint = _choose_another_hint(directory.parent, exclude=directory) \
+            if (directory.parent / LATEST_FILE).is_file() else "Resume from an earlier iteration."
         raise CheckpointError(f"could not load {directory}: {type(exc).__name__}: {exc}. The checkpoint may be "
-                              f"truncated or corrupted, or was saved from a different architecture; resume from an "
-                              f"earlier iteration or fix the model config ({directory / META_FILE} has the saved "
-                              f"architecture).") from exc
+                              f"truncated or corrupted, or was saved from a different architecture (fix the model "
+                              f"config: {directory / META_FILE} has the saved architecture). {hint}") from exc
 
 
 def _load_model_state(model: torch.nn.Module, loaded: dict, absent_extra_state: set[str], where: Path) -> None:

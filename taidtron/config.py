@@ -197,6 +197,9 @@ class OptimConfig:
     """AdamW epsilon."""
     clip_grad: float = 1.0
     """Global gradient-norm clip. 0 disables clipping."""
+    max_skipped_steps: int = 10
+    """Stop (exit code 2) after this many consecutive steps were skipped because their loss or gradient norm was not
+    finite (a skipped step changes no weight, optimizer state, learning rate or t)."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
@@ -209,6 +212,8 @@ class OptimConfig:
                               f"({self.train_steps})): the cosine decay needs at least one step after warm-up.")
         if self.clip_grad < 0:
             raise ConfigError(f"optim.clip_grad={self.clip_grad} must be >= 0 (0 disables clipping).")
+        if self.max_skipped_steps < 1:
+            raise ConfigError(f"optim.max_skipped_steps={self.max_skipped_steps} must be >= 1.")
 
 
 @dataclass(kw_only=True)
@@ -249,11 +254,28 @@ class CheckpointConfig:
     keep_last: int = 2
     """Keep the newest K checkpoints. 0 keeps all."""
     resume: bool = True
-    """Resume from `latest` in `dir` when it exists."""
+    """Resume from `latest` in `dir` when it exists. false refuses to start over a directory that holds
+    checkpoints."""
+    load_iteration: int | None = None
+    """Resume from this iteration (its step) instead of `latest`, e.g. when `latest` is damaged or diverged. It
+    must be a complete checkpoint in `dir`. None: `latest`."""
+    override: list[str] = field(default_factory=list)
+    """Config keys a resume may change although the checkpoint fixes them (optimizer and LR schedule, TAID, data
+    blend/split/seed/seq_length, global batch size), e.g. [optim.lr, optim.min_lr] to lower the learning rate after
+    a divergence. A resume whose config differs from the checkpoint's in a fixed key not listed here is refused; the
+    models' architecture, precision and seed never change on resume (docs/checkpoints.md)."""
 
     def __post_init__(self) -> None:
         if self.save_interval < 0 or self.keep_last < 0:
             raise ConfigError("checkpoint.save_interval and checkpoint.keep_last must be >= 0.")
+        if self.load_iteration is not None:
+            if self.load_iteration < 0:
+                raise ConfigError(f"checkpoint.load_iteration={self.load_iteration} must be >= 0 (a saved step).")
+            if not self.resume:
+                raise ConfigError("checkpoint.load_iteration needs checkpoint.resume=true.")
+        if not all(isinstance(key, str) and key for key in self.override):
+            raise ConfigError(f"checkpoint.override={self.override!r} must be a list of config keys, e.g. "
+                              f"[optim.lr, optim.min_lr].")
 
 
 @dataclass(kw_only=True)
@@ -313,6 +335,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"precision={self.precision!r}; use auto, bf16 or fp32.")
+        keys = set(flatten_config(self.to_dict()))
+        unknown = [key for key in self.checkpoint.override if key not in keys]
+        if unknown:
+            raise ConfigError(f"checkpoint.override names {', '.join(unknown)}, which is not a config key; list "
+                              f"keys as section.key, e.g. [optim.lr, optim.min_lr].")
 
     def padded_vocab_size(self, roles: Sequence[str] = ROLES) -> int:
         """One vocabulary size for the models of `roles`, divisible by 128 * tp, so their logit shards align."""
@@ -345,6 +372,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def flatten_config(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict (`TrainConfig.to_dict()`) as {dotted key: value} over its leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def padded_vocab_size(models: list[ModelConfig], tp: int) -> int:
@@ -470,13 +508,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return _build(TrainConfig, tree)
 
 
-def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    """Write the resolved config next to the run's outputs (atomically)."""
+def save_config(cfg: TrainConfig, path: str | Path, header: str = "") -> None:
+    """Write the resolved config (atomically); `header` lines become YAML comments above it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    tmp.write_text(comments + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     tmp.replace(path)
+
+
+def record_run_config(cfg: TrainConfig, run_dir: str | Path, note: str) -> Path:
+    """Keep what every start of a run ran with: `<run_dir>/configs/start_<n>_<time>.yaml` (one per start, `note`
+    as its header: fresh start or resume, changes applied) and `<run_dir>/config.yaml`, the current one. Returns the
+    start's file."""
+    import time
+
+    history = Path(run_dir) / "configs"
+    history.mkdir(parents=True, exist_ok=True)
+    number = len(list(history.glob("start_*.yaml"))) + 1
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    record = history / f"start_{number:04d}_{stamp}.yaml"
+    header = f"start {number} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}: {note}"
+    save_config(cfg, record, header)
+    save_config(cfg, Path(run_dir) / "config.yaml", header)
+    return record
 
 
 def config_help() -> str:

@@ -92,7 +92,7 @@ def _count(n: int) -> str:
     return str(n)
 
 
-def banner(cfg, ctx, trainer, *, datasets: list, resumed_from=None, wandb_run: str | None = None) -> str:
+def banner(cfg, ctx, trainer, *, datasets: list, resumed: str | None = None, wandb_run: str | None = None) -> str:
     """The start-up summary a batch log opens with (rank 0): layout, models, data and epochs, the plan, the
     objective, and where the outputs go. `datasets` are `taidtron.data.validate.DatasetSummary`s; `trainer` is the
     built (and resumed) `taidtron.trainer.Trainer`."""
@@ -138,10 +138,8 @@ def banner(cfg, ctx, trainer, *, datasets: list, resumed_from=None, wandb_run: s
             f"({train_share:.0%})"
         )
     uses_t = trainer.objective.uses_t
-    if resumed_from:
-        resume = f"resumed from {resumed_from} at step {trainer.step}" + (
-            f" (t={trainer.schedule.t:.4f})" if uses_t else ""
-        )
+    if resumed:  # ResumePlan.describe(): where from, at which step, what the start changed
+        resume = resumed + (f" (t={trainer.schedule.t:.4f})" if uses_t else "")
         resume += f", {optim.train_steps - trainer.step:,} steps to go"
     else:
         resume = "new run"

@@ -11,6 +11,7 @@ Every row is flushed as it is written, so a killed job keeps what it logged.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import sys
@@ -40,6 +41,11 @@ def peak_flops_per_gpu(device_name: str | None) -> float | None:
 def interactive_console() -> bool:
     """A progress bar only for a person at a terminal (TAIDTRON_NO_PROGRESS=1 forces plain lines)."""
     return sys.stdout.isatty() and os.environ.get("TAIDTRON_NO_PROGRESS") != "1"
+def json_line(row: dict) -> str:
+    """One strict JSON line: a NaN or infinite value (a skipped step's loss or gradient norm) is written as null,
+    never as the bare NaN / Infinity that strict parsers reject."""
+    finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+    return json.dumps(finite, allow_nan=False) + "\n"
 
 
 class MetricsLogger:
@@ -84,25 +90,27 @@ class MetricsLogger:
         return f"{self.wandb_run.id} ({self.wandb_run.settings.mode}, {self.wandb_run.dir})"
 
     def _truncate_after(self, step: int) -> None:
-        """On resume, rows past the checkpoint's step were never committed to a checkpoint: drop them so the
-        file reads as one uninterrupted run."""
-        if not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
-            except json.JSONDecodeError:
-                break  # a torn last line from a killed writer
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(self.path)
+        """On resume, rows past the checkpoint's step (metrics.jsonl, eval.jsonl) were never committed to a
+        checkpoint: drop them so each file reads as one uninterrupted run."""
+        for path in (self.path, self.path.parent / "eval.jsonl"):
+            if not path.exists():
+                continue
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a torn last line from a killed writer
+                if row.get("step", 0) <= step:
+                    kept.append(json_line(row))  # rows of older versions' bare NaN become null
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(kept))
+            tmp.replace(path)
 
     def log(self, row: dict) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps(row) + "\n")
+        self.file.write(json_line(row))
         self.file.flush()
         numbers = _numbers(row)
         if self.wandb_run is not None:
@@ -133,7 +141,7 @@ class MetricsLogger:
             for key, value in numbers.items():
                 self.tensorboard.add_scalar(f"valid/{key}", value, row["step"])
         with open(self.path.parent / "eval.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json_line(row))
 
     def write_console(self, text: str) -> None:
         if self.enabled:

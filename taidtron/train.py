@@ -21,7 +21,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Distil a teacher LM into a student with TAID on megatron-core (TP/PP/DP).",
         epilog="overrides: any config key as section.key=value, e.g. optim.lr=3e-4 parallel.tp=2\n"
                "exit codes: 0 done\n"
-               "            2 bad input: configuration, checkpoint, tokenizer or data (the message says what to fix)\n"
+               "            2 bad input: configuration, checkpoint, tokenizer or data; a diverged run; a failed save\n"
+               "              (the message says what to change)\n"
                "            75 preempted by SIGUSR1/SIGTERM/SIGINT after saving a checkpoint (requeue to resume)\n"
                "            128+N stopped by signal N without saving: a second SIGTERM/SIGINT, or a stop signal after\n"
                "              another rank of the job on this host had exited"

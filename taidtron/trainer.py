@@ -3,15 +3,16 @@
 One optimizer step (`Trainer.train_step`), top to bottom:
   micro-batches -> per stage: teacher forward under no_grad, student forward (the pair) -> last stage: the objective
   on vocab shards (token sums) -> backward through the student only (megatron 1F1B schedule, real p2p) ->
-  grads all-reduced over DP and divided by the global token count -> clip -> AdamW step -> LR step ->
-  t update from the global-batch token-mean distillation loss (identical on every rank).
+  grads all-reduced over DP and divided by the global token count -> global loss and gradient norm -> clip ->
+  AdamW step -> LR step -> t update from the global-batch token-mean distillation loss (identical on every rank).
+A step whose loss or gradient norm is not finite is skipped: no weight, optimizer, LR or t change (its batch is
+consumed, as in Megatron-LM); `optim.max_skipped_steps` consecutive skips stop the run.
 With an objective that needs no teacher (`taid.loss=lm`) the same loop trains the student alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -20,6 +21,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from taidtron import overrides
 from taidtron.config import ModelConfig, OptimConfig, ParallelConfig, TAIDConfig, TrainConfig, padded_vocab_size
 from taidtron.distributed import ParallelContext
 from taidtron.losses import (
@@ -36,6 +38,10 @@ from taidtron.preemption import PREEMPTED_EXIT_CODE, StopSignal
 Batch = dict[str, torch.Tensor]
 
 
+class TrainingDiverged(ValueError):
+    """optim.max_skipped_steps consecutive steps had a non-finite loss or gradient norm: the user must act."""
+
+
 @dataclass
 class StepResult:
     loss: float
@@ -43,12 +49,15 @@ class StepResult:
     lm_loss: float | None
     """Global-batch token-mean next-token loss of the student, when the objective computes it."""
     grad_norm: float
+    """Global gradient norm before clipping (NaN or inf when the step was skipped for it)."""
     lr: float
     taid_t: float | None
     """t after this step's update (the value the next step uses); None when the objective does not use t."""
     tokens: int
     """Loss tokens in the global batch."""
     seconds: float
+    skipped: bool = False
+    """The loss or the gradient norm was not finite: nothing was updated."""
 
 
 def params_dtype_for(precision: str, device: torch.device) -> torch.dtype:
@@ -151,7 +160,14 @@ class Trainer:
             end_wd=optim.weight_decay,
             wd_incr_steps=optim.train_steps,
             wd_incr_style="constant",
+            # The config is the source of truth: a resume is refused when it differs from the checkpoint's in a
+            # schedule value unless checkpoint.override accepts it, so on load the scheduler keeps the values it was
+            # built with (megatron's --override-opt_param-scheduler), with the checkpoint's step count.
+            use_checkpoint_opt_param_scheduler=False,
+            override_opt_param_scheduler=True,
         )
+        self.schedule_steps = optim.train_steps
+        """Horizon of the LR decay and of t's linear floor; a resume that extends the run keeps the checkpoint's."""
         self.schedule = TAIDSchedule(t_start=taid.t_start, t_end=taid.t_end, alpha=taid.alpha, beta=taid.beta,
                                      adaptive=taid.adaptive)
 
@@ -163,6 +179,8 @@ class Trainer:
         self.forward_backward = get_forward_backward_func()
         self.step = 0
         self.consumed_samples = 0
+        self.skipped_steps = 0
+        self.consecutive_skips = 0
 
     @property
     def student(self):
@@ -214,28 +232,29 @@ class Trainer:
             micro_batch_size=self.parallel.micro_batch_size,
             forward_only=False,
         )
-        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used, before the scheduler moves it
-        update_ok, grad_norm, _ = self.optimizer.step()
-        if not update_ok:
-            raise FloatingPointError(f"optimizer step {self.step + 1} was skipped (non-finite gradients); lower "
-                                     f"optim.lr or check the data.")
-        self.scheduler.step(increment=1)
         sums = self._global_sums(per_micro_batch)
         tokens = max(sums["tokens"], 1.0)
         loss = (sums["distill"] if self.objective.needs_teacher else sums["lm"]) / tokens
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"the training loss is {loss} at step {self.step + 1}; lower optim.lr or "
-                                     f"check the data and the teacher checkpoint.")
-        taid_t = None
-        if self.objective.uses_t:
-            # t moves once per optimizer step from the global mean, so every rank and layout sees the same t; its
-            # linear floor counts the optimizer steps done before this one (the official code's global_step).
-            taid_t = self.schedule.update(loss, self.step, self.optim_cfg.train_steps)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses, before the scheduler moves it
+        # Decided from the global loss and the global gradient norm, so every rank applies or skips alike.
+        applied, grad_norm = overrides.step_if_finite(self.optimizer, loss=loss, clip_grad=self.optim_cfg.clip_grad)
+        taid_t = self.schedule.t if self.objective.uses_t else None
+        if applied:
+            self.scheduler.step(increment=1)
+            if self.objective.uses_t:
+                # t moves once per optimizer step from the global mean, so every rank and layout sees the same t;
+                # its linear floor counts the optimizer steps done before this one (the official code's
+                # global_step), up to the schedule's horizon.
+                taid_t = self.schedule.update(loss, min(self.step, self.schedule_steps), self.schedule_steps)
+            self.consecutive_skips = 0
+        else:
+            self.skipped_steps += 1
+            self.consecutive_skips += 1
         self.step += 1
         self.consumed_samples += self.parallel.global_batch_size
         lm_loss = sums["lm"] / tokens if "lm" in sums else None
-        return StepResult(loss=loss, lm_loss=lm_loss, grad_norm=float(grad_norm or 0.0), lr=lr, taid_t=taid_t,
-                          tokens=int(sums["tokens"]), seconds=time.perf_counter() - start)
+        return StepResult(loss=loss, lm_loss=lm_loss, grad_norm=grad_norm, lr=lr, taid_t=taid_t,
+                          tokens=int(sums["tokens"]), seconds=time.perf_counter() - start, skipped=not applied)
 
     @torch.no_grad()
     def evaluate(self, batches: Iterator[Batch], num_steps: int) -> dict[str, float]:
@@ -289,13 +308,26 @@ class Trainer:
 
     def state_dict(self) -> dict:
         return {"step": self.step, "consumed_samples": self.consumed_samples, "taid": self.schedule.state_dict(),
-                "scheduler": self.scheduler.state_dict()}
+                "scheduler": self.scheduler.state_dict(), "skipped_steps": self.skipped_steps,
+                "consecutive_skips": self.consecutive_skips}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, *, stretch_schedule: bool = False) -> None:
+        """Restore the trainer's part of a checkpoint (after `checkpoint.load_checkpoint` restored the weights and
+        the optimizer). The LR schedule and the optimizer's hyper-parameters take this run's config (equal to the
+        checkpoint's unless checkpoint.override accepted a change); the schedules' horizon stays the checkpoint's
+        unless `stretch_schedule` (optim.train_steps in checkpoint.override)."""
         self.step = int(state["step"])
         self.consumed_samples = int(state["consumed_samples"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.consecutive_skips = int(state.get("consecutive_skips", 0))
         self.schedule.load_state_dict(state["taid"])
         self.scheduler.load_state_dict(state["scheduler"])
+        horizon = self.optim_cfg.train_steps if stretch_schedule else int(state["scheduler"]["lr_decay_steps"])
+        self.schedule_steps = self.scheduler.lr_decay_steps = self.scheduler.wd_incr_steps = horizon
+        optim = self.optim_cfg
+        overrides.set_optimizer_hyperparameters(self.optimizer, lr=optim.lr, min_lr=optim.min_lr,
+                                                betas=(optim.adam_beta1, optim.adam_beta2), eps=optim.adam_eps)
+        self.scheduler.step(increment=0)  # every param group's lr and weight decay from the values above
 
 
 def _masked_token_sums(loss_mask: torch.Tensor, terms: LossTerms, extra: dict[str, torch.Tensor],
@@ -329,35 +361,46 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     process start, so a signal that arrives while the run is being built still ends in a save."""
     from pathlib import Path
 
-    from taidtron import checkpoint, console, overrides
-    from taidtron.config import save_config
+    from taidtron import checkpoint, console
+    from taidtron.config import record_run_config
     from taidtron.data import build_data_iterators, check_blend, load_shared_tokenizer
     from taidtron.metrics import MetricsLogger, peak_flops_per_gpu
 
     tokenizer = load_shared_tokenizer(cfg.data)
     datasets = check_blend(cfg.data, tokenizer)  # files, index, sizes and tokenizer, before any model is built
-    trainer = build_trainer(cfg, ctx, tokenizer.vocab_size)
-    student = trainer.student
+    tokenizer_ref = checkpoint.TokenizerRef.of(cfg.data.tokenizer, tokenizer.fingerprint())
+    for role, model_cfg in cfg.models().items():
+        if model_cfg.init:
+            checkpoint.check_tokenizer(checkpoint.read_meta(model_cfg.init), f"{role}.init {model_cfg.init}",
+                                       tokenizer_ref)
     run_dir = Path(cfg.logging.run_dir)
     ckpt_dir = Path(cfg.checkpoint.dir or run_dir / "checkpoints")
-    latest = checkpoint.find_latest(ckpt_dir) if cfg.checkpoint.resume else None
-    if latest is not None:
-        meta = checkpoint.load_checkpoint(latest, model=student, optimizer=trainer.optimizer, group=ctx.dp_group)
-        checkpoint.check_teacher_unchanged(meta.teacher, trainer.teacher_source)
-        trainer.load_state_dict(meta.trainer)
     if ctx.is_main:
-        save_config(cfg, run_dir / "config.yaml")
+        checkpoint.remove_leftovers(ckpt_dir)
+    if ctx.world_size > 1:
+        dist.barrier()
+    config_dict = cfg.to_dict()
+    resume = checkpoint.plan_resume(cfg.checkpoint, ckpt_dir, config_dict, tokenizer_ref)  # before building
+    trainer = build_trainer(cfg, ctx, tokenizer.vocab_size)
+    student = trainer.student
+    if resume is not None:
+        meta = checkpoint.load_checkpoint(resume.directory, model=student, optimizer=trainer.optimizer,
+                                          group=ctx.dp_group)
+        checkpoint.check_teacher_unchanged(meta.teacher, trainer.teacher_source)
+        trainer.load_state_dict(meta.trainer, stretch_schedule=resume.stretch_schedule)
+    if ctx.is_main:
+        record_run_config(cfg, run_dir, resume.describe() if resume is not None else "fresh start")
 
     train_iter, make_valid_iter = build_data_iterators(
         cfg.data, tokenizer, micro_batch_size=cfg.parallel.micro_batch_size,
         global_batch_size=cfg.parallel.global_batch_size, dp_rank=ctx.dp_rank, dp_size=ctx.dp,
         train_steps=cfg.optim.train_steps, eval_iters=cfg.logging.eval_iters,
         consumed_samples=trainer.consumed_samples)
-    config_dict = cfg.to_dict()
     logger = MetricsLogger(cfg.logging, enabled=ctx.is_main, total_steps=cfg.optim.train_steps,
                            start_step=trainer.step, config_dict=config_dict)
     if ctx.is_main:
-        logger.write_console(console.banner(cfg, ctx, trainer, datasets=datasets, resumed_from=latest,
+        logger.write_console(console.banner(cfg, ctx, trainer, datasets=datasets,
+                                            resumed=resume.describe() if resume is not None else None,
                                             wandb_run=logger.wandb_description))
     peak_flops = peak_flops_per_gpu(torch.cuda.get_device_name() if ctx.device.type == "cuda" else None)
     # Model FLOPs per token: 6N for the student (forward + backward), 2N for the teacher (forward only).
@@ -366,8 +409,7 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     static_meta = checkpoint.CheckpointMeta(
         model=cfg.student, padded_vocab_size=trainer.padded_vocab_size,
         source=checkpoint.WeightsSource(kind="training", description=f"taidtron training run {run_dir.resolve()}"),
-        tokenizer=checkpoint.TokenizerRef.of(cfg.data.tokenizer, tokenizer.fingerprint()),
-        seq_length=cfg.data.seq_length, teacher=trainer.teacher_source, config=config_dict)
+        tokenizer=tokenizer_ref, seq_length=cfg.data.seq_length, teacher=trainer.teacher_source, config=config_dict)
 
     def save() -> None:
         meta = dataclasses.replace(static_meta, trainer=trainer.state_dict())
@@ -377,6 +419,7 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
 
     overrides.prepare_writer()  # its helper process ignores the stop signals, whatever handlers are installed
     stop = stop or StopSignal()
+    save_due = False  # a periodic save that fell on a skipped step waits for the next applied one
     try:
         while trainer.step < cfg.optim.train_steps:
             result = trainer.train_step(train_iter)
@@ -388,10 +431,12 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
             if result.taid_t is not None:
                 row["taid_t"] = result.taid_t
             row.update(lr=result.lr, grad_norm=result.grad_norm, tokens_per_s=tokens_per_s,
-                       step_time_s=result.seconds)
+                       step_time_s=result.seconds, skipped=result.skipped, skipped_steps=trainer.skipped_steps)
             if peak_flops:
                 row["mfu"] = flops_per_token * tokens_per_s / (peak_flops * ctx.world_size)
             logger.log(row)
+            if result.skipped:
+                _on_skipped_step(result, trainer, cfg.optim, ckpt_dir, logger)
             last = trainer.step == cfg.optim.train_steps
             periodic_eval = cfg.logging.eval_interval and trainer.step % cfg.logging.eval_interval == 0
             if make_valid_iter and (periodic_eval or last):  # the last step is validated once, marked final
@@ -399,13 +444,33 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
                 logger.log_eval({"step": trainer.step, **final,
                                  **trainer.evaluate(make_valid_iter(), cfg.logging.eval_iters)})
             preempted = stop.agreed(ctx)
-            periodic = cfg.checkpoint.save_interval and trainer.step % cfg.checkpoint.save_interval == 0
-            if preempted or periodic or last:
+            save_due = save_due or bool(cfg.checkpoint.save_interval
+                                        and trainer.step % cfg.checkpoint.save_interval == 0)
+            if preempted or last or (save_due and not result.skipped):
                 save()
-            if preempted:
+                save_due = False
+            if preempted and not last:
                 logger.write_console(f"signal {stop.received}: saved at step {trainer.step}; exiting with "
                                      f"{PREEMPTED_EXIT_CODE} so the job is requeued")
                 return PREEMPTED_EXIT_CODE
         return 0
     finally:
         logger.close()
+
+
+def _on_skipped_step(result: StepResult, trainer: Trainer, optim: OptimConfig, ckpt_dir, logger) -> None:
+    """Say that a step was skipped; stop the run (TrainingDiverged, exit code 2) after optim.max_skipped_steps in a
+    row."""
+    from taidtron import checkpoint
+
+    streak = trainer.consecutive_skips
+    logger.write_console(f"step {trainer.step} skipped: loss {result.loss:.6g}, gradient norm "
+                         f"{result.grad_norm:.6g}; weights, optimizer, learning rate and t unchanged ({streak} in a "
+                         f"row; the run stops at optim.max_skipped_steps={optim.max_skipped_steps})")
+    if streak >= optim.max_skipped_steps:
+        raise TrainingDiverged(
+            f"training diverged: {streak} steps in a row ({trainer.step - streak + 1}-{trainer.step}) had a "
+            f"non-finite loss or gradient norm and were skipped (optim.max_skipped_steps={optim.max_skipped_steps}); "
+            f"{checkpoint.describe_latest(ckpt_dir)}. Lower optim.lr and resume with "
+            f"checkpoint.override=[optim.lr] (optim.min_lr too if it is above the new lr), or resume from an "
+            f"earlier checkpoint with checkpoint.load_iteration=<step>.")

@@ -8,6 +8,10 @@ private attribute it touches, the version it was checked against and why:
     checkpointing.py  the dist-checkpoint writer's results queue; the distributed optimizer's dummy Adam state,
                       its `step` KeyError and its shared `step` tensor on load
     datasets.py       the compiled `helpers_cpp` module GPTDataset needs, built and injected when missing
+    optimizer.py      the optimizer step restated from its public parts (prepare_grads, get_grad_norm, clipping,
+                      step_with_ready_grads), so that a step with a non-finite loss or gradient norm is refused;
+                      the param groups' own `max_lr`/`min_lr` (and Adam's betas/eps), which a resume restores from
+                      the checkpoint, set back to the config's
     timeouts.py       a longer collective timeout while a checkpoint loads: torch's `_set_pg_timeout` and the
                       backends' `options._timeout` (torch 2.13; megatron-core's own `update_pg_timeout` uses the same)
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 from taidtron.overrides.checkpointing import load_optimizer_state, materialize_optimizer_state, prepare_writer
 from taidtron.overrides.datasets import ensure_dataset_helpers
+from taidtron.overrides.optimizer import set_optimizer_hyperparameters, step_if_finite
 from taidtron.overrides.timeouts import collective_timeout, current_timeout
 
 CHECKED_MEGATRON_CORE = ("0.16.1",)
@@ -50,5 +55,7 @@ __all__ = [
     "materialize_optimizer_state",
     "megatron_core_version",
     "prepare_writer",
+    "set_optimizer_hyperparameters",
+    "step_if_finite",
     "unchecked_megatron_core",
 ]

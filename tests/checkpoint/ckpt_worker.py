@@ -8,6 +8,9 @@ Cases:
   rng_roundtrip      Python/NumPy/torch/megatron-tracker random streams continue identically after a load
   corrupt:<how>      a damaged checkpoint raises CheckpointError and leaves the model's weights untouched
   architecture       loading into a model of another shape raises CheckpointError naming the field
+  non_finite:<what>  a NaN weight / an inf Adam moment: the save raises SaveError before writing, `latest` unchanged
+  prune_killed       a kill while keep_last removes an old iteration leaves no partial `iter_*`, only a hidden
+                     `.trash_*` that the next save removes
 """
 
 from __future__ import annotations
@@ -88,6 +91,70 @@ def main() -> None:
         checkpoint.load_checkpoint(ckpt_dir, model=student, optimizer=trainer.optimizer, group=ctx.dp_group)
         got = draws()
         report("rng_roundtrip", got == expected, f"expected {expected} got {got}")
+
+        # non_finite:* --------------------------------------------------------------------------------------
+        def poison_weight():
+            param = next(student.parameters())
+            saved = param.detach().clone()
+            with torch.no_grad():
+                param.view(-1)[0] = float("nan")
+            return lambda: param.data.copy_(saved)
+
+        def poison_moment():
+            inner = trainer.optimizer.optimizer
+            state = next(s for s in inner.state.values() if "exp_avg_sq" in s)
+            saved = state["exp_avg_sq"].clone()
+            state["exp_avg_sq"].view(-1)[0] = float("inf")
+            return lambda: state["exp_avg_sq"].copy_(saved)
+
+        for what, poison, needle in (("weight", poison_weight, "student "), ("moment", poison_moment, "exp_avg_sq")):
+            undo = poison()
+            try:
+                checkpoint.save_checkpoint(ckpt_dir, 6, model=student, optimizer=trainer.optimizer, meta=meta,
+                                           keep_last=2)
+            except checkpoint.SaveError as exc:
+                left = sorted(p.name for p in ckpt_dir.iterdir())
+                ok = (left == ["iter_0000004", "iter_0000005", "latest"]
+                      and (ckpt_dir / "latest").read_text() == "iter_0000005")
+                report(f"non_finite:{what}", ok and needle in str(exc), f"left {left}: {exc}")
+            else:
+                report(f"non_finite:{what}", False, "saved a state holding NaN/inf")
+            finally:
+                undo()
+
+        # prune_killed ---------------------------------------------------------------------------------------
+        class Killed(BaseException):
+            pass
+
+        real_rmtree = shutil.rmtree
+
+        def killed_midway(path, ignore_errors=False):
+            if Path(path).name.startswith(".trash_"):
+                next(p for p in Path(path).iterdir() if p.is_file()).unlink()  # some files are gone, then the kill
+                raise Killed()
+            return real_rmtree(path, ignore_errors=ignore_errors)
+
+        prune_dir = work / "prune"
+        for step in (1, 2):
+            checkpoint.save_checkpoint(prune_dir, step, model=student, optimizer=trainer.optimizer, meta=meta,
+                                       keep_last=2)
+        checkpoint.shutil.rmtree = killed_midway
+        try:
+            checkpoint.save_checkpoint(prune_dir, 3, model=student, optimizer=trainer.optimizer, meta=meta,
+                                       keep_last=2)
+            report("prune_killed", False, "the simulated kill did not happen")
+        except Killed:
+            left = sorted(p.name for p in prune_dir.iterdir())
+            complete = [step for step, _ in checkpoint.complete_iterations(prune_dir)]
+            checkpoint.shutil.rmtree = real_rmtree
+            checkpoint.save_checkpoint(prune_dir, 4, model=student, optimizer=trainer.optimizer, meta=meta,
+                                       keep_last=2)
+            after = sorted(p.name for p in prune_dir.iterdir())
+            ok = (left == [".trash_iter_0000001", "iter_0000002", "iter_0000003", "latest"] and complete == [3, 2]
+                  and after == ["iter_0000003", "iter_0000004", "latest"])
+            report("prune_killed", ok, f"after the kill {left} (complete: {complete}); after the next save {after}")
+        finally:
+            checkpoint.shutil.rmtree = real_rmtree
 
         # corrupt:* ------------------------------------------------------------------------------------------
         good = ckpt_dir / "iter_0000005"

@@ -34,6 +34,19 @@ def test_keep_last_removes_older_iterations(results):
     _check(results, "keep_last")
 
 
+@pytest.mark.parametrize("what,needle", [("weight", "student "), ("moment", "optimizer exp_avg_sq")])
+def test_a_state_holding_nan_or_inf_is_never_saved(results, what, needle):
+    """Checked on every rank before anything is written; the previous checkpoint stays `latest`, and the message
+    says so."""
+    _check(results, f"non_finite:{what}", needle, "was not saved", "iter_0000005 is still the latest checkpoint")
+
+
+def test_a_kill_during_pruning_leaves_no_partial_iteration(results):
+    """keep_last renames an old iteration to a hidden name before deleting it: a kill mid-deletion leaves a
+    `.trash_*` (ignored, removed by the next save), never an `iter_*` with files missing."""
+    _check(results, "prune_killed")
+
+
 def test_rng_states_roundtrip(results):
     _check(results, "rng_roundtrip")
 
