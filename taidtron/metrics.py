@@ -13,18 +13,6 @@ from tqdm import tqdm
 
 from taidtron.config import LoggingConfig
 
-# Dense bf16 peak of common training GPUs (TFLOP/s), for MFU; unknown devices report no MFU.
-_PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
-
-
-def peak_flops_per_gpu(device_name: str | None) -> float | None:
-    if not device_name:
-        return None
-    for key, tflops in _PEAK_BF16_TFLOPS.items():
-        if key in device_name:
-            return tflops * 1e12
-    return None
-
 
 class MetricsLogger:
     def __init__(self, cfg: LoggingConfig, *, enabled: bool, total_steps: int, start_step: int, config_dict: dict):

@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from taidtron.config import ModelConfig, OptimConfig, ParallelConfig, TAIDConfig, TrainConfig, padded_vocab_size
 from taidtron.distributed import ParallelContext
+from taidtron.flops import count_parameters, distillation_flops_per_token, peak_flops
 from taidtron.losses import LossTerms, TAIDSchedule, get_loss, vocab_parallel_fkl_loss, vocab_parallel_lm_loss
 from taidtron.models import DistillationPair, build_gpt, pipeline_config
 from taidtron.preemption import PREEMPTED_EXIT_CODE, StopSignal
@@ -48,17 +49,6 @@ def params_dtype_for(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return torch.bfloat16 if precision == "bf16" else torch.float32
-
-
-def count_parameters(model: torch.nn.Module | None, group: dist.ProcessGroup | None, device: torch.device) -> int:
-    """Parameters of the whole model (summed over the model-parallel group that holds its shards). `device` is where
-    the group's backend can reduce (NCCL: the GPU)."""
-    if model is None:
-        return 0
-    local = torch.tensor([sum(p.numel() for p in model.parameters())], dtype=torch.float64, device=device)
-    if group is not None and dist.get_world_size(group) > 1:
-        dist.all_reduce(local, group=group)
-    return int(local.item())
 
 
 class Trainer:
@@ -104,9 +94,11 @@ class Trainer:
                 checkpoint.load_model_weights(model, model_cfg.init, group=ctx.dp_group)
         self.teacher_source = checkpoint.describe_source(teacher.init) if teacher is not None and teacher.init \
             else None
-        model_parallel_group = parallel_state.get_model_parallel_group()
-        self.student_params = count_parameters(student_model, model_parallel_group, ctx.device)
-        self.teacher_params = count_parameters(teacher_model, model_parallel_group, ctx.device)
+        count = partial(count_parameters, tp_group=ctx.tp_group,
+                        model_parallel_group=parallel_state.get_model_parallel_group(), device=ctx.device)
+        self.student_params, self.teacher_params = count(student_model), count(teacher_model)
+        # Model FLOPs per token for MFU, from the architectures (taidtron/flops.py: what tools/plan.py assumes).
+        self.flops_per_token = distillation_flops_per_token(student, teacher, self.padded_vocab_size, seq_length)
 
         pair = DistillationPair(student_model, teacher_model,
                                 pipeline_config(student_model.config, getattr(teacher_model, "config", None)))
@@ -320,7 +312,7 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     from taidtron import checkpoint, overrides
     from taidtron.config import save_config
     from taidtron.data import build_data_iterators, load_shared_tokenizer
-    from taidtron.metrics import MetricsLogger, peak_flops_per_gpu
+    from taidtron.metrics import MetricsLogger
 
     tokenizer = load_shared_tokenizer(cfg.data)
     trainer = build_trainer(cfg, ctx, tokenizer.vocab_size)
@@ -346,9 +338,7 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     if latest is not None:
         t_note = f" (t={trainer.schedule.t:.4f})" if trainer.objective.uses_t else ""
         logger.write_console(f"resumed from {latest} at step {trainer.step}{t_note}")
-    peak_flops = peak_flops_per_gpu(torch.cuda.get_device_name() if ctx.device.type == "cuda" else None)
-    # Model FLOPs per token: 6N for the student (forward + backward), 2N for the teacher (forward only).
-    flops_per_token = 6 * trainer.student_params + 2 * trainer.teacher_params
+    peak = peak_flops(torch.cuda.get_device_name() if ctx.device.type == "cuda" else None)
 
     static_meta = checkpoint.CheckpointMeta(
         model=cfg.student, padded_vocab_size=trainer.padded_vocab_size,
@@ -376,8 +366,9 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
                 row["taid_t"] = result.taid_t
             row.update(lr=result.lr, grad_norm=result.grad_norm, tokens_per_s=tokens_per_s,
                        step_time_s=result.seconds)
-            if peak_flops:
-                row["mfu"] = flops_per_token * tokens_per_s / (peak_flops * ctx.world_size)
+            if peak:  # every token of the batch goes through the models, masked or not
+                processed_per_s = cfg.parallel.global_batch_size * cfg.data.seq_length / result.seconds
+                row["mfu"] = trainer.flops_per_token * processed_per_s / (peak.flops * ctx.world_size)
             logger.log(row)
             last = trainer.step == cfg.optim.train_steps
             periodic_eval = cfg.logging.eval_interval and trainer.step % cfg.logging.eval_interval == 0
