@@ -123,6 +123,7 @@ class Trainer:
                 use_distributed_optimizer=parallel.distributed_optimizer,
             ),
             [self.model],
+            use_gloo_process_groups=ctx.gloo_groups,
         )
         self.scheduler = OptimizerParamScheduler(
             self.optimizer,
