@@ -102,9 +102,14 @@ class Trainer:
 
         pair = DistillationPair(student_model, teacher_model,
                                 pipeline_config(student_model.config, getattr(teacher_model, "config", None)))
+        overlap = ctx.dp > 1
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
-            overlap_grad_reduce=False,
+            # Data-parallel communication behind compute: each gradient bucket is reduced as soon as the last
+            # micro-batch's backward has filled it, and (distributed optimizer) the updated weights are gathered
+            # bucket by bucket as the next forward reaches them (`sync_weights` before reading them elsewhere).
+            overlap_grad_reduce=overlap,
+            overlap_param_gather=overlap and parallel.distributed_optimizer,
             use_distributed_optimizer=parallel.distributed_optimizer,
         )
         self.model = DistributedDataParallel(config=pair.config, ddp_config=ddp_config, module=pair)
@@ -153,6 +158,14 @@ class Trainer:
     @property
     def student(self):
         return self.model.module.student
+
+    def sync_weights(self) -> None:
+        """Make every rank's student weights current. With `overlap_param_gather` the optimizer step updates only
+        this rank's shard and the rest arrives during the next forward; call this before reading the weights outside
+        a forward (saving a checkpoint)."""
+        if self.model.use_forward_hook:
+            self.model.disable_forward_pre_hook(param_sync=True)  # a synchronous all-gather of every bucket
+            self.model.enable_forward_pre_hook()
 
     # ------------------------------------------------------------------------------------------------------
     # one micro-batch
@@ -348,6 +361,7 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
         seq_length=cfg.data.seq_length, teacher=trainer.teacher_source, config=config_dict)
 
     def save() -> None:
+        trainer.sync_weights()
         meta = dataclasses.replace(static_meta, trainer=trainer.state_dict())
         path = checkpoint.save_checkpoint(ckpt_dir, trainer.step, model=student, optimizer=trainer.optimizer,
                                           meta=meta, keep_last=cfg.checkpoint.keep_last)
