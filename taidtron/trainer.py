@@ -64,9 +64,9 @@ class Trainer:
         from megatron.core.distributed.finalize_model_grads import finalize_model_grads
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-        from megatron.core.pipeline_parallel import get_forward_backward_func
 
         from taidtron import checkpoint
+        from taidtron.overrides.pipeline import student_grad_schedule
 
         self.objective = get_loss(taid)
         if self.objective.needs_teacher != (teacher is not None):
@@ -151,7 +151,8 @@ class Trainer:
         model_config.no_sync_func = self.model.no_sync
         model_config.finalize_model_grads_func = finalize_model_grads
         model_config.grad_scale_func = self.optimizer.scale_loss
-        self.forward_backward = get_forward_backward_func()
+        # 1F1B whose backward p2p carries only the student's half of the activation gradient (the teacher's is 0)
+        self.forward_backward = student_grad_schedule(model_config, student_model.config.hidden_size)
         self.step = 0
         self.consumed_samples = 0
 

@@ -8,6 +8,8 @@ private attribute it touches, the version it was checked against and why:
     checkpointing.py  the dist-checkpoint writer's results queue; the distributed optimizer's dummy Adam state,
                       its `step` KeyError and its shared `step` tensor on load
     datasets.py       the compiled `helpers_cpp` module GPTDataset needs, built and injected when missing
+    pipeline.py       a P2PCommunicator whose backward sends only the student's half of the pair's activation
+                      gradient (the schedule receives gradients in the activation's shape otherwise)
     timeouts.py       a longer collective timeout while a checkpoint loads: torch's `_set_pg_timeout` and the
                       backends' `options._timeout` (torch 2.13; megatron-core's own `update_pg_timeout` uses the same)
 
