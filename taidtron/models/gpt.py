@@ -162,9 +162,9 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, *, params_d
         **fusions(device_type),
         masked_softmax_fusion=False,
         persist_layer_norm=False,
-        # megatron-core's default synchronizes the device after every batched p2p exchange, a guard for torch
-        # versions before batch_isend_irecv was stream-safe; taidtron needs torch >= 2.6, so it is a host sync per
-        # pipeline message for nothing.
+        # megatron-core's default synchronizes the device after every batched p2p exchange, a guard from before
+        # batch_isend_irecv's requests waited on the right streams (fixed in torch 1.13, pytorch/pytorch#82450);
+        # with torch >= 2.6 it is a host sync per pipeline message for nothing.
         batch_p2p_sync=False,
         # The loss is a token sum; megatron divides gradients by the global token count (STYLE §4.7).
         calculate_per_token_loss=True,
