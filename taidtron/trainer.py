@@ -179,8 +179,9 @@ class Trainer:
         if not self.ctx.is_last_stage:
             return output, None
         student_logits, teacher_logits = output  # [b, s, V_padded / tp] each (teacher: None without one)
-        labels = batch["labels"].to(self.ctx.device)
-        loss_mask = batch["loss_mask"].to(self.ctx.device).float()
+        # non_blocking: a blocking host-to-device copy waits for the stream, a host sync per micro-batch
+        labels = batch["labels"].to(self.ctx.device, non_blocking=True)
+        loss_mask = batch["loss_mask"].to(self.ctx.device, non_blocking=True).float()
         terms = self.objective(student_logits, teacher_logits, labels, t=self.schedule.t,
                                vocab_size=self.vocab_size, group=self.ctx.tp_group)  # [b, s] fp32 each
         extra = self._validation_terms(student_logits, teacher_logits, labels, terms) if evaluate else {}
