@@ -112,8 +112,8 @@ def bench_pair(name: str, config: str, overrides: list[str], ctx, *, repeats: in
     def teacher_forward():
         with torch.no_grad():
             for batch in batches:
-                teacher(batch["tokens"].to(device, non_blocking=True), batch["position_ids"].to(device, non_blocking=True),
-                        None)
+                tokens = batch["tokens"].to(device, non_blocking=True)  # as the trainer's micro-batch step
+                teacher(tokens, batch["position_ids"].to(device, non_blocking=True), None)
 
     steps = {key: (lambda t=trainer: t.train_step(iter(batches))) for key, trainer in trainers.items()}
     if baseline:
