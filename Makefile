@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # CPU wheel of torch for machines without CUDA (a plain `pip install torch` would pull a multi-GB CUDA build).
 CPU_TORCH ?= torch==2.13.0
 
-.PHONY: install lint test test-triton smoke-test slurm-test multinode-test bench check clean help
+.PHONY: install lint test test-triton smoke-test slurm-test multinode-test bench bench-step gpu-check check clean help
 
 help:
 	@echo "make install     create $(VENV) with taidtron and its dependencies (CPU torch unless CUDA torch exists)"
@@ -17,6 +17,8 @@ help:
 	@echo "make slurm-test  start a local SLURM cluster and run the smoke sbatch plus a preemption/resume test"
 	@echo "make multinode-test  two nodes in network namespaces: 2-node sbatch, preemption, a lost node, torchrun, deepspeed"
 	@echo "make bench       time the fused TAID loss against the reference formula"
+	@echo "make bench-step  time a distillation step against a student step plus a teacher forward (docs/performance.md)"
+	@echo "make gpu-check   on a machine with an NVIDIA GPU: every GPU check in one call, one JSON, one table (wheels from .whl/)"
 
 install:
 	@if $(PYTHON) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; then \
@@ -30,8 +32,8 @@ install:
 
 # The Triton kernel tests need the ~700 MB triton wheel and its interpreter: `make test-triton` runs them.
 test:
-	$(PY) -m pytest -q tests -m "not triton"
-	@echo "Triton kernel tests (marker triton) were deselected above: make test-triton runs them"
+	$(PY) -m pytest -q tests -m "not triton and not gpu"
+	@echo "Triton kernel tests (marker triton) and GPU tests (marker gpu) were deselected above: make test-triton and make gpu-check run them"
 
 test-triton:
 	@$(PY) -c "import triton" >/dev/null 2>&1 || $(PY) -m pip install -q -e ".[triton]"
@@ -54,6 +56,14 @@ multinode-test:
 
 bench:
 	$(PY) tools/bench_loss.py --tokens 2048 --vocab 32000 --dtype fp32 --repeats 10 --compile --json runs/bench_loss.json
+
+bench-step:
+	$(PY) tools/bench_step.py --pairs smoke,x4 --repeats 7 --json runs/bench_step.json
+
+# A fresh GPU machine has no .venv: use the python3 that holds its CUDA torch. Wheels it lacks come from .whl/.
+GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	$(GPU_PY) tools/gpu_check.py --out runs/gpu_check.json
 
 clean:
 	rm -rf runs .pytest_cache

@@ -105,6 +105,9 @@ class ParallelContext:
     tp: int
     pp: int
     dp: int
+    gloo_groups: bool = False
+    """Whether megatron's side groups on gloo exist (`init_distributed` creates them only when gloo is the backend;
+    the distributed optimizer is told the same)."""
 
     @property
     def is_first_stage(self) -> bool:
@@ -120,12 +123,14 @@ class ParallelContext:
 
 
 def init_distributed(parallel: ParallelConfig, *, launch: LaunchEnv | None = None,
-                     timeout_minutes: int = 30) -> ParallelContext:
+                     timeout_minutes: int = 30, gloo_groups: bool | None = None) -> ParallelContext:
     """Start torch.distributed (NCCL on GPU, gloo on CPU), install the CPU overrides when there is no GPU, and build
     megatron's tensor/pipeline/data-parallel groups in its default order (tp fastest, then dp, then pp).
 
     `launch`: where this process sits; by default read from the launcher's environment (`read_launch_env`). Tools
-    that must stay a world of one even inside a SLURM allocation pass `LaunchEnv.single()`."""
+    that must stay a world of one even inside a SLURM allocation pass `LaunchEnv.single()`.
+    `gloo_groups`: whether megatron also builds its gloo side groups; None (the default) means exactly when gloo is
+    the backend (CPU). Tests pass False on CPU to run the GPU setting."""
     from megatron.core import parallel_state
 
     launch = launch or read_launch_env()
@@ -143,11 +148,18 @@ def init_distributed(parallel: ParallelConfig, *, launch: LaunchEnv | None = Non
 
     if not dist.is_initialized():
         _start_process_group(backend, launch, datetime.timedelta(minutes=timeout_minutes))
+    # megatron-core creates a gloo twin of every data-parallel group by default, for CPU-side exchanges taidtron never
+    # makes (its checkpoints gather optimizer state over the main groups). Next to NCCL each twin is a full mesh of TCP
+    # connections opened at start-up by every rank and never used (at 128 ranks, thousands of sockets): build them
+    # only where gloo is the backend anyway.
+    if gloo_groups is None:
+        gloo_groups = dist.get_backend() == "gloo"
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=parallel.tp,
             pipeline_model_parallel_size=parallel.pp,
             distributed_timeout_minutes=timeout_minutes,
+            create_gloo_process_groups=gloo_groups,
         )
     return ParallelContext(
         rank=dist.get_rank(),
@@ -162,6 +174,7 @@ def init_distributed(parallel: ParallelConfig, *, launch: LaunchEnv | None = Non
         tp=parallel.tp,
         pp=parallel.pp,
         dp=parallel_state.get_data_parallel_world_size(),
+        gloo_groups=gloo_groups,
     )
 
 

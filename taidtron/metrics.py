@@ -25,18 +25,6 @@ from taidtron.console import step_line
 
 WANDB_ID_FILE = "wandb_run_id"
 
-# Dense bf16 peak of common training GPUs (TFLOP/s), for MFU; unknown devices report no MFU.
-_PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
-
-
-def peak_flops_per_gpu(device_name: str | None) -> float | None:
-    if not device_name:
-        return None
-    for key, tflops in _PEAK_BF16_TFLOPS.items():
-        if key in device_name:
-            return tflops * 1e12
-    return None
-
 
 def interactive_console() -> bool:
     """A progress bar only for a person at a terminal (TAIDTRON_NO_PROGRESS=1 forces plain lines)."""

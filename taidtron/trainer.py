@@ -24,6 +24,7 @@ import torch.distributed as dist
 from taidtron import overrides
 from taidtron.config import ModelConfig, OptimConfig, ParallelConfig, TAIDConfig, TrainConfig, padded_vocab_size
 from taidtron.distributed import ParallelContext
+from taidtron.flops import count_parameters, distillation_flops_per_token, peak_flops
 from taidtron.losses import (
     LossTerms,
     TAIDSchedule,
@@ -66,17 +67,6 @@ def params_dtype_for(precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def count_parameters(model: torch.nn.Module | None, group: dist.ProcessGroup | None, device: torch.device) -> int:
-    """Parameters of the whole model (summed over the model-parallel group that holds its shards). `device` is where
-    the group's backend can reduce (NCCL: the GPU)."""
-    if model is None:
-        return 0
-    local = torch.tensor([sum(p.numel() for p in model.parameters())], dtype=torch.float64, device=device)
-    if group is not None and dist.get_world_size(group) > 1:
-        dist.all_reduce(local, group=group)
-    return int(local.item())
-
-
 class Trainer:
     """The pair on megatron-core (DDP, distributed optimizer, LR schedule, TAID schedule): `train_step` runs one
     optimizer step, `evaluate` a validation pass. Takes the config sections it uses; `teacher` is None exactly when
@@ -90,9 +80,9 @@ class Trainer:
         from megatron.core.distributed.finalize_model_grads import finalize_model_grads
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-        from megatron.core.pipeline_parallel import get_forward_backward_func
 
         from taidtron import checkpoint
+        from taidtron.overrides.pipeline import student_grad_schedule
 
         self.objective = get_loss(taid)
         if self.objective.needs_teacher != (teacher is not None):
@@ -120,15 +110,22 @@ class Trainer:
                 checkpoint.load_model_weights(model, model_cfg.init, group=ctx.dp_group)
         self.teacher_source = checkpoint.describe_source(teacher.init) if teacher is not None and teacher.init \
             else None
-        model_parallel_group = parallel_state.get_model_parallel_group()
-        self.student_params = count_parameters(student_model, model_parallel_group, ctx.device)
-        self.teacher_params = count_parameters(teacher_model, model_parallel_group, ctx.device)
+        count = partial(count_parameters, tp_group=ctx.tp_group,
+                        model_parallel_group=parallel_state.get_model_parallel_group(), device=ctx.device)
+        self.student_params, self.teacher_params = count(student_model), count(teacher_model)
+        # Model FLOPs per token for MFU, from the architectures (taidtron/flops.py: what tools/plan.py assumes).
+        self.flops_per_token = distillation_flops_per_token(student, teacher, self.padded_vocab_size, seq_length)
 
         pair = DistillationPair(student_model, teacher_model,
                                 pipeline_config(student_model.config, getattr(teacher_model, "config", None)))
+        overlap = ctx.dp > 1
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
-            overlap_grad_reduce=False,
+            # Data-parallel communication behind compute: each gradient bucket is reduced as soon as the last
+            # micro-batch's backward has filled it, and (distributed optimizer) the updated weights are gathered
+            # bucket by bucket as the next forward reaches them (`sync_weights` before reading them elsewhere).
+            overlap_grad_reduce=overlap,
+            overlap_param_gather=overlap and parallel.distributed_optimizer,
             use_distributed_optimizer=parallel.distributed_optimizer,
         )
         self.model = DistributedDataParallel(config=pair.config, ddp_config=ddp_config, module=pair)
@@ -147,6 +144,7 @@ class Trainer:
                 use_distributed_optimizer=parallel.distributed_optimizer,
             ),
             [self.model],
+            use_gloo_process_groups=ctx.gloo_groups,
         )
         self.scheduler = OptimizerParamScheduler(
             self.optimizer,
@@ -176,7 +174,8 @@ class Trainer:
         model_config.no_sync_func = self.model.no_sync
         model_config.finalize_model_grads_func = finalize_model_grads
         model_config.grad_scale_func = self.optimizer.scale_loss
-        self.forward_backward = get_forward_backward_func()
+        # 1F1B whose backward p2p carries only the student's half of the activation gradient (the teacher's is 0)
+        self.forward_backward = student_grad_schedule(model_config, student_model.config.hidden_size)
         self.step = 0
         self.consumed_samples = 0
         self.skipped_steps = 0
@@ -185,6 +184,14 @@ class Trainer:
     @property
     def student(self):
         return self.model.module.student
+
+    def sync_weights(self) -> None:
+        """Make every rank's student weights current. With `overlap_param_gather` the optimizer step updates only
+        this rank's shard and the rest arrives during the next forward; call this before reading the weights outside
+        a forward (saving a checkpoint)."""
+        if self.model.use_forward_hook:
+            self.model.disable_forward_pre_hook(param_sync=True)  # a synchronous all-gather of every bucket
+            self.model.enable_forward_pre_hook()
 
     # ------------------------------------------------------------------------------------------------------
     # one micro-batch
@@ -197,8 +204,9 @@ class Trainer:
         if not self.ctx.is_last_stage:
             return output, None
         student_logits, teacher_logits = output  # [b, s, V_padded / tp] each (teacher: None without one)
-        labels = batch["labels"].to(self.ctx.device)
-        loss_mask = batch["loss_mask"].to(self.ctx.device).float()
+        # non_blocking: a blocking host-to-device copy waits for the stream, a host sync per micro-batch
+        labels = batch["labels"].to(self.ctx.device, non_blocking=True)
+        loss_mask = batch["loss_mask"].to(self.ctx.device, non_blocking=True).float()
         terms = self.objective(student_logits, teacher_logits, labels, t=self.schedule.t,
                                vocab_size=self.vocab_size, group=self.ctx.tp_group)  # [b, s] fp32 each
         extra = self._validation_terms(student_logits, teacher_logits, labels, terms) if evaluate else {}
@@ -364,7 +372,7 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     from taidtron import checkpoint, console
     from taidtron.config import record_run_config
     from taidtron.data import build_data_iterators, check_blend, load_shared_tokenizer
-    from taidtron.metrics import MetricsLogger, peak_flops_per_gpu
+    from taidtron.metrics import MetricsLogger
 
     tokenizer = load_shared_tokenizer(cfg.data)
     datasets = check_blend(cfg.data, tokenizer)  # files, index, sizes and tokenizer, before any model is built
@@ -402,9 +410,7 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
         logger.write_console(console.banner(cfg, ctx, trainer, datasets=datasets,
                                             resumed=resume.describe() if resume is not None else None,
                                             wandb_run=logger.wandb_description))
-    peak_flops = peak_flops_per_gpu(torch.cuda.get_device_name() if ctx.device.type == "cuda" else None)
-    # Model FLOPs per token: 6N for the student (forward + backward), 2N for the teacher (forward only).
-    flops_per_token = 6 * trainer.student_params + 2 * trainer.teacher_params
+    peak = peak_flops(torch.cuda.get_device_name() if ctx.device.type == "cuda" else None)
 
     static_meta = checkpoint.CheckpointMeta(
         model=cfg.student, padded_vocab_size=trainer.padded_vocab_size,
@@ -412,6 +418,7 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
         tokenizer=tokenizer_ref, seq_length=cfg.data.seq_length, teacher=trainer.teacher_source, config=config_dict)
 
     def save() -> None:
+        trainer.sync_weights()
         meta = dataclasses.replace(static_meta, trainer=trainer.state_dict())
         path = checkpoint.save_checkpoint(ckpt_dir, trainer.step, model=student, optimizer=trainer.optimizer,
                                           meta=meta, keep_last=cfg.checkpoint.keep_last)
@@ -432,8 +439,9 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
                 row["taid_t"] = result.taid_t
             row.update(lr=result.lr, grad_norm=result.grad_norm, tokens_per_s=tokens_per_s,
                        step_time_s=result.seconds, skipped=result.skipped, skipped_steps=trainer.skipped_steps)
-            if peak_flops:
-                row["mfu"] = flops_per_token * tokens_per_s / (peak_flops * ctx.world_size)
+            if peak:  # every token of the batch goes through the models, masked or not
+                processed_per_s = cfg.parallel.global_batch_size * cfg.data.seq_length / result.seconds
+                row["mfu"] = trainer.flops_per_token * processed_per_s / (peak.flops * ctx.world_size)
             logger.log(row)
             if result.skipped:
                 _on_skipped_step(result, trainer, cfg.optim, ckpt_dir, logger)

@@ -30,7 +30,10 @@ from taidtron.distributed import free_port
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_ENV = "TAIDTRON_TEST_RESULTS"
 
-__all__ = ["REPO_ROOT", "free_port", "report", "run_cli", "run_torchrun", "still_running", "subprocess_env"]
+__all__ = [
+    "REPO_ROOT", "free_port", "gpu_env", "report", "require_gpu", "run_cli", "run_torchrun", "still_running",
+    "subprocess_env",
+]
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
@@ -42,6 +45,20 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
+
+
+def gpu_env(**extra: str) -> dict[str, str]:
+    """Overrides of `subprocess_env` for a `gpu`-marked test: the child process sees this machine's GPU again."""
+    return {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES") or "0", **extra}
+
+
+def require_gpu() -> None:
+    """First line of a `gpu`-marked test: fail (never skip) without a CUDA device. CI deselects these tests with
+    `-m "not gpu"`; `make gpu-check` runs them."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.fail("needs a CUDA device: a gpu-marked test, run by make gpu-check (CI deselects the marker)")
 
 
 def run_cli(*args: str, expect_ok: bool = True, timeout: float = 300, env: dict | None = None,

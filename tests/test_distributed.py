@@ -1,10 +1,16 @@
-"""`read_launch_env`: where a process sits in the job, for each launcher taidtron supports (no process is started)."""
+"""`read_launch_env`: where a process sits in the job, for each launcher taidtron supports (no process is started);
+megatron's gloo side groups, built only where gloo is the backend."""
 
 from __future__ import annotations
 
 import pytest
 
+from pathlib import Path
+
 from taidtron.distributed import LaunchEnv, read_launch_env
+from tests.support import run_torchrun
+
+WORKER = Path(__file__).with_name("gloo_groups_worker.py")
 
 
 def test_torchrun_environment():
@@ -45,3 +51,16 @@ def test_a_plain_process_is_a_world_of_one_on_a_free_port(env):
     assert (launch.rank, launch.world_size, launch.local_rank, launch.launcher) == (0, 1, 0, "single")
     assert 0 < launch.master_port < 65536
     assert LaunchEnv.single(12345).master_port == 12345
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("setting", ["default", "off"])
+def test_gloo_side_groups_only_where_gloo_is_the_backend(setting):
+    """On gloo (CPU) megatron's gloo side groups are built by default; `gloo_groups=False` (what NCCL gets) builds
+    none, and training, saving and loading with the distributed optimizer at dp=2 work without them."""
+    results = run_torchrun(WORKER, 2, setting)
+    expected = setting == "default"
+    for r in results:
+        assert r["dp"] == 2
+        assert r["gloo_groups"] == r["gloo_dp_group_built"] == r["optimizer_gloo_group"] == expected, r
+        assert all(loss == loss and loss > 0 for loss in r["losses"]), r

@@ -19,8 +19,9 @@ missing) and `sdpa` are flash attention, which keeps q, k, v, the output and one
 row; `local` is megatron's unfused DotProductAttention, which also keeps the fp32 softmax output and the bf16
 probabilities, [heads, seq, seq] per sequence (plan it with `student.attention=local teacher.attention=local`).
 
-Step time from FLOPs (PaLM convention, attention not halved for causality): student 6*N + 12*L*h*seq per token,
-teacher 2*N + 4*L*h*seq per token (forward only), divided by world * --gpu-tflops * --mfu, times the 1F1B bubble
+Step time from FLOPs (`taidtron.flops`, the definition the trainer's MFU uses; PaLM convention, attention not halved
+for causality): student 6*N + 12*L*h*seq per token, teacher 2*N + 4*L*h*seq per token (forward only), N the matmul
+weights, divided by world * --gpu-tflops * --mfu, times the 1F1B bubble
 (1 + (pp - 1) / micro-batches). The fused loss (memory-bound, ~2 reads of the logits) and communication are inside
 the assumed MFU.
 
@@ -38,6 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from taidtron.config import ConfigError, ModelConfig, TrainConfig, load_config  # noqa: E402
+from taidtron.flops import forward_flops_per_token, training_flops_per_token  # noqa: E402
 from taidtron.losses import default_chunk_tokens  # noqa: E402
 
 GIB = 1024**3
@@ -92,13 +94,6 @@ def stage_parameters(model: ModelConfig, *, tp: int, pp: int, stage: int, padded
         if not (model.tie_embeddings and first):
             count += vocab_shard
     return count
-
-
-def matmul_params_per_token(model: ModelConfig, padded_vocab: int) -> int:
-    """Weights each token multiplies through (whole model, unsharded): all linear layers and the output layer."""
-    h, f = model.hidden_size, model.ffn_hidden_size
-    kv = model.num_query_groups * model.kv_channels
-    return model.num_layers * (h * (h + 2 * kv) + h * h + 3 * h * f) + h * padded_vocab
 
 
 def keeps_attention_probabilities(model: ModelConfig) -> bool:
@@ -179,8 +174,8 @@ def plan_throughput(cfg: TrainConfig, world_size: int, *, gpu_tflops: float, mfu
     seq = cfg.data.seq_length
     vocab = cfg.padded_vocab_size()
     s, t = cfg.student, cfg.teacher
-    student = 6 * matmul_params_per_token(s, vocab) + 12 * s.num_layers * s.hidden_size * seq
-    teacher = 2 * matmul_params_per_token(t, vocab) + 4 * t.num_layers * t.hidden_size * seq
+    student = training_flops_per_token(s, vocab, seq)
+    teacher = forward_flops_per_token(t, vocab, seq)
     micro_batches = par.accumulation_steps(world_size)
     bubble = (par.pp - 1) / micro_batches
     tokens_per_step = par.global_batch_size * seq

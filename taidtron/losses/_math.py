@@ -125,17 +125,16 @@ def taid_chunk_grad(
 ) -> None:
     """Write (q - p_t) * g into `out` for one chunk, recomputing q and p_t from the saved log-partitions.
 
-    s, teacher: [n, v]; lse2: [n, 2] (base 2, from `taid_finalize`); grad_loss: [n] fp32 with g >= 0 (the caller
-    splits a negative sign off); out: [n, v] view in the logits' dtype; work: fp32 scratch [2, >= n, v].
-    g is folded into the exponents, 2^(x - lse2 + log2 g) = g * 2^(x - lse2), which saves a pass (g = 0 gives 0).
+    s, teacher: [n, v]; lse2: [n, 2] (base 2, from `taid_finalize`); grad_loss: [n] fp32, any sign; out: [n, v] view
+    in the logits' dtype; work: fp32 scratch [2, >= n, v].
+    |g| is folded into the exponents, 2^(x - lse2 + log2 |g|) = |g| * 2^(x - lse2), which saves a pass (g = 0 gives
+    0), and the sign of g is applied by the pass that writes `out` (no host read of the signs).
     """
     n = s.shape[0]
-    shift = lse2 - grad_loss.log2().unsqueeze(-1)  # [n, 2]
-    p = interpolate_log2(s, teacher, t, work[0, :n]).sub_(shift[:, 0:1]).exp2_()  # g * p_t, [n, v] fp32
-    q_out = out if out.dtype == torch.float32 else work[1, :n]  # fp32 output: compute in place
-    torch.add(shift[:, 1:2].neg(), s, alpha=LOG2E, out=q_out).exp2_().sub_(p)  # g * (q - p_t)
-    if q_out is not out:
-        out.copy_(q_out)  # one rounding into the logits' dtype
+    shift = lse2 - grad_loss.abs().log2().unsqueeze(-1)  # [n, 2]
+    p = interpolate_log2(s, teacher, t, work[0, :n]).sub_(shift[:, 0:1]).exp2_()  # |g| * p_t, [n, v] fp32
+    q = torch.add(shift[:, 1:2].neg(), s, alpha=LOG2E, out=work[1, :n]).exp2_().sub_(p)  # |g| * (q - p_t)
+    torch.mul(q, grad_loss.sign().unsqueeze(-1), out=out)  # g * (q - p_t), rounded once into the logits' dtype
 
 
 # ---- baselines: elementwise terms over fp32 log-probabilities [n, v]; the loss is their sum over v ----------------

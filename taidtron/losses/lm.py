@@ -64,8 +64,10 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             for rows in _chunks(logits.shape[0], ctx.chunk_tokens):
                 softmax = torch.sub(logits[rows, :n_valid], lse[rows].unsqueeze(-1)).exp_()  # [n, v] fp32
                 grad[rows, :n_valid] = softmax.mul_(g[rows].unsqueeze(-1))
-            rows = owned.nonzero().squeeze(-1)  # tokens whose label lives on this rank
-            grad[rows, local[rows]] -= g[rows].to(grad.dtype)
+            # -g at each label's column on the rank that holds it: a scatter over all tokens (0 where another rank
+            # holds the label), so no host read of which tokens those are
+            label_grad = torch.where(owned, -g, 0.0).to(grad.dtype).unsqueeze(-1)  # [N, 1]
+            grad[:, :n_valid].scatter_add_(-1, local.clamp(0, n_valid - 1).unsqueeze(-1), label_grad)
         return grad, None, None, None, None, None
 
 

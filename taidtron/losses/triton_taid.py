@@ -254,7 +254,7 @@ def taid_stats(
 def taid_grad(
     student: torch.Tensor, teacher: torch.Tensor, t: float, n_valid: int, lse2: torch.Tensor, grad_loss: torch.Tensor
 ) -> torch.Tensor:
-    """(q - p_t) * g for all tokens in one pass, as `_math.taid_chunk_grad` but with g of any sign.
+    """(q - p_t) * g for all tokens in one pass, as `_math.taid_chunk_grad`.
 
     student, teacher: [N, V_local]; lse2: [N, 2] fp32 base-2 log-partitions (`_math.taid_finalize`); grad_loss: [N]
     upstream gradient. Returns the gradient [N, V_local] in the logits' dtype, zero in the columns >= n_valid.

@@ -184,13 +184,13 @@ class _VocabParallelTAIDLoss(torch.autograd.Function):
     s, base 2). No [N, V] temporary is kept.
     Backward: zero collectives. Per chunk, grad = (exp(s - lse_s) - exp(z - lse_z)) * g recomputed from the
     saved statistics (`_math.taid_chunk_grad`), written straight into the [N, V_local] gradient (logits' dtype);
-    padding columns get zeros. The upstream gradient is folded into the exponent, so its sign is split off first
-    (one host read of `any(g < 0)`; g >= 0 is the normal case, a negative g costs one extra pass).
+    padding columns get zeros. The upstream gradient's magnitude is folded into the exponent and its sign applied
+    by the pass that writes the gradient, so the backward reads nothing back to the host.
     Extra memory: O(N) statistics plus two fp32 [chunk_tokens, V_local] temporaries, plus the gradient.
     impl="triton": the chunk loops are replaced by one Triton kernel each (`triton_taid.taid_stats`,
     `triton_taid.taid_grad`): the same sums, relative to references at most 8 (base 2) below the local maxima,
-    which the MAX all-reduce combines like maxima; the same collectives; the backward multiplies by g (no sign
-    split, no host read) and the only extra memory is the gradient.
+    which the MAX all-reduce combines like maxima; the same collectives; the backward multiplies by g and the only
+    extra memory is the gradient.
     """
 
     @staticmethod
@@ -224,10 +224,6 @@ class _VocabParallelTAIDLoss(torch.autograd.Function):
             grad[:, n_valid:].zero_()  # padding columns take no part in the softmax
         n_tokens = student.shape[0]
         g = grad_loss.reshape(-1).float()
-        negative = g < 0
-        has_negative = bool(negative.any())
-        if has_negative:  # the chunk kernel folds log(g) into the exponent: give it |g|, restore the sign after
-            g = g.abs()
         if n_valid > 0 and n_tokens > 0:
             work = _math.new_workspace(False, min(ctx.chunk_tokens, n_tokens), n_valid, student.device)
             for rows in _chunks(n_tokens, ctx.chunk_tokens):
@@ -236,8 +232,6 @@ class _VocabParallelTAIDLoss(torch.autograd.Function):
                     grad[rows, :n_valid], work,
                 )
             del work
-        if has_negative:
-            grad[negative] = -grad[negative]
         return grad, None, None, None, None, None, None, None
 
 

@@ -104,11 +104,37 @@ def layer_spec(num_local_layers: int, attention: str):
                                                             layer_norm=final_norm))
 
 
+def fusions(device_type: str) -> dict[str, bool]:
+    """The TransformerConfig fusion switches for a model on `device_type`. Off on CPU: the unfused paths are exact and
+    need nothing beyond torch. On CUDA, each fusion where its kernel exists:
+      bias_activation_fusion, bias_dropout_fusion  megatron-core's own fused SwiGLU and bias-dropout-add (torch
+                          compiled); no extra package
+      apply_rope_fusion   Transformer Engine's fused RoPE (when megatron-core can use TE)
+      gradient_accumulation_fusion  the weight-gradient GEMM accumulating straight into the fp32 main gradient; needs
+                          apex's `fused_weight_gradient_mlp_cuda`, which megatron-core's own linear layers (the output
+                          layer, whatever the spec) require for it
+    masked_softmax_fusion and persist_layer_norm stay off: they serve megatron's unfused attention and apex's
+    LayerNorm, which taidtron's GPU path (TE or SDPA attention, RMSNorm) does not use."""
+    if device_type != "cuda":
+        return dict(bias_activation_fusion=False, bias_dropout_fusion=False, apply_rope_fusion=False,
+                    gradient_accumulation_fusion=False)
+    try:
+        import fused_weight_gradient_mlp_cuda  # noqa: F401 - apex's CUDA extension
+        accumulation_fusion = True
+    except ImportError:
+        accumulation_fusion = False
+    return dict(bias_activation_fusion=True, bias_dropout_fusion=True, apply_rope_fusion=transformer_engine_usable(),
+                gradient_accumulation_fusion=accumulation_fusion)
+
+
 def transformer_config(model: ModelConfig, parallel: ParallelConfig, *, params_dtype: torch.dtype,
-                       use_cpu_initialization: bool, initialize: bool = True):
-    """megatron-core TransformerConfig of a Llama/Qwen2 decoder under the shared layout."""
+                       use_cpu_initialization: bool, initialize: bool = True, device_type: str | None = None):
+    """megatron-core TransformerConfig of a Llama/Qwen2 decoder under the shared layout. `device_type`: where the
+    model runs, which decides the fusions (`fusions`); None: cuda when a GPU is visible."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
+    if device_type is None:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
     return TransformerConfig(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
@@ -133,13 +159,13 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, *, params_d
         bf16=params_dtype == torch.bfloat16,
         use_cpu_initialization=use_cpu_initialization,
         perform_initialization=initialize,
-        # Fusions need CUDA kernels (apex/TE); the unfused paths are exact and work everywhere.
-        bias_activation_fusion=False,
+        **fusions(device_type),
         masked_softmax_fusion=False,
-        bias_dropout_fusion=False,
-        apply_rope_fusion=False,
         persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
+        # megatron-core's default synchronizes the device after every batched p2p exchange, a guard from before
+        # batch_isend_irecv's requests waited on the right streams (fixed in torch 1.13, pytorch/pytorch#82450);
+        # with torch >= 2.6 it is a host sync per pipeline message for nothing.
+        batch_p2p_sync=False,
         # The loss is a token sum; megatron divides gradients by the global token count (STYLE §4.7).
         calculate_per_token_loss=True,
     )
@@ -156,7 +182,8 @@ def build_gpt(model: ModelConfig, parallel: ParallelConfig, *, padded_vocab_size
     from megatron.core.models.gpt import GPTModel
 
     config = transformer_config(model, parallel, params_dtype=params_dtype,
-                                use_cpu_initialization=device.type == "cpu", initialize=initialize)
+                                use_cpu_initialization=device.type == "cpu", initialize=initialize,
+                                device_type=device.type)
     gpt = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(model.num_layers // parallel.pp, model.attention),

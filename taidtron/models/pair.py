@@ -3,7 +3,8 @@ so megatron-core's pipeline schedules move both activations between stages.
 
 Between stages the two hidden states travel concatenated along the hidden dimension:
     [seq, micro_batch, h_student + h_teacher]  (seq / tp with sequence parallelism)
-The teacher half is detached on arrival, so the backward pass sends zeros for it and only the student learns.
+The teacher half is detached on arrival, so only the student learns; the backward pass sends only the student's
+half of the gradient, [seq, micro_batch, h_student] (`taidtron.overrides.pipeline`).
 On the last stage the pair returns both models' vocab-sharded logits, [micro_batch, seq, V_padded / tp] each.
 Without a teacher (an objective that needs none, e.g. `taid.loss=lm`) the pair is the student alone and returns
 (student logits, None).

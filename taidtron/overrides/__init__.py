@@ -12,6 +12,8 @@ private attribute it touches, the version it was checked against and why:
                       step_with_ready_grads), so that a step with a non-finite loss or gradient norm is refused;
                       the param groups' own `max_lr`/`min_lr` (and Adam's betas/eps), which a resume restores from
                       the checkpoint, set back to the config's
+    pipeline.py       a P2PCommunicator whose backward sends only the student's half of the pair's activation
+                      gradient (the schedule receives gradients in the activation's shape otherwise)
     timeouts.py       a longer collective timeout while a checkpoint loads: torch's `_set_pg_timeout` and the
                       backends' `options._timeout` (torch 2.13; megatron-core's own `update_pg_timeout` uses the same)
 

@@ -44,11 +44,15 @@ def report(case: str, ok: bool, message: str) -> None:
 
 
 def draws() -> list:
+    """One draw from every random stream a checkpoint restores; on a GPU also the CUDA default generator, and the
+    model-parallel tracker's stream is a CUDA one (on CPU the tracker forks the CPU generator)."""
     from megatron.core import tensor_parallel
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     with tensor_parallel.get_cuda_rng_tracker().fork():
-        tracked = torch.rand(3).tolist()
-    return [random.random(), float(np.random.rand()), torch.rand(3).tolist(), tracked]
+        tracked = torch.rand(3, device=device).tolist()
+    cuda = torch.rand(3, device="cuda").tolist() if device == "cuda" else None
+    return [random.random(), float(np.random.rand()), torch.rand(3).tolist(), tracked, cuda]
 
 
 def synthetic_batches(seq: int = 16):
@@ -90,7 +94,7 @@ def main() -> None:
         draws()  # move every stream further, then load: the streams must rewind to the saved point
         checkpoint.load_checkpoint(ckpt_dir, model=student, optimizer=trainer.optimizer, group=ctx.dp_group)
         got = draws()
-        report("rng_roundtrip", got == expected, f"expected {expected} got {got}")
+        report("rng_roundtrip", got == expected, f"on {ctx.device.type}: expected {expected} got {got}")
 
         # non_finite:* --------------------------------------------------------------------------------------
         def poison_weight():

@@ -33,12 +33,13 @@ def train_args(run_dir: Path, teacher_ckpt: Path, *extra: str) -> list[str]:
     ]
 
 
-def run_train(args: list[str], nproc: int = 1, expect_ok: bool = True) -> subprocess.CompletedProcess:
+def run_train(args: list[str], nproc: int = 1, expect_ok: bool = True,
+              env: dict | None = None) -> subprocess.CompletedProcess:
     if nproc == 1:
-        return run_cli("-m", "taidtron.train", *args, expect_ok=expect_ok)
+        return run_cli("-m", "taidtron.train", *args, expect_ok=expect_ok, env=env)
     launcher = ["-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--nnodes=1",
                 "--master-addr=127.0.0.1", f"--master-port={free_port()}", "-m", "taidtron.train"]
-    return run_cli(*launcher, *args, expect_ok=expect_ok)
+    return run_cli(*launcher, *args, expect_ok=expect_ok, env=env)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from taidtron import checkpoint
-from tests.support import run_torchrun
+from tests.support import gpu_env, require_gpu, run_torchrun
 
 WORKER = Path(__file__).with_name("ckpt_worker.py")
 
@@ -48,7 +48,16 @@ def test_a_kill_during_pruning_leaves_no_partial_iteration(results):
 
 
 def test_rng_states_roundtrip(results):
-    _check(results, "rng_roundtrip")
+    _check(results, "rng_roundtrip", "on cpu")
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_rng_states_roundtrip(tmp_path):
+    """The same worker on a GPU: the CUDA default generator and megatron's CUDA tracker stream rewind on load."""
+    require_gpu()
+    (found,) = run_torchrun(WORKER, 1, str(tmp_path), env=gpu_env())
+    ok, message = found["rng_roundtrip"]["ok"], found["rng_roundtrip"]["message"]
+    assert ok and message.startswith("on cuda"), message
 
 
 @pytest.mark.parametrize("case,needles", [

@@ -94,6 +94,7 @@ def main() -> None:
     assert not pair.teacher.training, "teacher left eval mode"
     assert not any(p.requires_grad for p in pair.teacher.parameters()), "teacher parameters require grad"
     assert not any(id(p) in optimizer_params for p in pair.teacher.parameters()), "teacher is in the optimizer"
+    trainer.sync_weights()
     checkpoint.save_checkpoint(out_dir / "student", trainer.step, model=pair.student,
                                meta=weights_meta(cfg, "student", trainer, "training"))
     report(world_size=ctx.world_size, **results)
