@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # CPU wheel of torch for machines without CUDA (a plain `pip install torch` would pull a multi-GB CUDA build).
 CPU_TORCH ?= torch==2.13.0
 
-.PHONY: install test test-triton smoke-test slurm-test bench check clean help
+.PHONY: install test test-triton smoke-test slurm-test bench paper-mini paper-mini-quick check clean help
 
 help:
 	@echo "make install     create $(VENV) with taidtron and its dependencies (CPU torch unless CUDA torch exists)"
@@ -14,6 +14,9 @@ help:
 	@echo "make smoke-test  train a tiny teacher, then distil it into a student with TAID (GPU if present, else CPU)"
 	@echo "make slurm-test  start a local SLURM cluster and run the smoke sbatch plus a preemption/resume test"
 	@echo "make bench       time the fused TAID loss against the reference formula"
+	@echo "make paper-mini  TAID vs the baselines across 3 teacher sizes on the Python docs (~1 h on 2 cores) ->"
+	@echo "                 docs/results/paper_mini.md; ARGS=... passes options (e.g. ARGS=--report-only)"
+	@echo "make paper-mini-quick  the same pipeline in 1-3 minutes (a check, not a result) -> runs/paper_mini_quick/"
 
 install:
 	@if $(PYTHON) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; then \
@@ -44,6 +47,13 @@ slurm-test:
 
 bench:
 	$(PY) tools/bench_loss.py --tokens 2048 --vocab 32000 --dtype fp32 --repeats 10 --compile --json runs/bench_loss.json
+
+# The capacity-gap experiment (tools/paper_mini.py): fetches python3.11-doc with apt-get, trains, writes the page.
+paper-mini:
+	$(PY) tools/paper_mini.py $(ARGS)
+
+paper-mini-quick:
+	$(PY) tools/paper_mini.py --quick $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache
