@@ -692,6 +692,12 @@ def write_plots(raw: dict, out: Path) -> list[str]:
     if panels:
         written.append(plot_panels(panels, out / "paper_mini_curves.png", ncols=len(sizes),
                                    title=f"student validation curves (mean ± std over {len(sweep['seeds'])} seeds)"))
+    teacher_lines = [Line(f"teacher {size} ({teacher['params'] / 1e6:.2f} M)", [p[0] for p in teacher["valid"]],
+                          [p[1] for p in teacher["valid"]], style={"marker": "o", "markersize": 3})
+                     for size, teacher in raw["teachers"].items() if teacher["valid"]]
+    if teacher_lines:
+        written.append(plot_panels([Panel("teachers' pretraining: validation next-token loss", "valid_lm_loss",
+                                          teacher_lines)], out / "paper_mini_teachers.png", ncols=1))
     t_lines = [Line(f"teacher {r['teacher']}, seed {r['seed']}", [p[0] for p in r["taid_t"]],
                     [p[1] for p in r["taid_t"]]) for r in raw["runs"] if r["method"] == "taid" and r["taid_t"]]
     if t_lines:
@@ -765,7 +771,8 @@ def write_page(raw: dict, out: Path, raw_name: str = "paper_mini.json") -> Path:
     ]
     captions = {"paper_mini_curves.png": "Validation curves per method and teacher (mean ± std over seeds).",
                 "paper_mini_t.png": "TAID's t per step, every TAID run, against the linear floor.",
-                "paper_mini_vs_teacher.png": "Held-out student loss and KL against teacher size, per method."}
+                "paper_mini_vs_teacher.png": "Held-out student loss and KL against teacher size, per method.",
+                "paper_mini_teachers.png": "The teachers' validation loss during their pretraining."}
     for name in plots:
         lines += [f"![{captions.get(name, name)}]({name})", "", captions.get(name, ""), ""]
     teacher_rows = [f"| {s} | {raw['teachers'][s]['params']:,} | " + " | ".join(
@@ -836,7 +843,9 @@ def write_page(raw: dict, out: Path, raw_name: str = "paper_mini.json") -> Path:
         "average). "
         f"Load average "
         f"{timing['load_start']} at the start, {timing['load_end']} at the end (on a shared machine the wall time "
-        "is inflated; the CPU time is the better measure of the cost).",
+        "is inflated; the CPU time is the better measure of the cost). On a quiet machine with "
+        f"{timing['workers']} cores the runs would take about {timing['cpu_s'] / timing['workers'] / 60:.0f} min "
+        "(their CPU time spread over the workers; CPU time measured under contention tends to overstate it).",
     ]
     lines += ["", "Cost per kind of run (CPU time is the process's, model building, validation and checkpoints "
               "included; on a busy machine CPU seconds also grow, from contention for caches and cores):", "",

@@ -16,9 +16,10 @@ import paper_mini  # noqa: E402
 
 
 def main() -> None:
-    jobs = json.loads(Path(sys.argv[1]).read_text())
-    results = [paper_mini.execute({"spec": "test", "max_batches": None, **job}, str(Path(sys.argv[1]).parent / "cache"))
-               for job in jobs]
+    jobs_file = Path(sys.argv[1])
+    cache = str(jobs_file.parent / "cache")
+    results = [paper_mini.execute({"spec": "test", "max_batches": None, **job}, cache)
+               for job in json.loads(jobs_file.read_text())]
     print(json.dumps(results))
 
 

@@ -112,7 +112,7 @@ def test_quick_pipeline_writes_the_table_the_plots_and_the_raw_results(tmp_path)
     assert len(teacher_losses) == 1  # every run is measured on the same test tokens
     for method in ("TAID", "skew FKL", "no teacher (lm)"):
         assert sum(line.startswith(f"| {method} |") for line in page.splitlines()) == 2, method  # loss and KL
-    for name in ("paper_mini_curves.png", "paper_mini_t.png", "paper_mini_vs_teacher.png"):
+    for name in ("paper_mini_curves.png", "paper_mini_t.png", "paper_mini_vs_teacher.png", "paper_mini_teachers.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in page
     assert "Quick mode" in page and "python tools/paper_mini.py --quick" in page
     # rerun: every run is reused; --report-only rewrites the same page from the raw JSON
