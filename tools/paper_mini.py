@@ -702,7 +702,7 @@ def write_plots(raw: dict, out: Path) -> list[str]:
                     [p[1] for p in r["taid_t"]]) for r in raw["runs"] if r["method"] == "taid" and r["taid_t"]]
     if t_lines:
         taid, steps = raw["config"]["taid"], sweep["student_steps"]
-        t_lines.append(Line("linear floor", [0, steps], [taid["t_start"], taid["t_end"]],
+        t_lines.append(Line("straight line t_start -> t_end", [0, steps], [taid["t_start"], taid["t_end"]],
                             style={"color": "black", "linestyle": ":"}))
         written.append(plot_panels([Panel("TAID interpolation t", "t", t_lines)], out / "paper_mini_t.png", ncols=1))
     panels = []
@@ -770,7 +770,7 @@ def write_page(raw: dict, out: Path, raw_name: str = "paper_mini.json") -> Path:
         "",
     ]
     captions = {"paper_mini_curves.png": "Validation curves per method and teacher (mean ± std over seeds).",
-                "paper_mini_t.png": "TAID's t per step, every TAID run, against the linear floor.",
+                "paper_mini_t.png": "TAID's t per step, every TAID run, against a straight line from t_start to t_end.",
                 "paper_mini_vs_teacher.png": "Held-out student loss and KL against teacher size, per method.",
                 "paper_mini_teachers.png": "The teachers' validation loss during their pretraining."}
     for name in plots:
