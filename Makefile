@@ -5,7 +5,8 @@ PY     := $(VENV)/bin/python
 # CPU wheel of torch for machines without CUDA (a plain `pip install torch` would pull a multi-GB CUDA build).
 CPU_TORCH ?= torch==2.13.0
 
-.PHONY: install lint test test-triton smoke-test slurm-test multinode-test bench bench-step gpu-check check clean help
+.PHONY: install lint test test-triton smoke-test slurm-test multinode-test bench bench-step gpu-check paper-mini \
+	paper-mini-quick check clean help
 
 help:
 	@echo "make install     create $(VENV) with taidtron and its dependencies (CPU torch unless CUDA torch exists)"
@@ -19,6 +20,9 @@ help:
 	@echo "make bench       time the fused TAID loss against the reference formula"
 	@echo "make bench-step  time a distillation step against a student step plus a teacher forward (docs/performance.md)"
 	@echo "make gpu-check   on a machine with an NVIDIA GPU: every GPU check in one call, one JSON, one table (wheels from .whl/)"
+	@echo "make paper-mini  TAID vs the baselines across 3 teacher sizes on the Python docs (~1 h on 2 cores) ->"
+	@echo "                 docs/results/paper_mini.md; ARGS=... passes options (e.g. ARGS=--report-only)"
+	@echo "make paper-mini-quick  the same pipeline in 1-3 minutes (a check, not a result) -> runs/paper_mini_quick/"
 
 install:
 	@if $(PYTHON) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; then \
@@ -64,6 +68,12 @@ bench-step:
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check:
 	$(GPU_PY) tools/gpu_check.py --out runs/gpu_check.json
+# The capacity-gap experiment (tools/paper_mini.py): fetches python3.11-doc with apt-get, trains, writes the page.
+paper-mini:
+	$(PY) tools/paper_mini.py $(ARGS)
+
+paper-mini-quick:
+	$(PY) tools/paper_mini.py --quick $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

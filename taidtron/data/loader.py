@@ -15,6 +15,8 @@ dp_size contiguous parts; data-parallel rank r takes part r and walks it in micr
 `consumed_samples` (a multiple of G) therefore continues with exactly the samples a run without the restart
 would have seen, provided blend, split, seq_length, seed, train_steps and global_batch_size are unchanged (they
 define the shuffle). Validation always reads the same eval_iters global batches, from a fresh iterator per call.
+The test split (the third share of data.split) is read only by `build_test_iterator`: one pass over it, for
+held-out evaluation (`taidtron.evaluate`); training never touches it.
 
 Index cache. GPTDataset caches its shuffle/sample indices as .npy files. They go under `data_cfg.cache_dir` (or
 `<directory of the first dataset>/cache`), in a subdirectory keyed by the datasets' content, so rebuilding a
@@ -76,6 +78,17 @@ def index_cache_dir(cache_dir: str | None, prefixes: list[str]) -> str:
 def build_datasets(data_cfg: Any, tokenizer: Tokenizer, *, train_samples: int, valid_samples: int):
     """(train, valid) megatron datasets with at least these many samples; valid is None when it has no share
     or valid_samples is 0. Collective: with torch.distributed initialised every rank must call it."""
+    if train_samples < 1:
+        raise ValueError(f"train_samples={train_samples} must be >= 1.")
+    want_valid = parse_split(data_cfg.split)[1] > 0 and valid_samples > 0
+    # 0 rather than None for unused splits: megatron-core wants a size for every split of a weighted blend.
+    train, valid, _ = _build_splits(data_cfg, tokenizer, [train_samples, valid_samples if want_valid else 0, 0])
+    return train, (valid if want_valid else None)
+
+
+def _build_splits(data_cfg: Any, tokenizer: Tokenizer, sizes: list[int | None]) -> list:
+    """megatron's (train, valid, test) datasets of these sample counts (None: one pass over the split, unweighted
+    blends only). Collective like `build_datasets`."""
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
@@ -84,9 +97,6 @@ def build_datasets(data_cfg: Any, tokenizer: Tokenizer, *, train_samples: int, v
     for prefix in prefixes:  # already done by the trainer before it built anything; cheap (sampled)
         check_dataset(prefix, tokenizer, shares)
     overrides.ensure_dataset_helpers()
-    if train_samples < 1:
-        raise ValueError(f"train_samples={train_samples} must be >= 1.")
-    want_valid = shares[1] > 0 and valid_samples > 0
     config = GPTDatasetConfig(
         random_seed=data_cfg.seed,
         sequence_length=data_cfg.seq_length,
@@ -100,11 +110,8 @@ def build_datasets(data_cfg: Any, tokenizer: Tokenizer, *, train_samples: int, v
         create_attention_mask=False,  # causal attention builds its own mask; [s, s] per sample is waste
         mid_level_dataset_surplus=0.05,  # small datasets: give the weighted blend room to draw from
     )
-    # 0 rather than None for unused splits: megatron-core wants a size for every split of a weighted blend.
-    sizes = [train_samples, valid_samples if want_valid else 0, 0]
     with world_of_one():
-        train, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
-    return train, (valid if want_valid else None)
+        return BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -214,3 +221,41 @@ def build_data_iterators(
                        num_workers)
 
     return train_iter, make_valid_iter
+
+
+def build_test_iterator(
+    data_cfg: Any,
+    tokenizer: Tokenizer,
+    *,
+    micro_batch_size: int,
+    global_batch_size: int,
+    dp_rank: int,
+    dp_size: int,
+    max_batches: int | None = None,
+    num_workers: int = 0,
+) -> tuple[Iterator[Batch], int]:
+    """(iterator, number of global batches) over the test split, the third share of data.split, for held-out
+    evaluation: this rank's micro-batches of every full global batch of one pass over the split (shuffled with
+    data.seed), or of the first `max_batches` of them. A weighted blend needs `max_batches` (megatron-core sizes
+    its blended splits explicitly). Collective like `build_data_iterators`; batches as there."""
+    _, weights = parse_blend(data_cfg.blend)
+    if parse_split(data_cfg.split)[2] <= 0:
+        raise ValueError(f"data.split={data_cfg.split!r} has no test share; held-out evaluation reads the third "
+                         "share, e.g. data.split='90,5,5'.")
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches={max_batches} must be >= 1 (or None for the whole test split).")
+    if weights is not None and max_batches is None:
+        raise ValueError("a weighted data.blend needs a number of test batches; pass max_batches.")
+    test_samples = None if max_batches is None else max_batches * global_batch_size
+    # train: one sample (its index is cached and never read); valid: none.
+    _, _, test_ds = _build_splits(data_cfg, tokenizer, [1, 0, test_samples])
+    num_batches = len(test_ds) // global_batch_size
+    if max_batches is not None:
+        num_batches = min(num_batches, max_batches)
+    if num_batches < 1:
+        raise ValueError(f"the test split holds {len(test_ds)} samples of {data_cfg.seq_length} tokens, fewer than "
+                         f"one global batch ({global_batch_size}); give it a larger share in data.split.")
+    sampler = PretrainingBatchSampler(total_samples=num_batches * global_batch_size, consumed_samples=0,
+                                      micro_batch_size=micro_batch_size, global_batch_size=global_batch_size,
+                                      dp_rank=dp_rank, dp_size=dp_size)
+    return _loader(test_ds, sampler, num_workers), num_batches

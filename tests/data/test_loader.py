@@ -206,3 +206,59 @@ def test_dataloader_workers_give_the_same_batches_as_the_main_process(tmp_path, 
     workers = list(build_data_iterators(cfg, smoke_tok, num_workers=2, **kw)[0])
     assert len(main) == len(workers) == 8
     assert all(torch.equal(a["tokens"], b["tokens"]) for a, b in zip(main, workers))
+
+
+def test_test_iterator_reads_one_pass_over_the_test_documents_only(tmp_path, smoke_prefix, smoke_tok):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from taidtron.data.loader import build_test_iterator
+
+    cfg = data_cfg([smoke_prefix], tmp_path, split="90,5,5")
+    ds = IndexedDataset(smoke_prefix)
+    docs = [tuple(ds[i].tolist()) for i in range(len(ds))]
+    first_test = int(round(0.95 * len(docs)))  # megatron-core's document range of the third share
+    test_docs = set(docs[first_test:])
+    test_tokens = sum(len(d) for d in docs[first_test:])
+    batches, num_batches = build_test_iterator(cfg, smoke_tok, micro_batch_size=2, global_batch_size=8, dp_rank=0,
+                                               dp_size=1)
+    batches = list(batches)
+    assert num_batches == (test_tokens - 1) // SEQ // 8  # every full global batch of one epoch of the split
+    assert len(batches) == num_batches * 8 // 2
+    windows = [tokens + labels[-1:] for b in batches for tokens, labels in zip(b["tokens"].tolist(),
+                                                                            b["labels"].tolist())]
+    assert len({tuple(w) for w in windows}) == len(windows)  # one pass: no window twice
+    for window in windows:
+        ends = [i for i, t in enumerate(window) if t == smoke_tok.eod]
+        for a, b in zip(ends, ends[1:]):
+            assert tuple(window[a + 1:b + 1]) in test_docs
+        if ends:
+            head = tuple(window[:ends[0] + 1])
+            assert any(d[-len(head):] == head for d in test_docs)
+
+
+def test_test_iterator_splits_batches_over_dp_ranks_and_caps_at_max_batches(tmp_path, smoke_prefix, smoke_tok):
+    from taidtron.data.loader import build_test_iterator
+
+    cfg = data_cfg([smoke_prefix], tmp_path, split="90,5,5")
+    kw = dict(micro_batch_size=2, global_batch_size=8)
+    single, n = build_test_iterator(cfg, smoke_tok, dp_rank=0, dp_size=1, max_batches=3, **kw)
+    single = torch.cat([b["tokens"] for b in single])
+    assert n == 3 and single.shape == (3 * 8, SEQ)
+    parts = [list(build_test_iterator(cfg, smoke_tok, dp_rank=r, dp_size=2, max_batches=3, **kw)[0]) for r in (0, 1)]
+    for step in range(3):
+        glob = single[step * 8:(step + 1) * 8]
+        halves = [torch.cat([b["tokens"] for b in parts[r][step * 2:(step + 1) * 2]]) for r in (0, 1)]
+        assert torch.equal(torch.cat(halves), glob)
+
+
+def test_test_iterator_refuses_a_split_without_test_share_and_unsized_weighted_blends(tmp_path, smoke_prefix,
+                                                                                      smoke_tok):
+    from taidtron.data.loader import build_test_iterator
+
+    kw = dict(micro_batch_size=2, global_batch_size=8, dp_rank=0, dp_size=1)
+    with pytest.raises(ValueError, match="no test share"):
+        build_test_iterator(data_cfg([smoke_prefix], tmp_path, split="95,5,0"), smoke_tok, **kw)
+    with pytest.raises(ValueError, match="weighted data.blend needs a number of test batches"):
+        build_test_iterator(data_cfg([1, smoke_prefix, 1, smoke_prefix], tmp_path, split="90,5,5"), smoke_tok, **kw)
+    with pytest.raises(ValueError, match="max_batches=0"):
+        build_test_iterator(data_cfg([smoke_prefix], tmp_path, split="90,5,5"), smoke_tok, max_batches=0, **kw)

@@ -1,0 +1,89 @@
+"""Held-out evaluation: `python -m taidtron.evaluate --config X.yaml student.init=CKPT teacher.init=CKPT [...]`.
+
+Builds the experiment's Trainer (`taidtron.trainer.build_trainer`, which loads `student.init` and, for a
+distillation objective, `teacher.init`) and runs `Trainer.evaluate` over the test split (the third share of
+data.split, which training never reads) or the valid split. Prints one JSON object and, with --out, writes it
+atomically: `<split>_student_lm_loss` (next-token loss of the student), and with a teacher `<split>_teacher_lm_loss`,
+`<split>_kl_teacher_student` (KL(p_teacher || q_student) per token) and `<split>_distill_loss` (the objective of
+`taid.loss` at its initial state: t = t_start for taid), plus the batches and tokens read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def evaluate(cfg, ctx, *, split: str = "test", max_batches: int | None = None) -> dict:
+    """The metrics above for the checkpoints cfg names, on this rank's share of `split` (collective)."""
+    from taidtron.data import build_data_iterators, build_test_iterator, load_shared_tokenizer
+    from taidtron.trainer import build_trainer
+
+    missing = [f"{role}.init" for role, model in cfg.models().items() if not model.init]
+    if missing:
+        raise ValueError(f"{' and '.join(missing)} not set: evaluation measures trained checkpoints; pass "
+                         f"{missing[0]}=<checkpoint directory>.")
+    tokenizer = load_shared_tokenizer(cfg.data)
+    trainer = build_trainer(cfg, ctx, tokenizer.vocab_size)
+    batch = dict(micro_batch_size=cfg.parallel.micro_batch_size, global_batch_size=cfg.parallel.global_batch_size,
+                 dp_rank=ctx.dp_rank, dp_size=ctx.dp)
+    if split == "test":
+        batches, num_batches = build_test_iterator(cfg.data, tokenizer, max_batches=max_batches, **batch)
+    else:
+        num_batches = max_batches or cfg.logging.eval_iters
+        _, make_valid = build_data_iterators(cfg.data, tokenizer, train_steps=1, eval_iters=num_batches, **batch)
+        if make_valid is None:
+            raise ValueError(f"data.split={cfg.data.split!r} has no valid share to evaluate on.")
+        batches = make_valid()
+    metrics = trainer.evaluate(batches, num_batches)
+    return {"split": split, "batches": num_batches,
+            "tokens": num_batches * cfg.parallel.global_batch_size * cfg.data.seq_length,
+            **{name.replace("valid_", f"{split}_", 1): value for name, value in metrics.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m taidtron.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="exit codes: 0 done, 2 bad input (the message says what to change)")
+    parser.add_argument("--config", help="YAML experiment file (see configs/)")
+    parser.add_argument("--split", choices=["test", "valid"], default="test", help="split to read (default test)")
+    parser.add_argument("--max-batches", type=int, help="global batches to read (default: the whole test split; "
+                                                        "logging.eval_iters for valid)")
+    parser.add_argument("--out", help="also write the JSON here (atomically)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, applied after --config")
+    args = parser.parse_intermixed_args(argv)  # options and section.key=value overrides in any order
+    from taidtron.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"taidtron: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
+
+    try:
+        ctx = init_distributed(cfg.parallel)
+        cfg.validate_layout(ctx.world_size)
+        seed_everything(cfg.seed, ctx)
+        result = evaluate(cfg, ctx, split=args.split, max_batches=args.max_batches)
+    except ValueError as exc:  # config, checkpoint, tokenizer or data the user must change
+        print(f"taidtron: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        destroy_distributed()
+    if ctx.is_main:
+        text = json.dumps(result)
+        print(text)
+        if args.out:
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.with_suffix(".tmp").write_text(text + "\n")
+            os.replace(out.with_suffix(".tmp"), out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
