@@ -184,16 +184,28 @@ class CheckpointMeta:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
 
 
-MODEL_FIELDS_REQUIRED = ("family", "num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
-                         "ffn_hidden_size", "vocab_size", "rotary_base", "norm_epsilon", "add_qkv_bias",
-                         "tie_embeddings")
+MODEL_FIELDS_REQUIRED = (
+    "family",
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "num_query_groups",
+    "ffn_hidden_size",
+    "vocab_size",
+    "rotary_base",
+    "norm_epsilon",
+    "add_qkv_bias",
+    "tie_embeddings",
+)
 """ModelConfig fields a checkpoint must record; fields added to ModelConfig later take their defaults when an
 older checkpoint lacks them."""
 
 
 def _invalid(file: Path, where: str, problem: str) -> CheckpointError:
-    return CheckpointError(f"{file}: `{where}` {problem}. The file is damaged or was not written by taidtron; "
-                           f"re-create the checkpoint (or resume from an earlier iteration).")
+    return CheckpointError(
+        f"{file}: `{where}` {problem}. The file is damaged or was not written by taidtron; "
+        f"re-create the checkpoint (or resume from an earlier iteration)."
+    )
 
 
 def _type_name(annotation: Any) -> str:
@@ -260,25 +272,39 @@ def _from_format_1(raw: dict, file: Path) -> dict:
     `hf_config` for imports, `source` as a string for tools/smoke_test.py's teacher, `tokenizer_fingerprint` next
     to `config.data.tokenizer`, `teacher_source`, and no step of its own."""
     if "model" not in raw or "padded_vocab_size" not in raw:
-        raise CheckpointError(f"{file} (format 1) records no model architecture, so the weights cannot be matched to "
-                              f"a model; it was written by an early test helper. Re-create the checkpoint with this "
-                              f"taidtron (`tools/convert.py import` for Hugging Face weights, a training run "
-                              f"otherwise).")
+        raise CheckpointError(
+            f"{file} (format 1) records no model architecture, so the weights cannot be matched to "
+            f"a model; it was written by an early test helper. Re-create the checkpoint with this "
+            f"taidtron (`tools/convert.py import` for Hugging Face weights, a training run "
+            f"otherwise)."
+        )
     config = raw.get("config") if isinstance(raw.get("config"), dict) else {}
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     source = raw.get("source")
     trainer = raw.get("trainer")
     if raw.get("kind") == "hf_import" and isinstance(source, dict):
-        weights = {"kind": "hf_import", "description": f"tools/convert.py import of {source.get('path')}",
-                   "path": source.get("path"), "hf_config": raw.get("hf_config")}
+        weights = {
+            "kind": "hf_import",
+            "description": f"tools/convert.py import of {source.get('path')}",
+            "path": source.get("path"),
+            "hf_config": raw.get("hf_config"),
+        }
     elif isinstance(source, str):
         weights = {"kind": "pretraining", "description": source, "path": None, "hf_config": None}
     elif trainer is not None:
-        weights = {"kind": "training", "description": "a taidtron training run (format 1)", "path": None,
-                   "hf_config": None}
+        weights = {
+            "kind": "training",
+            "description": "a taidtron training run (format 1)",
+            "path": None,
+            "hf_config": None,
+        }
     else:
-        weights = {"kind": "init", "description": "format 1 checkpoint without a recorded source", "path": None,
-                   "hf_config": None}
+        weights = {
+            "kind": "init",
+            "description": "format 1 checkpoint without a recorded source",
+            "path": None,
+            "hf_config": None,
+        }
     tokenizer = None
     if data.get("tokenizer") and raw.get("tokenizer_fingerprint"):
         tokenizer = {"path": data["tokenizer"], "fingerprint": raw["tokenizer_fingerprint"]}
@@ -288,12 +314,22 @@ def _from_format_1(raw: dict, file: Path) -> dict:
         match = re.fullmatch(r"iter_(\d+)", file.parent.name)
         step = int(match.group(1)) if match else 0
     return {
-        "format_version": FORMAT_VERSION, "model": raw["model"], "padded_vocab_size": raw["padded_vocab_size"],
-        "source": weights, "tokenizer": tokenizer, "seq_length": data.get("seq_length"),
-        "teacher": raw.get("teacher_source"), "trainer": trainer, "config": raw.get("config"), "step": step,
-        "content_id": raw.get("content_id", ""), "saved_at": raw.get("saved_at", ""),
-        "params_dtype": raw.get("params_dtype"), "layout": raw.get("layout", {"tp": 1, "pp": 1, "dp": 1}),
-        "has_optimizer": raw.get("has_optimizer", False), "has_rng": raw.get("has_rng", False),
+        "format_version": FORMAT_VERSION,
+        "model": raw["model"],
+        "padded_vocab_size": raw["padded_vocab_size"],
+        "source": weights,
+        "tokenizer": tokenizer,
+        "seq_length": data.get("seq_length"),
+        "teacher": raw.get("teacher_source"),
+        "trainer": trainer,
+        "config": raw.get("config"),
+        "step": step,
+        "content_id": raw.get("content_id", ""),
+        "saved_at": raw.get("saved_at", ""),
+        "params_dtype": raw.get("params_dtype"),
+        "layout": raw.get("layout", {"tp": 1, "pp": 1, "dp": 1}),
+        "has_optimizer": raw.get("has_optimizer", False),
+        "has_rng": raw.get("has_rng", False),
         "files": raw.get("files", {}),
     }
 
@@ -307,8 +343,11 @@ def parse_meta(raw: Any, file: Path) -> CheckpointMeta:
         raw = _from_format_1(raw, file)
     elif type(version) is not int or version != FORMAT_VERSION:
         what = "has no format_version" if version is None else f"has format_version {version!r}"
-        fix = ("a newer taidtron wrote it: upgrade taidtron to load it" if type(version) is int and version > 1
-               else "it was not written by taidtron")
+        fix = (
+            "a newer taidtron wrote it: upgrade taidtron to load it"
+            if type(version) is int and version > 1
+            else "it was not written by taidtron"
+        )
         raise CheckpointError(f"{file} {what}, and this taidtron reads formats 1 and {FORMAT_VERSION}; {fix}.")
     return _parse_dataclass(CheckpointMeta, raw, "", file)
 
@@ -328,16 +367,22 @@ def resolve_iteration_dir(path: str | Path) -> Path:
         target = path / name
         if not name or not (target / META_FILE).is_file():
             earlier = sorted(p.name for p in path.glob("iter_*") if (p / META_FILE).is_file())
-            hint = (f"the complete iterations there are {', '.join(earlier)}; point to one explicitly or fix "
-                    f"{latest}" if earlier else "no complete iteration is left there")
-            raise CheckpointError(f"{latest} names {name!r}, which is missing or incomplete (no {META_FILE}); "
-                                  f"{hint}.")
+            hint = (
+                f"the complete iterations there are {', '.join(earlier)}; point to one explicitly or fix {latest}"
+                if earlier
+                else "no complete iteration is left there"
+            )
+            raise CheckpointError(f"{latest} names {name!r}, which is missing or incomplete (no {META_FILE}); {hint}.")
         return target
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist; check the path (a directory made by training or "
-                              f"by `tools/convert.py import`).")
-    raise CheckpointError(f"{path} is not a taidtron checkpoint: it has neither {META_FILE} nor a `{LATEST_FILE}` "
-                          f"marker. Convert Hugging Face weights with `python tools/convert.py import`.")
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; check the path (a directory made by training or "
+            f"by `tools/convert.py import`)."
+        )
+    raise CheckpointError(
+        f"{path} is not a taidtron checkpoint: it has neither {META_FILE} nor a `{LATEST_FILE}` "
+        f"marker. Convert Hugging Face weights with `python tools/convert.py import`."
+    )
 
 
 def read_meta(path: str | Path) -> CheckpointMeta:
@@ -347,15 +392,20 @@ def read_meta(path: str | Path) -> CheckpointMeta:
     try:
         raw = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{file} is unreadable or corrupted ({exc}); the checkpoint cannot be trusted. Resume "
-                              f"from an earlier iteration directory.") from None
+        raise CheckpointError(
+            f"{file} is unreadable or corrupted ({exc}); the checkpoint cannot be trusted. Resume "
+            f"from an earlier iteration directory."
+        ) from None
     return parse_meta(raw, file)
 
 
 def _scan_files(directory: Path) -> dict[str, int]:
     """name -> size of every file a checkpoint directory holds besides taidtron.json."""
-    return {str(p.relative_to(directory)): p.stat().st_size
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != META_FILE}
+    return {
+        str(p.relative_to(directory)): p.stat().st_size
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != META_FILE
+    }
 
 
 def verify_checkpoint(path: str | Path) -> CheckpointMeta:
@@ -370,13 +420,17 @@ def verify_checkpoint(path: str | Path) -> CheckpointMeta:
     for name, size in sorted(meta.files.items()):
         file = directory / name
         if not file.is_file():
-            raise CheckpointError(f"{directory} is incomplete: {name} is missing (the manifest in {META_FILE} lists "
-                                  f"it). Resume from an earlier iteration or re-create the checkpoint.")
+            raise CheckpointError(
+                f"{directory} is incomplete: {name} is missing (the manifest in {META_FILE} lists "
+                f"it). Resume from an earlier iteration or re-create the checkpoint."
+            )
         actual = file.stat().st_size
         if actual != size:
-            raise CheckpointError(f"{file} is {'truncated' if actual < size else 'altered'}: {actual} bytes, "
-                                  f"{size} when it was written. Resume from an earlier iteration or re-create the "
-                                  f"checkpoint.")
+            raise CheckpointError(
+                f"{file} is {'truncated' if actual < size else 'altered'}: {actual} bytes, "
+                f"{size} when it was written. Resume from an earlier iteration or re-create the "
+                f"checkpoint."
+            )
     _verify_dcp_extents(directory)
     return meta
 
@@ -397,11 +451,13 @@ def _verify_dcp_extents(directory: Path) -> None:
     for name, end in sorted(needed.items()):
         file = directory / name
         if not file.is_file():
-            raise CheckpointError(f"{directory} is incomplete: {name} is missing (the dist_checkpointing index "
-                                  f"needs it).")
+            raise CheckpointError(
+                f"{directory} is incomplete: {name} is missing (the dist_checkpointing index needs it)."
+            )
         if file.stat().st_size < end:
-            raise CheckpointError(f"{file} is truncated: {file.stat().st_size} bytes, the dist_checkpointing index "
-                                  f"needs {end}.")
+            raise CheckpointError(
+                f"{file} is truncated: {file.stat().st_size} bytes, the dist_checkpointing index needs {end}."
+            )
 
 
 def describe_source(path: str | Path) -> TeacherSource:
@@ -427,9 +483,11 @@ def check_teacher_unchanged(saved: TeacherSource | None, current: TeacherSource 
         return "a randomly initialised teacher" if source is None else f"{source.path} (hash {source.hash[:12]})"
 
     if saved is None or current is None or saved.hash != current.hash:
-        raise CheckpointError(f"the teacher changed since the checkpoint was written: checkpoint used "
-                              f"{describe(saved)}, this run has {describe(current)}. Resume with the original "
-                              f"teacher.init, or start a new run directory (checkpoint.dir) for a new teacher.")
+        raise CheckpointError(
+            f"the teacher changed since the checkpoint was written: checkpoint used "
+            f"{describe(saved)}, this run has {describe(current)}. Resume with the original "
+            f"teacher.init, or start a new run directory (checkpoint.dir) for a new teacher."
+        )
     if saved.path != current.path and _is_main():
         log.warning("teacher checkpoint moved from %s to %s (same content); continuing", saved.path, current.path)
 
@@ -439,21 +497,36 @@ def check_tokenizer(meta: CheckpointMeta, what: str, tokenizer: TokenizerRef) ->
     (Hugging Face imports do not: their folder holds it)."""
     if meta.tokenizer is None or meta.tokenizer.fingerprint == tokenizer.fingerprint:
         return
-    raise CheckpointError(f"{what} was trained with the tokenizer {meta.tokenizer.path} (fingerprint "
-                          f"{meta.tokenizer.fingerprint[:12]}), but data.tokenizer is {tokenizer.path} (fingerprint "
-                          f"{tokenizer.fingerprint[:12]}): the same ids would name other tokens. Set data.tokenizer "
-                          f"to the tokenizer the checkpoint was trained with, or use a checkpoint trained with this "
-                          f"one.")
+    raise CheckpointError(
+        f"{what} was trained with the tokenizer {meta.tokenizer.path} (fingerprint "
+        f"{meta.tokenizer.fingerprint[:12]}), but data.tokenizer is {tokenizer.path} (fingerprint "
+        f"{tokenizer.fingerprint[:12]}): the same ids would name other tokens. Set data.tokenizer "
+        f"to the tokenizer the checkpoint was trained with, or use a checkpoint trained with this "
+        f"one."
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
 # resuming a run: which checkpoint, and what may differ from its config
 
 
-RESUME_FREE_KEYS = ("logging.", "checkpoint.", "parallel.tp", "parallel.pp", "parallel.sequence_parallel",
-                    "parallel.micro_batch_size", "parallel.distributed_optimizer", "taid.loss_impl",
-                    "taid.chunk_tokens", "data.tokenizer", "data.teacher_tokenizer", "data.cache_dir", "student.init",
-                    "teacher.init", "optim.max_skipped_steps")
+RESUME_FREE_KEYS = (
+    "logging.",
+    "checkpoint.",
+    "parallel.tp",
+    "parallel.pp",
+    "parallel.sequence_parallel",
+    "parallel.micro_batch_size",
+    "parallel.distributed_optimizer",
+    "taid.loss_impl",
+    "taid.chunk_tokens",
+    "data.tokenizer",
+    "data.teacher_tokenizer",
+    "data.cache_dir",
+    "student.init",
+    "teacher.init",
+    "optim.max_skipped_steps",
+)
 """Config keys (a trailing dot: a whole section) a resumed run may change freely: they change how the run is
 logged, saved, laid out or computed, not what it trains. The layout reshards on load; the tokenizer is compared by
 its fingerprint and the teacher by its content instead of by path."""
@@ -461,7 +534,7 @@ RESUME_FROZEN_KEYS = {
     "student.": "the checkpoint holds a student of this architecture",
     "teacher.": "the run distils from this teacher (start a new run for another one)",
     "precision": "the weights and optimizer state were saved in this precision (start a new run with "
-                 "student.init=<the checkpoint> to change it)",
+    "student.init=<the checkpoint> to change it)",
     "seed": "the random streams are restored from the checkpoint, so a new seed would not take effect",
 }
 """Keys a resume cannot change even on purpose, and why. Every other key the checkpoint fixes (optimizer and LR
@@ -534,15 +607,18 @@ class ResumePlan:
         parts = [f"resumed from {self.directory} at step {self.meta.step}"]
         for change in self.changes:
             if change.kind == "extended" and not self.stretch_schedule:
-                parts.append(f"{change} (run extended; the LR and t schedules keep their {change.saved}-step "
-                             f"horizon: later steps run at optim.min_lr and t_end)")
+                parts.append(
+                    f"{change} (run extended; the LR and t schedules keep their {change.saved}-step "
+                    f"horizon: later steps run at optim.min_lr and t_end)"
+                )
             elif change.kind == "extended":
                 parts.append(f"{change} (run extended; the LR and t schedules stretched to {change.current} steps)")
             else:
                 parts.append(f"{change}{' (checkpoint.override)' if change.kind == 'override' else ''}")
         if self.newer:
-            parts.append(f"newer checkpoints {', '.join(self.newer)} are from an abandoned continuation and will be "
-                         f"replaced")
+            parts.append(
+                f"newer checkpoints {', '.join(self.newer)} are from an abandoned continuation and will be replaced"
+            )
         return "; ".join(parts)
 
 
@@ -560,11 +636,15 @@ def complete_iterations(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
 def _choose_another_hint(ckpt_dir: Path, exclude: Path | None = None) -> str:
     complete = [(step, d) for step, d in complete_iterations(ckpt_dir) if exclude is None or d.name != exclude.name]
     if not complete:
-        return (f"No complete checkpoint is left in {ckpt_dir}; start a new run in another logging.run_dir (or "
-                f"checkpoint.dir).")
+        return (
+            f"No complete checkpoint is left in {ckpt_dir}; start a new run in another logging.run_dir (or "
+            f"checkpoint.dir)."
+        )
     listed = ", ".join(f"{d.name} (step {step})" for step, d in complete[:5])
-    return (f"Complete checkpoints there: {listed}; resume from one with checkpoint.load_iteration={complete[0][0]} "
-            f"(or another of those steps).")
+    return (
+        f"Complete checkpoints there: {listed}; resume from one with checkpoint.load_iteration={complete[0][0]} "
+        f"(or another of those steps)."
+    )
 
 
 def _resume_directory(ckpt_dir: Path, load_iteration: int | None) -> Path | None:
@@ -577,8 +657,9 @@ def _resume_directory(ckpt_dir: Path, load_iteration: int | None) -> Path | None
                 raise CheckpointError(f"{directory} does not exist")
             verify_checkpoint(directory)
         except CheckpointError as exc:
-            raise CheckpointError(f"checkpoint.load_iteration={load_iteration}: {exc} "
-                                  f"{_choose_another_hint(ckpt_dir)}") from None
+            raise CheckpointError(
+                f"checkpoint.load_iteration={load_iteration}: {exc} {_choose_another_hint(ckpt_dir)}"
+            ) from None
         return directory
     latest = ckpt_dir / LATEST_FILE
     if not latest.is_file():
@@ -590,8 +671,10 @@ def _resume_directory(ckpt_dir: Path, load_iteration: int | None) -> Path | None
             raise CheckpointError(f"{directory} does not exist")
         verify_checkpoint(directory)
     except CheckpointError as exc:
-        raise CheckpointError(f"the latest checkpoint cannot be loaded: {latest} names {name!r}, and {exc} "
-                              f"{_choose_another_hint(ckpt_dir)}") from None
+        raise CheckpointError(
+            f"the latest checkpoint cannot be loaded: {latest} names {name!r}, and {exc} "
+            f"{_choose_another_hint(ckpt_dir)}"
+        ) from None
     return directory
 
 
@@ -607,17 +690,21 @@ def plan_resume(ckpt_cfg, ckpt_dir: str | Path, config: dict, tokenizer: Tokeniz
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_cfg.resume:
         if (ckpt_dir / LATEST_FILE).is_file() or any(ckpt_dir.glob("iter_*")):
-            raise CheckpointError(f"checkpoint.resume=false, but {ckpt_dir} holds checkpoints of an earlier run, "
-                                  f"which this start would overwrite; choose another logging.run_dir (or "
-                                  f"checkpoint.dir) for a new run, or resume it (checkpoint.resume=true).")
+            raise CheckpointError(
+                f"checkpoint.resume=false, but {ckpt_dir} holds checkpoints of an earlier run, "
+                f"which this start would overwrite; choose another logging.run_dir (or "
+                f"checkpoint.dir) for a new run, or resume it (checkpoint.resume=true)."
+            )
         return None
     directory = _resume_directory(ckpt_dir, ckpt_cfg.load_iteration)
     if directory is None:
         return None
     meta = read_meta(directory)
     if not (meta.has_optimizer and meta.trainer is not None):
-        raise CheckpointError(f"{directory} holds no optimizer or trainer state ({meta.source.description}), so a "
-                              f"run cannot resume from it; use it as student.init in a new run directory.")
+        raise CheckpointError(
+            f"{directory} holds no optimizer or trainer state ({meta.source.description}), so a "
+            f"run cannot resume from it; use it as student.init in a new run directory."
+        )
     check_tokenizer(meta, f"the checkpoint {directory}", tokenizer)
     from taidtron.config import flatten_config
 
@@ -625,13 +712,17 @@ def plan_resume(ckpt_cfg, ckpt_dir: str | Path, config: dict, tokenizer: Tokeniz
     saved_steps = flatten_config(meta.config or {}).get("optim.train_steps", train_steps)
     if meta.step >= train_steps:
         if train_steps == saved_steps:
-            raise CheckpointError(f"the run in {ckpt_dir} is complete: {directory.name} is at step {meta.step} = "
-                                  f"optim.train_steps, so there is nothing to resume (nothing was changed). To train "
-                                  f"further raise optim.train_steps (the run continues from step {meta.step}); for a "
-                                  f"new run choose another logging.run_dir (or checkpoint.dir).")
-        raise CheckpointError(f"optim.train_steps={train_steps}, but {directory} is already at step {meta.step}; "
-                              f"raise optim.train_steps above {meta.step}, or choose another logging.run_dir (or "
-                              f"checkpoint.dir) for a new run.")
+            raise CheckpointError(
+                f"the run in {ckpt_dir} is complete: {directory.name} is at step {meta.step} = "
+                f"optim.train_steps, so there is nothing to resume (nothing was changed). To train "
+                f"further raise optim.train_steps (the run continues from step {meta.step}); for a "
+                f"new run choose another logging.run_dir (or checkpoint.dir)."
+            )
+        raise CheckpointError(
+            f"optim.train_steps={train_steps}, but {directory} is already at step {meta.step}; "
+            f"raise optim.train_steps above {meta.step}, or choose another logging.run_dir (or "
+            f"checkpoint.dir) for a new run."
+        )
     changes = compare_configs(meta.config, config, ckpt_cfg.override) if meta.config else []
     frozen = [c for c in changes if c.kind == "frozen"]
     refused = [c for c in changes if c.kind == "refused"]
@@ -639,19 +730,28 @@ def plan_resume(ckpt_cfg, ckpt_dir: str | Path, config: dict, tokenizer: Tokeniz
         problems = []
         if refused:
             keys = ",".join(c.key for c in refused)
-            problems.append(f"in keys the checkpoint fixes: {', '.join(map(str, refused))}; to apply "
-                            f"{'this change' if len(refused) == 1 else 'these changes'} on purpose, resume with "
-                            f"checkpoint.override=[{keys}]")
+            problems.append(
+                f"in keys the checkpoint fixes: {', '.join(map(str, refused))}; to apply "
+                f"{'this change' if len(refused) == 1 else 'these changes'} on purpose, resume with "
+                f"checkpoint.override=[{keys}]"
+            )
         for change in frozen:
             reason = RESUME_FROZEN_KEYS[_matches(change.key, RESUME_FROZEN_KEYS)]
             problems.append(f"in {change}, which no resume can change: {reason}")
-        raise CheckpointError(f"the config differs from the checkpoint {directory} (step {meta.step}) "
-                              + "; and ".join(problems) + ". For a new run choose another logging.run_dir (or "
-                              "checkpoint.dir).")
+        raise CheckpointError(
+            f"the config differs from the checkpoint {directory} (step {meta.step}) "
+            + "; and ".join(problems)
+            + ". For a new run choose another logging.run_dir (or "
+            "checkpoint.dir)."
+        )
     newer = sorted(p.name for p in ckpt_dir.glob("iter_*") if p.is_dir() and p.name > directory.name)
-    return ResumePlan(directory=directory, meta=meta, changes=changes,
-                      stretch_schedule="optim.train_steps" in ckpt_cfg.override and saved_steps != train_steps,
-                      newer=newer)
+    return ResumePlan(
+        directory=directory,
+        meta=meta,
+        changes=changes,
+        stretch_schedule="optim.train_steps" in ckpt_cfg.override and saved_steps != train_steps,
+        newer=newer,
+    )
 
 
 def iteration_name(step: int) -> str:
@@ -701,9 +801,14 @@ def _layout() -> dict:
 
     if not ps.model_parallel_is_initialized():
         return {"tp": 1, "pp": 1, "dp": 1, "tp_rank": 0, "pp_rank": 0, "dp_rank": 0}
-    return {"tp": ps.get_tensor_model_parallel_world_size(), "pp": ps.get_pipeline_model_parallel_world_size(),
-            "dp": ps.get_data_parallel_world_size(), "tp_rank": ps.get_tensor_model_parallel_rank(),
-            "pp_rank": ps.get_pipeline_model_parallel_rank(), "dp_rank": ps.get_data_parallel_rank()}
+    return {
+        "tp": ps.get_tensor_model_parallel_world_size(),
+        "pp": ps.get_pipeline_model_parallel_world_size(),
+        "dp": ps.get_data_parallel_world_size(),
+        "tp_rank": ps.get_tensor_model_parallel_rank(),
+        "pp_rank": ps.get_pipeline_model_parallel_rank(),
+        "dp_rank": ps.get_data_parallel_rank(),
+    }
 
 
 def _same_layout(saved: Layout, current: dict) -> bool:
@@ -748,8 +853,13 @@ def _rng_sharded_object(layout: dict, data):
     """One object per rank: global shape (pp, tp, dp), this rank at (pp_rank, tp_rank, dp_rank)."""
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-    return ShardedObject(RNG_KEY, data, (layout["pp"], layout["tp"], layout["dp"]),
-                         (layout["pp_rank"], layout["tp_rank"], layout["dp_rank"]), replica_id=0)
+    return ShardedObject(
+        RNG_KEY,
+        data,
+        (layout["pp"], layout["tp"], layout["dp"]),
+        (layout["pp_rank"], layout["tp_rank"], layout["dp_rank"]),
+        replica_id=0,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -764,9 +874,12 @@ def check_architecture(model: torch.nn.Module, meta: CheckpointMeta, where: Path
     if config is None:
         return
     current = {
-        "num_layers": config.num_layers, "hidden_size": config.hidden_size,
-        "num_attention_heads": config.num_attention_heads, "num_query_groups": config.num_query_groups,
-        "ffn_hidden_size": config.ffn_hidden_size, "add_qkv_bias": bool(config.add_qkv_bias),
+        "num_layers": config.num_layers,
+        "hidden_size": config.hidden_size,
+        "num_attention_heads": config.num_attention_heads,
+        "num_query_groups": config.num_query_groups,
+        "ffn_hidden_size": config.ffn_hidden_size,
+        "add_qkv_bias": bool(config.add_qkv_bias),
         "norm_epsilon": config.layernorm_epsilon,
         "tie_embeddings": bool(getattr(model, "share_embeddings_and_output_weights", saved.tie_embeddings)),
     }
@@ -775,17 +888,23 @@ def check_architecture(model: torch.nn.Module, meta: CheckpointMeta, where: Path
     diffs = []
     for key, value in current.items():
         want = getattr(saved, key)
-        same = abs(float(want) - float(value)) <= 1e-12 * max(1.0, abs(float(want))) \
-            if isinstance(value, float) else want == value
+        same = (
+            abs(float(want) - float(value)) <= 1e-12 * max(1.0, abs(float(want)))
+            if isinstance(value, float)
+            else want == value
+        )
         if not same:
             diffs.append(f"{key}: checkpoint {want!r}, model {value!r}")
     padded = getattr(model, "vocab_size", None)
     if padded is not None and padded < saved.vocab_size:
         diffs.append(f"vocab_size: checkpoint {saved.vocab_size}, model's padded vocabulary only {padded}")
     if diffs:
-        raise CheckpointError(f"{where} holds a different architecture than the model it is loaded into ("
-                              + "; ".join(diffs) + f"). Copy the `model` section of {where / META_FILE} into the "
-                              f"student/teacher section of the config (tools/convert.py import prints it).")
+        raise CheckpointError(
+            f"{where} holds a different architecture than the model it is loaded into ("
+            + "; ".join(diffs)
+            + f"). Copy the `model` section of {where / META_FILE} into the "
+            f"student/teacher section of the config (tools/convert.py import prints it)."
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -799,7 +918,8 @@ def _sharded_state(model: torch.nn.Module, optimizer, *, is_loading: bool) -> di
         # fully_reshardable: optimizer state in the canonical per-parameter form, so a run saved at one tp/pp/dp
         # resumes at another (the distributed optimizer gathers it on DP rank 0 while saving).
         state["optimizer"] = optimizer.sharded_state_dict(
-            model_state, is_loading=is_loading, metadata={"distrib_optim_sharding_type": "fully_reshardable"})
+            model_state, is_loading=is_loading, metadata={"distrib_optim_sharding_type": "fully_reshardable"}
+        )
     return state
 
 
@@ -820,11 +940,15 @@ def _write_iteration(tmp: Path, *, model, optimizer, meta: CheckpointMeta, step:
     if not isinstance(meta, CheckpointMeta):
         raise TypeError(f"meta must be a CheckpointMeta, got {type(meta).__name__}")
     layout = _layout()
-    if optimizer is not None and any(len(getattr(getattr(sub, "optimizer", None), "state", {"": 0})) == 0
-                                     for sub in getattr(optimizer, "chained_optimizers", [optimizer])):
+    if optimizer is not None and any(
+        len(getattr(getattr(sub, "optimizer", None), "state", {"": 0})) == 0
+        for sub in getattr(optimizer, "chained_optimizers", [optimizer])
+    ):
         # megatron's DistributedOptimizer.state_dict() asserts on Adam state that only exists after a step.
-        raise CheckpointError("the optimizer has taken no step yet, so it has no state to save; save after the "
-                              "first optimizer step (or save the model alone).")
+        raise CheckpointError(
+            "the optimizer has taken no step yet, so it has no state to save; save after the "
+            "first optimizer step (or save the model alone)."
+        )
     state = _sharded_state(model, optimizer, is_loading=False)
     if save_rng:
         state[RNG_KEY] = _rng_sharded_object(layout, _rng_state())
@@ -864,8 +988,9 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def save_checkpoint(ckpt_dir: str | Path, step: int, *, model: torch.nn.Module, optimizer=None,
-                    meta: CheckpointMeta, keep_last: int = 0) -> Path:
+def save_checkpoint(
+    ckpt_dir: str | Path, step: int, *, model: torch.nn.Module, optimizer=None, meta: CheckpointMeta, keep_last: int = 0
+) -> Path:
     """Save model (+ optimizer, + per-rank RNG states when training) under ckpt_dir/iter_<step>. All ranks call it.
 
     Refused (SaveError, nothing written) when any rank's model or optimizer state holds a NaN or an infinity.
@@ -939,8 +1064,11 @@ def _discard(path: Path) -> None:
 def _non_finite_tensors(model: torch.nn.Module, optimizer) -> list[str]:
     """What of this rank's shards holds a NaN or an infinity: model parameters by name, optimizer state (fp32 main
     parameters, Adam moments) by kind."""
-    found = [f"student {name}" for name, param in model.named_parameters()
-             if param.is_floating_point() and not bool(torch.isfinite(param).all())]
+    found = [
+        f"student {name}"
+        for name, param in model.named_parameters()
+        if param.is_floating_point() and not bool(torch.isfinite(param).all())
+    ]
     kinds: dict[str, int] = {}
     for sub in getattr(optimizer, "chained_optimizers", [optimizer]) if optimizer is not None else []:
         inner = getattr(sub, "optimizer", None)
@@ -948,8 +1076,11 @@ def _non_finite_tensors(model: torch.nn.Module, optimizer) -> list[str]:
             for param in group["params"]:
                 tensors = {"main parameters": param, **inner.state.get(param, {})}
                 for kind, tensor in tensors.items():
-                    if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() \
-                            and not bool(torch.isfinite(tensor).all()):
+                    if (
+                        isinstance(tensor, torch.Tensor)
+                        and tensor.is_floating_point()
+                        and not bool(torch.isfinite(tensor).all())
+                    ):
                         kinds[kind] = kinds.get(kind, 0) + 1
     found += [f"optimizer {kind} ({count} tensor{'s' if count > 1 else ''})" for kind, count in kinds.items()]
     return found
@@ -963,11 +1094,16 @@ def _refuse_non_finite(model: torch.nn.Module, optimizer, ckpt_dir: Path, step: 
     (bad,) = _any_rank(bool(local))
     if not bad:
         return
-    where = (", ".join(local[:3]) + (f" and {len(local) - 3} more" if len(local) > 3 else "")) if local \
+    where = (
+        (", ".join(local[:3]) + (f" and {len(local) - 3} more" if len(local) > 3 else ""))
+        if local
         else "tensors on another rank"
-    raise SaveError(f"step {step} was not saved: the training state holds NaN or infinite values ({where}); "
-                    f"{describe_latest(ckpt_dir)}. The run diverged: lower optim.lr and resume with "
-                    f"checkpoint.override=[optim.lr] (or an earlier checkpoint with checkpoint.load_iteration).")
+    )
+    raise SaveError(
+        f"step {step} was not saved: the training state holds NaN or infinite values ({where}); "
+        f"{describe_latest(ckpt_dir)}. The run diverged: lower optim.lr and resume with "
+        f"checkpoint.override=[optim.lr] (or an earlier checkpoint with checkpoint.load_iteration)."
+    )
 
 
 def describe_latest(ckpt_dir: Path) -> str:
@@ -1007,8 +1143,9 @@ def _is_out_of_space(error: BaseException) -> bool:
     RuntimeError gathered from every rank (the OSError itself does not survive), so the text counts too."""
     codes = (errno.ENOSPC, errno.EDQUOT)
     texts = [os.strerror(code) for code in codes]
-    return any(getattr(exc, "errno", None) in codes or any(t in str(exc) for t in texts)
-               for exc in _exception_chain(error))
+    return any(
+        getattr(exc, "errno", None) in codes or any(t in str(exc) for t in texts) for exc in _exception_chain(error)
+    )
 
 
 def _save_failure_message(error: BaseException | None, out_of_space: bool, ckpt_dir: Path, step: int) -> str:
@@ -1020,21 +1157,27 @@ def _save_failure_message(error: BaseException | None, out_of_space: bool, ckpt_
         if latest.is_file() and (ckpt_dir / latest.read_text().strip()).is_dir():
             size = sum(f.stat().st_size for f in (ckpt_dir / latest.read_text().strip()).rglob("*") if f.is_file())
             need = f"; one checkpoint takes {_mib(size)}"
-        return (f"no space left on the file system of {ckpt_dir} while saving step {step}: {_mib(free)} free after "
-                f"removing the partial save{need}. The partial save was removed and {previous}. Free space there, "
-                f"lower checkpoint.keep_last, or set checkpoint.dir to a larger file system, then resume.")
-    reason = "it failed on another rank" if error is None \
+        return (
+            f"no space left on the file system of {ckpt_dir} while saving step {step}: {_mib(free)} free after "
+            f"removing the partial save{need}. The partial save was removed and {previous}. Free space there, "
+            f"lower checkpoint.keep_last, or set checkpoint.dir to a larger file system, then resume."
+        )
+    reason = (
+        "it failed on another rank"
+        if error is None
         else f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
-    return (f"saving step {step} to {ckpt_dir} failed ({reason}). The partial save was removed and {previous}; "
-            f"check that the directory is writable, then resume.")
+    )
+    return (
+        f"saving step {step} to {ckpt_dir} failed ({reason}). The partial save was removed and {previous}; "
+        f"check that the directory is writable, then resume."
+    )
 
 
 def _mib(size: int) -> str:
     return f"{size / 2**20:.1f} MiB"
 
 
-def save_model(directory: str | Path, *, model: torch.nn.Module, meta: CheckpointMeta,
-               overwrite: bool = False) -> Path:
+def save_model(directory: str | Path, *, model: torch.nn.Module, meta: CheckpointMeta, overwrite: bool = False) -> Path:
     """Write a single iteration directory holding only model weights (what `tools/convert.py import` makes), with
     the same atomicity as `save_checkpoint`: a hidden sibling is written and renamed to `directory` at the end, and
     removed if the save fails."""
@@ -1076,21 +1219,29 @@ def _match_checkpoint_keys(state: dict, directory: Path) -> set[str]:
     from megatron.core.dist_checkpointing.serialization import load_sharded_metadata
 
     saved_keys = {item.key for item in load_sharded_metadata(str(directory)).values()}
-    absent = {value.key for _, value in _flatten(state["model"])
-              if isinstance(value, ShardedBase) and value.key not in saved_keys}
+    absent = {
+        value.key
+        for _, value in _flatten(state["model"])
+        if isinstance(value, ShardedBase) and value.key not in saved_keys
+    }
     other = sorted(key for key in absent if not key.endswith(EXTRA_STATE_SUFFIX))
     if other:
-        raise CheckpointError(f"{directory} lacks {len(other)} tensor(s) the model has, e.g. {', '.join(other[:4])}: "
-                              f"it holds another architecture than the model's. Compare the `model` section of "
-                              f"{directory / META_FILE} with the config.")
+        raise CheckpointError(
+            f"{directory} lacks {len(other)} tensor(s) the model has, e.g. {', '.join(other[:4])}: "
+            f"it holds another architecture than the model's. Compare the `model` section of "
+            f"{directory / META_FILE} with the config."
+        )
     if not absent:
         return set()
     dropped, kept = extract_matching_values(state, lambda v: isinstance(v, ShardedBase) and v.key in absent)
     state.clear()
     state.update(kept)
     if _is_main():
-        log.info("%s has no %s (saved without Transformer Engine); they keep their initial values", directory,
-                 ", ".join(sorted(absent)))
+        log.info(
+            "%s has no %s (saved without Transformer Engine); they keep their initial values",
+            directory,
+            ", ".join(sorted(absent)),
+        )
     return {name.removeprefix("model.") for name, _ in _flatten(dropped)}
 
 
@@ -1110,7 +1261,6 @@ def _dist_load(state: dict, directory: Path, group) -> dict:
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.serialization import get_default_load_sharded_strategy
     from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelLoadStrategyWrapper
-
     from torch.distributed.checkpoint.api import CheckpointException
 
     strategy = None
@@ -1120,11 +1270,16 @@ def _dist_load(state: dict, directory: Path, group) -> dict:
         with overrides.collective_timeout([group, None], LOAD_TIMEOUT):
             return dist_checkpointing.load(state, str(directory), sharded_strategy=strategy)
     except (Exception, CheckpointException) as exc:  # many types (torch's is a BaseException): name the checkpoint
-        hint = _choose_another_hint(directory.parent, exclude=directory) \
-            if (directory.parent / LATEST_FILE).is_file() else "Resume from an earlier iteration."
-        raise CheckpointError(f"could not load {directory}: {type(exc).__name__}: {exc}. The checkpoint may be "
-                              f"truncated or corrupted, or was saved from a different architecture (fix the model "
-                              f"config: {directory / META_FILE} has the saved architecture). {hint}") from exc
+        hint = (
+            _choose_another_hint(directory.parent, exclude=directory)
+            if (directory.parent / LATEST_FILE).is_file()
+            else "Resume from an earlier iteration."
+        )
+        raise CheckpointError(
+            f"could not load {directory}: {type(exc).__name__}: {exc}. The checkpoint may be "
+            f"truncated or corrupted, or was saved from a different architecture (fix the model "
+            f"config: {directory / META_FILE} has the saved architecture). {hint}"
+        ) from exc
 
 
 def _load_model_state(model: torch.nn.Module, loaded: dict, absent_extra_state: set[str], where: Path) -> None:
@@ -1132,8 +1287,10 @@ def _load_model_state(model: torch.nn.Module, loaded: dict, absent_extra_state: 
     result = model.load_state_dict(loaded, strict=False)
     missing = set(result.missing_keys) - absent_extra_state
     if missing or result.unexpected_keys:
-        raise CheckpointError(f"{where} does not fit the model: missing {sorted(missing)[:5]}, unexpected "
-                              f"{sorted(result.unexpected_keys)[:5]}.")
+        raise CheckpointError(
+            f"{where} does not fit the model: missing {sorted(missing)[:5]}, unexpected "
+            f"{sorted(result.unexpected_keys)[:5]}."
+        )
 
 
 def load_model_weights(model: torch.nn.Module, path: str | Path, *, group) -> CheckpointMeta:
@@ -1164,15 +1321,19 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer=None,
     meta = verify_checkpoint(directory)
     check_architecture(model, meta, directory)
     if optimizer is not None and not (meta.has_optimizer and meta.trainer is not None):
-        raise CheckpointError(f"{directory} holds no optimizer or trainer state ({meta.source.description}); use it "
-                              f"as student.init to start a new run instead of resuming from it.")
+        raise CheckpointError(
+            f"{directory} holds no optimizer or trainer state ({meta.source.description}); use it "
+            f"as student.init to start a new run instead of resuming from it."
+        )
     saved_padded = meta.padded_vocab_size
     if optimizer is not None and getattr(model, "vocab_size", saved_padded) != saved_padded:
-        raise CheckpointError(f"{directory} was saved with a padded vocabulary of {saved_padded} rows and this run "
-                              f"pads to {model.vocab_size} (a multiple of 128 * parallel.tp): the optimizer state "
-                              f"of the embedding cannot be resharded across that change. Resume with a "
-                              f"parallel.tp that pads to {saved_padded}, or start a new run with "
-                              f"student.init={directory}.")
+        raise CheckpointError(
+            f"{directory} was saved with a padded vocabulary of {saved_padded} rows and this run "
+            f"pads to {model.vocab_size} (a multiple of 128 * parallel.tp): the optimizer state "
+            f"of the embedding cannot be resharded across that change. Resume with a "
+            f"parallel.tp that pads to {saved_padded}, or start a new run with "
+            f"student.init={directory}."
+        )
     if optimizer is not None:
         overrides.materialize_optimizer_state(optimizer)
     state = _sharded_state(model, optimizer, is_loading=True)
@@ -1182,10 +1343,17 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer=None,
     if restore_rng:
         state[RNG_KEY] = _rng_sharded_object(layout, None)
     elif meta.has_rng and _is_main():
-        log.warning("RNG states not restored: %s was saved at tp=%s pp=%s dp=%s and this run is tp=%s pp=%s dp=%s "
-                    "(per-rank random streams do not reshard; weights, optimizer and schedules are restored)",
-                    directory, meta.layout.tp, meta.layout.pp, meta.layout.dp, layout["tp"], layout["pp"],
-                    layout["dp"])
+        log.warning(
+            "RNG states not restored: %s was saved at tp=%s pp=%s dp=%s and this run is tp=%s pp=%s dp=%s "
+            "(per-rank random streams do not reshard; weights, optimizer and schedules are restored)",
+            directory,
+            meta.layout.tp,
+            meta.layout.pp,
+            meta.layout.dp,
+            layout["tp"],
+            layout["pp"],
+            layout["dp"],
+        )
     loaded = _dist_load(state, directory, group)
     _load_model_state(model, loaded["model"], absent, directory)
     if optimizer is not None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import InitVar, dataclass, field, fields
 from functools import partial
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
@@ -63,22 +63,31 @@ class ModelConfig:
         if self.family not in ("llama", "qwen2"):
             raise ConfigError(f"{role}.family={self.family!r} is not supported; use 'llama' or 'qwen2'.")
         if self.attention not in ("auto", "sdpa", "local"):
-            raise ConfigError(f"{role}.attention={self.attention!r} is not supported; use 'auto', 'sdpa' or "
-                              f"'local'.")
+            raise ConfigError(f"{role}.attention={self.attention!r} is not supported; use 'auto', 'sdpa' or 'local'.")
         if self.num_query_groups is None:
             self.num_query_groups = self.num_attention_heads
         if self.add_qkv_bias is None:
             self.add_qkv_bias = self.family == "qwen2"
-        for name in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
-                     "vocab_size"):
+        for name in (
+            "num_layers",
+            "hidden_size",
+            "num_attention_heads",
+            "num_query_groups",
+            "ffn_hidden_size",
+            "vocab_size",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{role}.{name}={getattr(self, name)} must be positive.")
         if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"{role}.hidden_size ({self.hidden_size}) must be a multiple of "
-                              f"{role}.num_attention_heads ({self.num_attention_heads}).")
+            raise ConfigError(
+                f"{role}.hidden_size ({self.hidden_size}) must be a multiple of "
+                f"{role}.num_attention_heads ({self.num_attention_heads})."
+            )
         if self.num_attention_heads % self.num_query_groups:
-            raise ConfigError(f"{role}.num_attention_heads ({self.num_attention_heads}) must be a multiple of "
-                              f"{role}.num_query_groups ({self.num_query_groups}).")
+            raise ConfigError(
+                f"{role}.num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"{role}.num_query_groups ({self.num_query_groups})."
+            )
 
     @property
     def kv_channels(self) -> int:
@@ -107,21 +116,26 @@ class ParallelConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"parallel.{name}={getattr(self, name)} must be >= 1.")
         if self.sequence_parallel and self.tp == 1:
-            raise ConfigError("parallel.sequence_parallel=true needs parallel.tp > 1; set "
-                              "parallel.sequence_parallel=false.")
+            raise ConfigError(
+                "parallel.sequence_parallel=true needs parallel.tp > 1; set parallel.sequence_parallel=false."
+            )
 
     def data_parallel_size(self, world_size: int) -> int:
         if world_size % (self.tp * self.pp):
-            raise ConfigError(f"world size {world_size} is not divisible by parallel.tp * parallel.pp = "
-                              f"{self.tp} * {self.pp}; change the number of processes or the layout.")
+            raise ConfigError(
+                f"world size {world_size} is not divisible by parallel.tp * parallel.pp = "
+                f"{self.tp} * {self.pp}; change the number of processes or the layout."
+            )
         return world_size // (self.tp * self.pp)
 
     def accumulation_steps(self, world_size: int) -> int:
         dp = self.data_parallel_size(world_size)
         per_step = self.micro_batch_size * dp
         if self.global_batch_size % per_step:
-            raise ConfigError(f"parallel.global_batch_size ({self.global_batch_size}) must be a multiple of "
-                              f"parallel.micro_batch_size * data-parallel size = {self.micro_batch_size} * {dp}.")
+            raise ConfigError(
+                f"parallel.global_batch_size ({self.global_batch_size}) must be a multiple of "
+                f"parallel.micro_batch_size * data-parallel size = {self.micro_batch_size} * {dp}."
+            )
         return self.global_batch_size // per_step
 
 
@@ -203,13 +217,16 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ConfigError(f"need optim.lr > 0 and 0 <= optim.min_lr <= optim.lr (got lr={self.lr}, "
-                              f"min_lr={self.min_lr}).")
+            raise ConfigError(
+                f"need optim.lr > 0 and 0 <= optim.min_lr <= optim.lr (got lr={self.lr}, min_lr={self.min_lr})."
+            )
         if self.train_steps < 1:
             raise ConfigError(f"optim.train_steps={self.train_steps} must be >= 1.")
         if not 0 <= self.warmup_steps < self.train_steps:
-            raise ConfigError(f"optim.warmup_steps ({self.warmup_steps}) must be in [0, optim.train_steps "
-                              f"({self.train_steps})): the cosine decay needs at least one step after warm-up.")
+            raise ConfigError(
+                f"optim.warmup_steps ({self.warmup_steps}) must be in [0, optim.train_steps "
+                f"({self.train_steps})): the cosine decay needs at least one step after warm-up."
+            )
         if self.clip_grad < 0:
             raise ConfigError(f"optim.clip_grad={self.clip_grad} must be >= 0 (0 disables clipping).")
         if self.max_skipped_steps < 1:
@@ -274,8 +291,9 @@ class CheckpointConfig:
             if not self.resume:
                 raise ConfigError("checkpoint.load_iteration needs checkpoint.resume=true.")
         if not all(isinstance(key, str) and key for key in self.override):
-            raise ConfigError(f"checkpoint.override={self.override!r} must be a list of config keys, e.g. "
-                              f"[optim.lr, optim.min_lr].")
+            raise ConfigError(
+                f"checkpoint.override={self.override!r} must be a list of config keys, e.g. [optim.lr, optim.min_lr]."
+            )
 
 
 @dataclass(kw_only=True)
@@ -338,8 +356,10 @@ class TrainConfig:
         keys = set(flatten_config(self.to_dict()))
         unknown = [key for key in self.checkpoint.override if key not in keys]
         if unknown:
-            raise ConfigError(f"checkpoint.override names {', '.join(unknown)}, which is not a config key; list "
-                              f"keys as section.key, e.g. [optim.lr, optim.min_lr].")
+            raise ConfigError(
+                f"checkpoint.override names {', '.join(unknown)}, which is not a config key; list "
+                f"keys as section.key, e.g. [optim.lr, optim.min_lr]."
+            )
 
     def padded_vocab_size(self, roles: Sequence[str] = ROLES) -> int:
         """One vocabulary size for the models of `roles`, divisible by 128 * tp, so their logit shards align."""
@@ -353,20 +373,29 @@ class TrainConfig:
         for role in roles:
             model: ModelConfig = getattr(self, role)
             if model.num_attention_heads % par.tp:
-                raise ConfigError(f"{role}.num_attention_heads ({model.num_attention_heads}) is not divisible by "
-                                  f"parallel.tp ({par.tp}); choose tp dividing it.")
+                raise ConfigError(
+                    f"{role}.num_attention_heads ({model.num_attention_heads}) is not divisible by "
+                    f"parallel.tp ({par.tp}); choose tp dividing it."
+                )
             if model.num_query_groups % par.tp:
-                raise ConfigError(f"{role} has {model.num_query_groups} key/value groups, so parallel.tp "
-                                  f"({par.tp}) must divide it (tp <= {model.num_query_groups}).")
+                raise ConfigError(
+                    f"{role} has {model.num_query_groups} key/value groups, so parallel.tp "
+                    f"({par.tp}) must divide it (tp <= {model.num_query_groups})."
+                )
             if model.ffn_hidden_size % par.tp:
-                raise ConfigError(f"{role}.ffn_hidden_size ({model.ffn_hidden_size}) is not divisible by "
-                                  f"parallel.tp ({par.tp}).")
+                raise ConfigError(
+                    f"{role}.ffn_hidden_size ({model.ffn_hidden_size}) is not divisible by parallel.tp ({par.tp})."
+                )
             if model.num_layers % par.pp:
-                raise ConfigError(f"{role}.num_layers ({model.num_layers}) is not divisible by parallel.pp "
-                                  f"({par.pp}); both models are split into the same number of even stages.")
+                raise ConfigError(
+                    f"{role}.num_layers ({model.num_layers}) is not divisible by parallel.pp "
+                    f"({par.pp}); both models are split into the same number of even stages."
+                )
         if par.sequence_parallel and self.data.seq_length % par.tp:
-            raise ConfigError(f"data.seq_length ({self.data.seq_length}) must be divisible by parallel.tp "
-                              f"({par.tp}) with sequence parallelism.")
+            raise ConfigError(
+                f"data.seq_length ({self.data.seq_length}) must be divisible by parallel.tp "
+                f"({par.tp}) with sequence parallelism."
+            )
         if self.logging.eval_interval and not self.data.blend:
             raise ConfigError("logging.eval_interval > 0 needs data.blend.")
 
@@ -444,8 +473,10 @@ def _build(cls: type, values: dict, where: str = "") -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; valid keys under "
-                          f"{where or 'the root'}: {', '.join(sorted(known))}.")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; valid keys under "
+            f"{where or 'the root'}: {', '.join(sorted(known))}."
+        )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
     if cls is ModelConfig:  # the one section that appears under two names
         kwargs["role"] = where
@@ -464,8 +495,10 @@ def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
     try:
         node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {dotted}={raw} is not a valid YAML value ({_yaml_problem(exc)}); close its "
-                          f"brackets and quotes, or quote the whole value to pass it as a string.") from None
+        raise ConfigError(
+            f"override {dotted}={raw} is not a valid YAML value ({_yaml_problem(exc)}); close its "
+            f"brackets and quotes, or quote the whole value to pass it as a string."
+        ) from None
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -480,8 +513,9 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 def _read_yaml(path: Path) -> dict:
     if path.is_dir():
-        raise ConfigError(f"config file {path} is a directory; pass --config with a YAML file, e.g. "
-                          f"configs/smoke.yaml.")
+        raise ConfigError(
+            f"config file {path} is a directory; pass --config with a YAML file, e.g. configs/smoke.yaml."
+        )
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass --config with a file from configs/.")
     try:
@@ -491,8 +525,10 @@ def _read_yaml(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} cannot be read ({exc}).") from None
     if not isinstance(tree, (dict, type(None))):
-        raise ConfigError(f"config file {path} must hold a mapping of sections (student:, optim:, ...) at the top "
-                          f"level, not a {type(tree).__name__}.")
+        raise ConfigError(
+            f"config file {path} must hold a mapping of sections (student:, optim:, ...) at the top "
+            f"level, not a {type(tree).__name__}."
+        )
     return tree or {}
 
 

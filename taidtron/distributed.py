@@ -40,8 +40,9 @@ class LaunchEnv:
 
 def _first_slurm_host(nodelist: str) -> str:
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                             check=True, timeout=30).stdout.split()
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True, timeout=30
+        ).stdout.split()
         return out[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         # Without scontrol (unusual inside a job) a single-node list is the host itself.
@@ -54,14 +55,26 @@ def read_launch_env(environ: dict[str, str] | None = None) -> LaunchEnv:
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
         launcher = "deepspeed" if "CROSS_RANK" in env or "DS_ACCELERATOR" in env else "torchrun"
-        return LaunchEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
-                         env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)), launcher,
-                         int(env.get("GROUP_RANK", env.get("CROSS_RANK", 0))))
+        return LaunchEnv(
+            int(env["RANK"]),
+            int(env["WORLD_SIZE"]),
+            int(env.get("LOCAL_RANK", 0)),
+            env.get("MASTER_ADDR", "127.0.0.1"),
+            int(env.get("MASTER_PORT", 29500)),
+            launcher,
+            int(env.get("GROUP_RANK", env.get("CROSS_RANK", 0))),
+        )
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         job_id = int(env.get("SLURM_JOB_ID", "0"))
-        return LaunchEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
-                         env.get("MASTER_ADDR") or _first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
-                         int(env.get("MASTER_PORT", 20000 + job_id % 20000)), "slurm", int(env.get("SLURM_NODEID", 0)))
+        return LaunchEnv(
+            int(env["SLURM_PROCID"]),
+            int(env["SLURM_NTASKS"]),
+            int(env.get("SLURM_LOCALID", 0)),
+            env.get("MASTER_ADDR") or _first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
+            int(env.get("MASTER_PORT", 20000 + job_id % 20000)),
+            "slurm",
+            int(env.get("SLURM_NODEID", 0)),
+        )
     return LaunchEnv.single(int(env.get("MASTER_PORT") or 0))
 
 
@@ -74,9 +87,11 @@ def log_placement(launch: LaunchEnv) -> None:
         address = socket.gethostbyname(launch.master_addr)
     except OSError:
         address = "unresolved"
-    line = (f"taidtron rank {launch.rank}/{launch.world_size}: host={socket.gethostname()} node={launch.node_rank} "
-            f"local_rank={launch.local_rank} rendezvous={launch.master_addr}:{launch.master_port} ({address}) "
-            f"launcher={launch.launcher}\n")
+    line = (
+        f"taidtron rank {launch.rank}/{launch.world_size}: host={socket.gethostname()} node={launch.node_rank} "
+        f"local_rank={launch.local_rank} rendezvous={launch.master_addr}:{launch.master_port} ({address}) "
+        f"launcher={launch.launcher}\n"
+    )
     os.write(2, line.encode())
 
 
@@ -122,8 +137,13 @@ class ParallelContext:
         return self.rank == 0
 
 
-def init_distributed(parallel: ParallelConfig, *, launch: LaunchEnv | None = None,
-                     timeout_minutes: int = 30, gloo_groups: bool | None = None) -> ParallelContext:
+def init_distributed(
+    parallel: ParallelConfig,
+    *,
+    launch: LaunchEnv | None = None,
+    timeout_minutes: int = 30,
+    gloo_groups: bool | None = None,
+) -> ParallelContext:
     """Start torch.distributed (NCCL on GPU, gloo on CPU), install the CPU overrides when there is no GPU, and build
     megatron's tensor/pipeline/data-parallel groups in its default order (tp fastest, then dp, then pp).
 
@@ -189,8 +209,13 @@ def _start_process_group(backend: str, launch: LaunchEnv | None, timeout: dateti
     else:
         # srun-native tasks and single processes: rank 0 hosts the store; the environment stays untouched so
         # child processes (e.g. a later run started from this one) pick their own port.
-        dist.init_process_group(backend=backend, init_method=f"tcp://{launch.master_addr}:{launch.master_port}",
-                                rank=launch.rank, world_size=launch.world_size, timeout=timeout)
+        dist.init_process_group(
+            backend=backend,
+            init_method=f"tcp://{launch.master_addr}:{launch.master_port}",
+            rank=launch.rank,
+            world_size=launch.world_size,
+            timeout=timeout,
+        )
 
 
 @contextlib.contextmanager

@@ -24,12 +24,18 @@ def evaluate(cfg, ctx, *, split: str = "test", max_batches: int | None = None) -
 
     missing = [f"{role}.init" for role, model in cfg.models().items() if not model.init]
     if missing:
-        raise ValueError(f"{' and '.join(missing)} not set: evaluation measures trained checkpoints; pass "
-                         f"{missing[0]}=<checkpoint directory>.")
+        raise ValueError(
+            f"{' and '.join(missing)} not set: evaluation measures trained checkpoints; pass "
+            f"{missing[0]}=<checkpoint directory>."
+        )
     tokenizer = load_shared_tokenizer(cfg.data)
     trainer = build_trainer(cfg, ctx, tokenizer.vocab_size)
-    batch = dict(micro_batch_size=cfg.parallel.micro_batch_size, global_batch_size=cfg.parallel.global_batch_size,
-                 dp_rank=ctx.dp_rank, dp_size=ctx.dp)
+    batch = dict(
+        micro_batch_size=cfg.parallel.micro_batch_size,
+        global_batch_size=cfg.parallel.global_batch_size,
+        dp_rank=ctx.dp_rank,
+        dp_size=ctx.dp,
+    )
     if split == "test":
         batches, num_batches = build_test_iterator(cfg.data, tokenizer, max_batches=max_batches, **batch)
     else:
@@ -39,19 +45,28 @@ def evaluate(cfg, ctx, *, split: str = "test", max_batches: int | None = None) -
             raise ValueError(f"data.split={cfg.data.split!r} has no valid share to evaluate on.")
         batches = make_valid()
     metrics = trainer.evaluate(batches, num_batches)
-    return {"split": split, "batches": num_batches,
-            "tokens": num_batches * cfg.parallel.global_batch_size * cfg.data.seq_length,
-            **{name.replace("valid_", f"{split}_", 1): value for name, value in metrics.items()}}
+    return {
+        "split": split,
+        "batches": num_batches,
+        "tokens": num_batches * cfg.parallel.global_batch_size * cfg.data.seq_length,
+        **{name.replace("valid_", f"{split}_", 1): value for name, value in metrics.items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m taidtron.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="exit codes: 0 done, 2 bad input (the message says what to change)")
+    parser = argparse.ArgumentParser(
+        prog="python -m taidtron.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit codes: 0 done, 2 bad input (the message says what to change)",
+    )
     parser.add_argument("--config", help="YAML experiment file (see configs/)")
     parser.add_argument("--split", choices=["test", "valid"], default="test", help="split to read (default test)")
-    parser.add_argument("--max-batches", type=int, help="global batches to read (default: the whole test split; "
-                                                        "logging.eval_iters for valid)")
+    parser.add_argument(
+        "--max-batches",
+        type=int,
+        help="global batches to read (default: the whole test split; logging.eval_iters for valid)",
+    )
     parser.add_argument("--out", help="also write the JSON here (atomically)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, applied after --config")
     args = parser.parse_intermixed_args(argv)  # options and section.key=value overrides in any order

@@ -24,6 +24,7 @@ from taidtron.config import ModelConfig
 
 # ---- peak FLOP/s ------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class PeakFlops:
     device: str
@@ -83,6 +84,7 @@ def peak_flops(device_name: str | None) -> PeakFlops | None:
 
 # ---- model FLOPs ------------------------------------------------------------------------------------------------
 
+
 def matmul_params_per_token(model: ModelConfig, padded_vocab: int) -> int:
     """Weights each token multiplies through (whole model, unsharded): all linear layers and the output layer."""
     h, f = model.hidden_size, model.ffn_hidden_size
@@ -100,8 +102,9 @@ def forward_flops_per_token(model: ModelConfig, padded_vocab: int, seq_length: i
     return 2 * matmul_params_per_token(model, padded_vocab) + 4 * model.num_layers * model.hidden_size * seq_length
 
 
-def distillation_flops_per_token(student: ModelConfig, teacher: ModelConfig | None, padded_vocab: int,
-                                 seq_length: int) -> int:
+def distillation_flops_per_token(
+    student: ModelConfig, teacher: ModelConfig | None, padded_vocab: int, seq_length: int
+) -> int:
     """Model FLOPs of one distillation token: the student trained, the teacher (if any) forward only."""
     teacher_flops = forward_flops_per_token(teacher, padded_vocab, seq_length) if teacher is not None else 0
     return training_flops_per_token(student, padded_vocab, seq_length) + teacher_flops
@@ -109,8 +112,14 @@ def distillation_flops_per_token(student: ModelConfig, teacher: ModelConfig | No
 
 # ---- parameter counts -------------------------------------------------------------------------------------------
 
-def count_parameters(model: torch.nn.Module | None, *, tp_group: dist.ProcessGroup | None,
-                     model_parallel_group: dist.ProcessGroup | None, device: torch.device) -> int:
+
+def count_parameters(
+    model: torch.nn.Module | None,
+    *,
+    tp_group: dist.ProcessGroup | None,
+    model_parallel_group: dist.ProcessGroup | None,
+    device: torch.device,
+) -> int:
     """Parameters of the whole model, each counted once, from this rank's shard.
 
     Each rank counts what it holds except the copies: a parameter that is replicated across the tensor-parallel
@@ -124,8 +133,11 @@ def count_parameters(model: torch.nn.Module | None, *, tp_group: dist.ProcessGro
     from megatron.core.transformer.module import param_is_not_shared
 
     tp_rank = dist.get_rank(tp_group) if tp_group is not None else 0
-    owned = sum(p.numel() for p in model.parameters() if param_is_not_shared(p)
-                and (tp_rank == 0 or param_is_not_tensor_parallel_duplicate(p, tp_group)))
+    owned = sum(
+        p.numel()
+        for p in model.parameters()
+        if param_is_not_shared(p) and (tp_rank == 0 or param_is_not_tensor_parallel_duplicate(p, tp_group))
+    )
     total = torch.tensor([owned], dtype=torch.float64, device=device)
     if model_parallel_group is not None and dist.get_world_size(model_parallel_group) > 1:
         dist.all_reduce(total, group=model_parallel_group)

@@ -29,6 +29,8 @@ WANDB_ID_FILE = "wandb_run_id"
 def interactive_console() -> bool:
     """A progress bar only for a person at a terminal (TAIDTRON_NO_PROGRESS=1 forces plain lines)."""
     return sys.stdout.isatty() and os.environ.get("TAIDTRON_NO_PROGRESS") != "1"
+
+
 def json_line(row: dict) -> str:
     """One strict JSON line: a NaN or infinite value (a skipped step's loss or gradient norm) is written as null,
     never as the bare NaN / Infinity that strict parsers reject."""

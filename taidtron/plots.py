@@ -17,13 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Per-step curves of metrics.jsonl a run plot shows, in order: (field, panel title).
-STEP_PANELS = (("loss", "training loss"), ("taid_t", "TAID t"), ("lr", "learning rate"),
-               ("grad_norm", "gradient norm (before clipping)"))
+STEP_PANELS = (
+    ("loss", "training loss"),
+    ("taid_t", "TAID t"),
+    ("lr", "learning rate"),
+    ("grad_norm", "gradient norm (before clipping)"),
+)
 # Validation curves of eval.jsonl: (field, panel title).
-EVAL_PANELS = (("valid_student_lm_loss", "validation: student next-token loss"),
-               ("valid_kl_teacher_student", "validation: KL(teacher || student)"),
-               ("valid_distill_loss", "validation: distillation loss"),
-               ("valid_teacher_lm_loss", "validation: teacher next-token loss"))
+EVAL_PANELS = (
+    ("valid_student_lm_loss", "validation: student next-token loss"),
+    ("valid_kl_teacher_student", "validation: KL(teacher || student)"),
+    ("valid_distill_loss", "validation: distillation loss"),
+    ("valid_teacher_lm_loss", "validation: teacher next-token loss"),
+)
 
 
 @dataclass
@@ -80,8 +86,7 @@ def load_run(run_dir: str | os.PathLike, name: str | None = None) -> Run:
     if not metrics.is_file():
         raise ValueError(f"{run_dir} has no metrics.jsonl; pass the logging.run_dir of a run.")
     evals = run_dir / "eval.jsonl"
-    return Run(name=name or run_dir.name, steps=read_jsonl(metrics),
-               evals=read_jsonl(evals) if evals.is_file() else [])
+    return Run(name=name or run_dir.name, steps=read_jsonl(metrics), evals=read_jsonl(evals) if evals.is_file() else [])
 
 
 def run_panels(runs: list[Run]) -> list[Panel]:
@@ -93,8 +98,14 @@ def run_panels(runs: list[Run]) -> list[Panel]:
             for run in runs:
                 rows = [r for r in getattr(run, source) if key in r]
                 if rows:
-                    lines.append(Line(run.name, [r["step"] for r in rows], [r[key] for r in rows],
-                                      style={"marker": "o", "markersize": 3} if source == "evals" else {}))
+                    lines.append(
+                        Line(
+                            run.name,
+                            [r["step"] for r in rows],
+                            [r[key] for r in rows],
+                            style={"marker": "o", "markersize": 3} if source == "evals" else {},
+                        )
+                    )
             if lines:
                 panels.append(Panel(title, key, lines))
     return panels
@@ -105,8 +116,14 @@ def plot_runs(runs: list[Run], out: str | os.PathLike, title: str | None = None)
     return plot_panels(run_panels(runs), out, title=title)
 
 
-def plot_panels(panels: list[Panel], out: str | os.PathLike, *, title: str | None = None, ncols: int = 2,
-                panel_size: tuple[float, float] = (6.0, 3.6)) -> Path:
+def plot_panels(
+    panels: list[Panel],
+    out: str | os.PathLike,
+    *,
+    title: str | None = None,
+    ncols: int = 2,
+    panel_size: tuple[float, float] = (6.0, 3.6),
+) -> Path:
     """Panels in a grid, one PNG written atomically; returns its path."""
     import matplotlib
 
@@ -134,7 +151,7 @@ def plot_panels(panels: list[Panel], out: str | os.PathLike, *, title: str | Non
         ax.set_xscale(panel.xscale)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     if title:
         fig.suptitle(title)

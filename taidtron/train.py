@@ -20,13 +20,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Distil a teacher LM into a student with TAID on megatron-core (TP/PP/DP).",
         epilog="overrides: any config key as section.key=value, e.g. optim.lr=3e-4 parallel.tp=2\n"
-               "exit codes: 0 done\n"
-               "            2 bad input: configuration, checkpoint, tokenizer or data; a diverged run; a failed save\n"
-               "              (the message says what to change)\n"
-               "            75 preempted by SIGUSR1/SIGTERM/SIGINT after saving a checkpoint (requeue to resume)\n"
-               "            128+N stopped by signal N without saving: a second SIGTERM/SIGINT, or a stop signal after\n"
-               "              another rank of the job on this host had exited"
-               "\n\nconfig keys (defaults):" + config_help(),
+        "exit codes: 0 done\n"
+        "            2 bad input: configuration, checkpoint, tokenizer or data; a diverged run; a failed save\n"
+        "              (the message says what to change)\n"
+        "            75 preempted by SIGUSR1/SIGTERM/SIGINT after saving a checkpoint (requeue to resume)\n"
+        "            128+N stopped by signal N without saving: a second SIGTERM/SIGINT, or a stop signal after\n"
+        "              another rank of the job on this host had exited"
+        "\n\nconfig keys (defaults):" + config_help(),
     )
     parser.add_argument("--config", help="YAML experiment file (see configs/)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, applied after --config")
@@ -52,8 +52,9 @@ def check_output_dirs(cfg) -> None:
             with tempfile.TemporaryFile(dir=directory):
                 pass
         except OSError as exc:
-            raise ConfigError(f"{key}={directory} is not a writable directory ({exc.strerror or exc}); choose "
-                              f"another {key}.") from None
+            raise ConfigError(
+                f"{key}={directory} is not a writable directory ({exc.strerror or exc}); choose another {key}."
+            ) from None
 
 
 def user_error(kind: str, exc: Exception) -> int:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -72,9 +72,19 @@ class Trainer:
     optimizer step, `evaluate` a validation pass. Takes the config sections it uses; `teacher` is None exactly when
     the objective needs no teacher."""
 
-    def __init__(self, *, student: ModelConfig, teacher: ModelConfig | None, parallel: ParallelConfig,
-                 taid: TAIDConfig, optim: OptimConfig, seq_length: int, precision: str, ctx: ParallelContext,
-                 vocab_size: int):
+    def __init__(
+        self,
+        *,
+        student: ModelConfig,
+        teacher: ModelConfig | None,
+        parallel: ParallelConfig,
+        taid: TAIDConfig,
+        optim: OptimConfig,
+        seq_length: int,
+        precision: str,
+        ctx: ParallelContext,
+        vocab_size: int,
+    ):
         from megatron.core import parallel_state
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.distributed.finalize_model_grads import finalize_model_grads
@@ -86,38 +96,54 @@ class Trainer:
 
         self.objective = get_loss(taid)
         if self.objective.needs_teacher != (teacher is not None):
-            raise ValueError(f"taid.loss={taid.loss} {'needs' if self.objective.needs_teacher else 'takes no'} "
-                             f"teacher.")
+            raise ValueError(
+                f"taid.loss={taid.loss} {'needs' if self.objective.needs_teacher else 'takes no'} teacher."
+            )
         self.ctx, self.parallel, self.optim_cfg, self.seq_length = ctx, parallel, optim, seq_length
         models = [m for m in (student, teacher) if m is not None]
         self.vocab_size = vocab_size
         self.padded_vocab_size = padded_vocab_size(models, parallel.tp)
         if vocab_size > min(m.vocab_size for m in models):
-            sizes = " and ".join(f"{role}.vocab_size={m.vocab_size}"
-                                 for role, m in (("student", student), ("teacher", teacher)) if m is not None)
-            raise ValueError(f"the tokenizer has {vocab_size} tokens but {sizes}; the models' embeddings must cover "
-                             f"the tokenizer (use the tokenizer the models were trained with).")
+            sizes = " and ".join(
+                f"{role}.vocab_size={m.vocab_size}"
+                for role, m in (("student", student), ("teacher", teacher))
+                if m is not None
+            )
+            raise ValueError(
+                f"the tokenizer has {vocab_size} tokens but {sizes}; the models' embeddings must cover "
+                f"the tokenizer (use the tokenizer the models were trained with)."
+            )
         self.params_dtype = params_dtype_for(precision, ctx.device)
         self.accumulation_steps = parallel.accumulation_steps(ctx.world_size)
 
-        build = partial(build_gpt, parallel=parallel, padded_vocab_size=self.padded_vocab_size,
-                        max_seq_length=seq_length, pp_rank=ctx.pp_rank, params_dtype=self.params_dtype,
-                        device=ctx.device)
+        build = partial(
+            build_gpt,
+            parallel=parallel,
+            padded_vocab_size=self.padded_vocab_size,
+            max_seq_length=seq_length,
+            pp_rank=ctx.pp_rank,
+            params_dtype=self.params_dtype,
+            device=ctx.device,
+        )
         student_model = build(student)
         teacher_model = build(teacher) if teacher is not None else None
         for model_cfg, model in ((student, student_model), (teacher, teacher_model)):
             if model_cfg is not None and model_cfg.init:
                 checkpoint.load_model_weights(model, model_cfg.init, group=ctx.dp_group)
-        self.teacher_source = checkpoint.describe_source(teacher.init) if teacher is not None and teacher.init \
-            else None
-        count = partial(count_parameters, tp_group=ctx.tp_group,
-                        model_parallel_group=parallel_state.get_model_parallel_group(), device=ctx.device)
+        self.teacher_source = checkpoint.describe_source(teacher.init) if teacher is not None and teacher.init else None
+        count = partial(
+            count_parameters,
+            tp_group=ctx.tp_group,
+            model_parallel_group=parallel_state.get_model_parallel_group(),
+            device=ctx.device,
+        )
         self.student_params, self.teacher_params = count(student_model), count(teacher_model)
         # Model FLOPs per token for MFU, from the architectures (taidtron/flops.py: what tools/plan.py assumes).
         self.flops_per_token = distillation_flops_per_token(student, teacher, self.padded_vocab_size, seq_length)
 
-        pair = DistillationPair(student_model, teacher_model,
-                                pipeline_config(student_model.config, getattr(teacher_model, "config", None)))
+        pair = DistillationPair(
+            student_model, teacher_model, pipeline_config(student_model.config, getattr(teacher_model, "config", None))
+        )
         overlap = ctx.dp > 1
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
@@ -166,8 +192,9 @@ class Trainer:
         )
         self.schedule_steps = optim.train_steps
         """Horizon of the LR decay and of t's linear floor; a resume that extends the run keeps the checkpoint's."""
-        self.schedule = TAIDSchedule(t_start=taid.t_start, t_end=taid.t_end, alpha=taid.alpha, beta=taid.beta,
-                                     adaptive=taid.adaptive)
+        self.schedule = TAIDSchedule(
+            t_start=taid.t_start, t_end=taid.t_end, alpha=taid.alpha, beta=taid.beta, adaptive=taid.adaptive
+        )
 
         # megatron's schedules read their hooks from the model config.
         model_config = pair.config
@@ -207,8 +234,14 @@ class Trainer:
         # non_blocking: a blocking host-to-device copy waits for the stream, a host sync per micro-batch
         labels = batch["labels"].to(self.ctx.device, non_blocking=True)
         loss_mask = batch["loss_mask"].to(self.ctx.device, non_blocking=True).float()
-        terms = self.objective(student_logits, teacher_logits, labels, t=self.schedule.t,
-                               vocab_size=self.vocab_size, group=self.ctx.tp_group)  # [b, s] fp32 each
+        terms = self.objective(
+            student_logits,
+            teacher_logits,
+            labels,
+            t=self.schedule.t,
+            vocab_size=self.vocab_size,
+            group=self.ctx.tp_group,
+        )  # [b, s] fp32 each
         extra = self._validation_terms(student_logits, teacher_logits, labels, terms) if evaluate else {}
         return terms.total, partial(_masked_token_sums, loss_mask, terms, extra)
 
@@ -219,8 +252,13 @@ class Trainer:
         out = {"student_lm": terms.lm if terms.lm is not None else lm(student_logits)}
         if teacher_logits is not None:
             out["teacher_lm"] = lm(teacher_logits)
-            out["kl_teacher_student"] = vocab_parallel_fkl_loss(student_logits, teacher_logits, impl=self.objective.impl,
-                                                                vocab_size=self.vocab_size, group=self.ctx.tp_group)
+            out["kl_teacher_student"] = vocab_parallel_fkl_loss(
+                student_logits,
+                teacher_logits,
+                impl=self.objective.impl,
+                vocab_size=self.vocab_size,
+                group=self.ctx.tp_group,
+            )
         return out
 
     # ------------------------------------------------------------------------------------------------------
@@ -261,8 +299,16 @@ class Trainer:
         self.step += 1
         self.consumed_samples += self.parallel.global_batch_size
         lm_loss = sums["lm"] / tokens if "lm" in sums else None
-        return StepResult(loss=loss, lm_loss=lm_loss, grad_norm=grad_norm, lr=lr, taid_t=taid_t,
-                          tokens=int(sums["tokens"]), seconds=time.perf_counter() - start, skipped=not applied)
+        return StepResult(
+            loss=loss,
+            lm_loss=lm_loss,
+            grad_norm=grad_norm,
+            lr=lr,
+            taid_t=taid_t,
+            tokens=int(sums["tokens"]),
+            seconds=time.perf_counter() - start,
+            skipped=not applied,
+        )
 
     @torch.no_grad()
     def evaluate(self, batches: Iterator[Batch], num_steps: int) -> dict[str, float]:
@@ -284,8 +330,12 @@ class Trainer:
                 totals[key] = totals.get(key, 0.0) + value
         self.model.train()
         tokens = max(totals.pop("tokens"), 1.0)
-        names = {"distill": "valid_distill_loss", "student_lm": "valid_student_lm_loss",
-                 "teacher_lm": "valid_teacher_lm_loss", "kl_teacher_student": "valid_kl_teacher_student"}
+        names = {
+            "distill": "valid_distill_loss",
+            "student_lm": "valid_student_lm_loss",
+            "teacher_lm": "valid_teacher_lm_loss",
+            "kl_teacher_student": "valid_kl_teacher_student",
+        }
         return {names[key]: totals[key] / tokens for key in names if key in totals}
 
     def _statistics(self, evaluate: bool) -> list[str]:
@@ -295,8 +345,9 @@ class Trainer:
         if self.objective.distill_fn is None or self.objective.lm_loss_weight > 0:
             names.append("lm")
         if evaluate:
-            names += ["student_lm", "teacher_lm", "kl_teacher_student"] if self.objective.needs_teacher \
-                else ["student_lm"]
+            names += (
+                ["student_lm", "teacher_lm", "kl_teacher_student"] if self.objective.needs_teacher else ["student_lm"]
+            )
         return names
 
     def _global_sums(self, per_micro_batch: list[dict], *, evaluate: bool = False) -> dict[str, float]:
@@ -315,9 +366,14 @@ class Trainer:
     # state for checkpoints
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "consumed_samples": self.consumed_samples, "taid": self.schedule.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "skipped_steps": self.skipped_steps,
-                "consecutive_skips": self.consecutive_skips}
+        return {
+            "step": self.step,
+            "consumed_samples": self.consumed_samples,
+            "taid": self.schedule.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "skipped_steps": self.skipped_steps,
+            "consecutive_skips": self.consecutive_skips,
+        }
 
     def load_state_dict(self, state: dict, *, stretch_schedule: bool = False) -> None:
         """Restore the trainer's part of a checkpoint (after `checkpoint.load_checkpoint` restored the weights and
@@ -333,13 +389,17 @@ class Trainer:
         horizon = self.optim_cfg.train_steps if stretch_schedule else int(state["scheduler"]["lr_decay_steps"])
         self.schedule_steps = self.scheduler.lr_decay_steps = self.scheduler.wd_incr_steps = horizon
         optim = self.optim_cfg
-        overrides.set_optimizer_hyperparameters(self.optimizer, lr=optim.lr, min_lr=optim.min_lr,
-                                                betas=(optim.adam_beta1, optim.adam_beta2), eps=optim.adam_eps)
+        overrides.set_optimizer_hyperparameters(
+            self.optimizer,
+            lr=optim.lr,
+            min_lr=optim.min_lr,
+            betas=(optim.adam_beta1, optim.adam_beta2),
+            eps=optim.adam_eps,
+        )
         self.scheduler.step(increment=0)  # every param group's lr and weight decay from the values above
 
 
-def _masked_token_sums(loss_mask: torch.Tensor, terms: LossTerms, extra: dict[str, torch.Tensor],
-                       total: torch.Tensor):
+def _masked_token_sums(loss_mask: torch.Tensor, terms: LossTerms, extra: dict[str, torch.Tensor], total: torch.Tensor):
     """megatron loss_func contract with calculate_per_token_loss: (sum to back-propagate, token count, statistics
     to report). Statistics are token sums; the trainer divides them by the global token count."""
     num_tokens = loss_mask.sum()
@@ -359,8 +419,17 @@ def model_roles(taid: TAIDConfig) -> tuple[str, ...]:
 def build_trainer(cfg: TrainConfig, ctx: ParallelContext, vocab_size: int) -> Trainer:
     """The Trainer of an experiment: hands it the config sections it uses."""
     teacher = cfg.teacher if "teacher" in model_roles(cfg.taid) else None
-    return Trainer(student=cfg.student, teacher=teacher, parallel=cfg.parallel, taid=cfg.taid, optim=cfg.optim,
-                   seq_length=cfg.data.seq_length, precision=cfg.precision, ctx=ctx, vocab_size=vocab_size)
+    return Trainer(
+        student=cfg.student,
+        teacher=teacher,
+        parallel=cfg.parallel,
+        taid=cfg.taid,
+        optim=cfg.optim,
+        seq_length=cfg.data.seq_length,
+        precision=cfg.precision,
+        ctx=ctx,
+        vocab_size=vocab_size,
+    )
 
 
 def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) -> int:
@@ -379,8 +448,9 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     tokenizer_ref = checkpoint.TokenizerRef.of(cfg.data.tokenizer, tokenizer.fingerprint())
     for role, model_cfg in cfg.models().items():
         if model_cfg.init:
-            checkpoint.check_tokenizer(checkpoint.read_meta(model_cfg.init), f"{role}.init {model_cfg.init}",
-                                       tokenizer_ref)
+            checkpoint.check_tokenizer(
+                checkpoint.read_meta(model_cfg.init), f"{role}.init {model_cfg.init}", tokenizer_ref
+            )
     run_dir = Path(cfg.logging.run_dir)
     ckpt_dir = Path(cfg.checkpoint.dir or run_dir / "checkpoints")
     if ctx.is_main:
@@ -392,36 +462,66 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     trainer = build_trainer(cfg, ctx, tokenizer.vocab_size)
     student = trainer.student
     if resume is not None:
-        meta = checkpoint.load_checkpoint(resume.directory, model=student, optimizer=trainer.optimizer,
-                                          group=ctx.dp_group)
+        meta = checkpoint.load_checkpoint(
+            resume.directory, model=student, optimizer=trainer.optimizer, group=ctx.dp_group
+        )
         checkpoint.check_teacher_unchanged(meta.teacher, trainer.teacher_source)
         trainer.load_state_dict(meta.trainer, stretch_schedule=resume.stretch_schedule)
     if ctx.is_main:
         record_run_config(cfg, run_dir, resume.describe() if resume is not None else "fresh start")
 
     train_iter, make_valid_iter = build_data_iterators(
-        cfg.data, tokenizer, micro_batch_size=cfg.parallel.micro_batch_size,
-        global_batch_size=cfg.parallel.global_batch_size, dp_rank=ctx.dp_rank, dp_size=ctx.dp,
-        train_steps=cfg.optim.train_steps, eval_iters=cfg.logging.eval_iters,
-        consumed_samples=trainer.consumed_samples)
-    logger = MetricsLogger(cfg.logging, enabled=ctx.is_main, total_steps=cfg.optim.train_steps,
-                           start_step=trainer.step, config_dict=config_dict)
+        cfg.data,
+        tokenizer,
+        micro_batch_size=cfg.parallel.micro_batch_size,
+        global_batch_size=cfg.parallel.global_batch_size,
+        dp_rank=ctx.dp_rank,
+        dp_size=ctx.dp,
+        train_steps=cfg.optim.train_steps,
+        eval_iters=cfg.logging.eval_iters,
+        consumed_samples=trainer.consumed_samples,
+    )
+    logger = MetricsLogger(
+        cfg.logging,
+        enabled=ctx.is_main,
+        total_steps=cfg.optim.train_steps,
+        start_step=trainer.step,
+        config_dict=config_dict,
+    )
     if ctx.is_main:
-        logger.write_console(console.banner(cfg, ctx, trainer, datasets=datasets,
-                                            resumed=resume.describe() if resume is not None else None,
-                                            wandb_run=logger.wandb_description))
+        logger.write_console(
+            console.banner(
+                cfg,
+                ctx,
+                trainer,
+                datasets=datasets,
+                resumed=resume.describe() if resume is not None else None,
+                wandb_run=logger.wandb_description,
+            )
+        )
     peak = peak_flops(torch.cuda.get_device_name() if ctx.device.type == "cuda" else None)
 
     static_meta = checkpoint.CheckpointMeta(
-        model=cfg.student, padded_vocab_size=trainer.padded_vocab_size,
+        model=cfg.student,
+        padded_vocab_size=trainer.padded_vocab_size,
         source=checkpoint.WeightsSource(kind="training", description=f"taidtron training run {run_dir.resolve()}"),
-        tokenizer=tokenizer_ref, seq_length=cfg.data.seq_length, teacher=trainer.teacher_source, config=config_dict)
+        tokenizer=tokenizer_ref,
+        seq_length=cfg.data.seq_length,
+        teacher=trainer.teacher_source,
+        config=config_dict,
+    )
 
     def save() -> None:
         trainer.sync_weights()
         meta = dataclasses.replace(static_meta, trainer=trainer.state_dict())
-        path = checkpoint.save_checkpoint(ckpt_dir, trainer.step, model=student, optimizer=trainer.optimizer,
-                                          meta=meta, keep_last=cfg.checkpoint.keep_last)
+        path = checkpoint.save_checkpoint(
+            ckpt_dir,
+            trainer.step,
+            model=student,
+            optimizer=trainer.optimizer,
+            meta=meta,
+            keep_last=cfg.checkpoint.keep_last,
+        )
         logger.write_console(f"saved {path}")
 
     overrides.prepare_writer()  # its helper process ignores the stop signals, whatever handlers are installed
@@ -431,14 +531,24 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
         while trainer.step < cfg.optim.train_steps:
             result = trainer.train_step(train_iter)
             tokens_per_s = result.tokens / result.seconds
-            row = {"step": trainer.step, "consumed_samples": trainer.consumed_samples,
-                   "consumed_tokens": trainer.consumed_samples * cfg.data.seq_length, "loss": result.loss}
+            row = {
+                "step": trainer.step,
+                "consumed_samples": trainer.consumed_samples,
+                "consumed_tokens": trainer.consumed_samples * cfg.data.seq_length,
+                "loss": result.loss,
+            }
             if result.lm_loss is not None and trainer.objective.needs_teacher:
                 row["lm_loss"] = result.lm_loss
             if result.taid_t is not None:
                 row["taid_t"] = result.taid_t
-            row.update(lr=result.lr, grad_norm=result.grad_norm, tokens_per_s=tokens_per_s,
-                       step_time_s=result.seconds, skipped=result.skipped, skipped_steps=trainer.skipped_steps)
+            row.update(
+                lr=result.lr,
+                grad_norm=result.grad_norm,
+                tokens_per_s=tokens_per_s,
+                step_time_s=result.seconds,
+                skipped=result.skipped,
+                skipped_steps=trainer.skipped_steps,
+            )
             if peak:  # every token of the batch goes through the models, masked or not
                 processed_per_s = cfg.parallel.global_batch_size * cfg.data.seq_length / result.seconds
                 row["mfu"] = trainer.flops_per_token * processed_per_s / (peak.flops * ctx.world_size)
@@ -449,17 +559,21 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
             periodic_eval = cfg.logging.eval_interval and trainer.step % cfg.logging.eval_interval == 0
             if make_valid_iter and (periodic_eval or last):  # the last step is validated once, marked final
                 final = {"final": True} if last else {}
-                logger.log_eval({"step": trainer.step, **final,
-                                 **trainer.evaluate(make_valid_iter(), cfg.logging.eval_iters)})
+                logger.log_eval(
+                    {"step": trainer.step, **final, **trainer.evaluate(make_valid_iter(), cfg.logging.eval_iters)}
+                )
             preempted = stop.agreed(ctx)
-            save_due = save_due or bool(cfg.checkpoint.save_interval
-                                        and trainer.step % cfg.checkpoint.save_interval == 0)
+            save_due = save_due or bool(
+                cfg.checkpoint.save_interval and trainer.step % cfg.checkpoint.save_interval == 0
+            )
             if preempted or last or (save_due and not result.skipped):
                 save()
                 save_due = False
             if preempted and not last:
-                logger.write_console(f"signal {stop.received}: saved at step {trainer.step}; exiting with "
-                                     f"{PREEMPTED_EXIT_CODE} so the job is requeued")
+                logger.write_console(
+                    f"signal {stop.received}: saved at step {trainer.step}; exiting with "
+                    f"{PREEMPTED_EXIT_CODE} so the job is requeued"
+                )
                 return PREEMPTED_EXIT_CODE
         return 0
     finally:
@@ -472,13 +586,16 @@ def _on_skipped_step(result: StepResult, trainer: Trainer, optim: OptimConfig, c
     from taidtron import checkpoint
 
     streak = trainer.consecutive_skips
-    logger.write_console(f"step {trainer.step} skipped: loss {result.loss:.6g}, gradient norm "
-                         f"{result.grad_norm:.6g}; weights, optimizer, learning rate and t unchanged ({streak} in a "
-                         f"row; the run stops at optim.max_skipped_steps={optim.max_skipped_steps})")
+    logger.write_console(
+        f"step {trainer.step} skipped: loss {result.loss:.6g}, gradient norm "
+        f"{result.grad_norm:.6g}; weights, optimizer, learning rate and t unchanged ({streak} in a "
+        f"row; the run stops at optim.max_skipped_steps={optim.max_skipped_steps})"
+    )
     if streak >= optim.max_skipped_steps:
         raise TrainingDiverged(
             f"training diverged: {streak} steps in a row ({trainer.step - streak + 1}-{trainer.step}) had a "
             f"non-finite loss or gradient norm and were skipped (optim.max_skipped_steps={optim.max_skipped_steps}); "
             f"{checkpoint.describe_latest(ckpt_dir)}. Lower optim.lr and resume with "
             f"checkpoint.override=[optim.lr] (optim.min_lr too if it is above the new lr), or resume from an "
-            f"earlier checkpoint with checkpoint.load_iteration=<step>.")
+            f"earlier checkpoint with checkpoint.load_iteration=<step>."
+        )

@@ -29,27 +29,33 @@ def main() -> None:
     except AssertionError:
         built = False
     trainer = build_trainer(cfg, ctx, VOCAB)
-    batches = synthetic_batches(ctx, cfg.parallel.global_batch_size, cfg.parallel.micro_batch_size,
-                                cfg.data.seq_length)
+    batches = synthetic_batches(ctx, cfg.parallel.global_batch_size, cfg.parallel.micro_batch_size, cfg.data.seq_length)
     first = trainer.train_step(batches)
     overrides.prepare_writer()
     with tempfile.TemporaryDirectory() as tmp:
         directory = [tmp if ctx.rank == 0 else None]  # one directory for both ranks
         dist.broadcast_object_list(directory, src=0)
-        meta = checkpoint.CheckpointMeta(model=cfg.student, padded_vocab_size=trainer.padded_vocab_size,
-                                         source=checkpoint.WeightsSource(kind="training", description="gloo test"),
-                                         trainer=trainer.state_dict())
+        meta = checkpoint.CheckpointMeta(
+            model=cfg.student,
+            padded_vocab_size=trainer.padded_vocab_size,
+            source=checkpoint.WeightsSource(kind="training", description="gloo test"),
+            trainer=trainer.state_dict(),
+        )
         trainer.sync_weights()
         checkpoint.save_checkpoint(directory[0], 1, model=trainer.student, optimizer=trainer.optimizer, meta=meta)
         second = trainer.train_step(batches)
-        checkpoint.load_checkpoint(directory[0], model=trainer.student, optimizer=trainer.optimizer,
-                                   group=ctx.dp_group)
+        checkpoint.load_checkpoint(directory[0], model=trainer.student, optimizer=trainer.optimizer, group=ctx.dp_group)
         again = trainer.train_step(batches)  # the batches move on; the point is that load + step work
         dist.barrier()
-    report(dp=ctx.dp, gloo_groups=ctx.gloo_groups, gloo_dp_group_built=built,
-           optimizer_gloo_group=any(opt.data_parallel_group_gloo is not None
-                                    for opt in trainer.optimizer.chained_optimizers),
-           losses=[first.loss, second.loss, again.loss])
+    report(
+        dp=ctx.dp,
+        gloo_groups=ctx.gloo_groups,
+        gloo_dp_group_built=built,
+        optimizer_gloo_group=any(
+            opt.data_parallel_group_gloo is not None for opt in trainer.optimizer.chained_optimizers
+        ),
+        losses=[first.loss, second.loss, again.loss],
+    )
     destroy_distributed()
 
 

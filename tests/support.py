@@ -31,7 +31,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_ENV = "TAIDTRON_TEST_RESULTS"
 
 __all__ = [
-    "REPO_ROOT", "free_port", "gpu_env", "report", "require_gpu", "run_cli", "run_torchrun", "still_running",
+    "REPO_ROOT",
+    "free_port",
+    "gpu_env",
+    "report",
+    "require_gpu",
+    "run_cli",
+    "run_torchrun",
+    "still_running",
     "subprocess_env",
 ]
 
@@ -40,8 +47,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of a test's child process: CPU only, one thread per process (the ranks share two cores),
     no progress bars, unbuffered output, and this checkout first on the import path."""
     env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "",
-                "TAIDTRON_NO_PROGRESS": "1"})
+    env.update(
+        {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "", "TAIDTRON_NO_PROGRESS": "1"}
+    )
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
@@ -61,19 +69,33 @@ def require_gpu() -> None:
         pytest.fail("needs a CUDA device: a gpu-marked test, run by make gpu-check (CI deselects the marker)")
 
 
-def run_cli(*args: str, expect_ok: bool = True, timeout: float = 300, env: dict | None = None,
-            cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, expect_ok: bool = True, timeout: float = 300, env: dict | None = None, cwd: Path = REPO_ROOT
+) -> subprocess.CompletedProcess:
     """`python <args>` from the repository root; fails the test with the output when the exit code surprises."""
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
-                          env=subprocess_env(MASTER_PORT=str(free_port()), **(env or {})), cwd=cwd)
+    proc = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=subprocess_env(MASTER_PORT=str(free_port()), **(env or {})),
+        cwd=cwd,
+    )
     if expect_ok and proc.returncode != 0:
-        pytest.fail(f"{' '.join(args)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-6000:]}\n"
-                    f"STDERR:\n{proc.stderr[-6000:]}")
+        pytest.fail(
+            f"{' '.join(args)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-6000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
-def run_torchrun(script: str | Path, nproc: int, *args: str, timeout: float = 300, env: dict | None = None,
-                 results_dir: Path | None = None) -> list[dict[str, Any]]:
+def run_torchrun(
+    script: str | Path,
+    nproc: int,
+    *args: str,
+    timeout: float = 300,
+    env: dict | None = None,
+    results_dir: Path | None = None,
+) -> list[dict[str, Any]]:
     """Run `script` under `torchrun --nproc-per-node nproc` on this host (gloo); return each rank's reported
     results (see `report`), in rank order. Fails the test with the workers' output when a rank exits non-zero, the
     run times out, or a rank reported nothing."""
@@ -82,21 +104,40 @@ def run_torchrun(script: str | Path, nproc: int, *args: str, timeout: float = 30
     with tempfile.TemporaryDirectory(prefix="taidtron-results-") as tmp:
         out_dir = Path(results_dir or tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--nnodes=1",
-               "--master-addr=127.0.0.1", f"--master-port={free_port()}", str(script), *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={nproc}",
+            "--nnodes=1",
+            "--master-addr=127.0.0.1",
+            f"--master-port={free_port()}",
+            str(script),
+            *args,
+        ]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
-                                  env=subprocess_env(**{RESULTS_ENV: str(out_dir)}, **(env or {})))
+            proc = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                cwd=REPO_ROOT,
+                env=subprocess_env(**{RESULTS_ENV: str(out_dir)}, **(env or {})),
+            )
         except subprocess.TimeoutExpired as exc:
             pytest.fail(f"torchrun {script} timed out after {timeout}s\n{exc.stdout}\n{exc.stderr}")
         if proc.returncode != 0:
-            pytest.fail(f"torchrun {script} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-8000:]}\n"
-                        f"STDERR:\n{proc.stderr[-8000:]}")
+            pytest.fail(
+                f"torchrun {script} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-8000:]}\n"
+                f"STDERR:\n{proc.stderr[-8000:]}"
+            )
         files = [out_dir / f"rank{rank}.json" for rank in range(nproc)]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
-            pytest.fail(f"torchrun {script}: no results from {', '.join(missing)}\nSTDOUT:\n{proc.stdout[-4000:]}"
-                        f"\nSTDERR:\n{proc.stderr[-4000:]}")
+            pytest.fail(
+                f"torchrun {script}: no results from {', '.join(missing)}\nSTDOUT:\n{proc.stdout[-4000:]}"
+                f"\nSTDERR:\n{proc.stderr[-4000:]}"
+            )
         return [json.loads(f.read_text()) for f in files]
 
 

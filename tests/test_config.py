@@ -6,10 +6,25 @@ import pytest
 
 from taidtron.config import ConfigError, ModelConfig, TrainConfig, config_help, load_config, save_config
 
-QWEN2_1_5B = dict(family="qwen2", num_layers=28, hidden_size=1536, num_attention_heads=12, num_query_groups=2,
-                  ffn_hidden_size=8960, vocab_size=151936, tie_embeddings=True)
-QWEN2_72B = dict(family="qwen2", num_layers=80, hidden_size=8192, num_attention_heads=64, num_query_groups=8,
-                 ffn_hidden_size=29568, vocab_size=152064)
+QWEN2_1_5B = dict(
+    family="qwen2",
+    num_layers=28,
+    hidden_size=1536,
+    num_attention_heads=12,
+    num_query_groups=2,
+    ffn_hidden_size=8960,
+    vocab_size=151936,
+    tie_embeddings=True,
+)
+QWEN2_72B = dict(
+    family="qwen2",
+    num_layers=80,
+    hidden_size=8192,
+    num_attention_heads=64,
+    num_query_groups=8,
+    ffn_hidden_size=29568,
+    vocab_size=152064,
+)
 
 
 def test_cli_overrides_win_over_the_yaml_file_and_are_typed(tmp_path):
@@ -27,19 +42,22 @@ def test_saved_config_loads_back_identically(tmp_path):
     assert load_config(tmp_path / "config.yaml") == cfg
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["optim.lrr=1"], "unknown config key(s) optim.lrr"),
-    (["optim.lr=fast"], "optim.lr must be of type float"),
-    (["parallel.sequence_parallel=true"], "needs parallel.tp > 1"),
-    (["taid.beta=1.0"], "taid.beta=1.0 must be in [0, 1)"),
-    (["student.num_query_groups=3"], "must be a multiple of student.num_query_groups (3)"),
-    (["teacher.family=gpt"], "teacher.family='gpt' is not supported"),
-    (["optim.lr=[1"], "override optim.lr=[1 is not a valid YAML value"),
-    (["parallel.tp=true"], "parallel.tp must be a number"),
-    (["logging.log_interval=0"], "logging.log_interval=0 must be >= 1"),
-    (["precision=fp16"], "precision='fp16'"),
-    (["optim"], "must look like section.key=value"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["optim.lrr=1"], "unknown config key(s) optim.lrr"),
+        (["optim.lr=fast"], "optim.lr must be of type float"),
+        (["parallel.sequence_parallel=true"], "needs parallel.tp > 1"),
+        (["taid.beta=1.0"], "taid.beta=1.0 must be in [0, 1)"),
+        (["student.num_query_groups=3"], "must be a multiple of student.num_query_groups (3)"),
+        (["teacher.family=gpt"], "teacher.family='gpt' is not supported"),
+        (["optim.lr=[1"], "override optim.lr=[1 is not a valid YAML value"),
+        (["parallel.tp=true"], "parallel.tp must be a number"),
+        (["logging.log_interval=0"], "logging.log_interval=0 must be >= 1"),
+        (["precision=fp16"], "precision='fp16'"),
+        (["optim"], "must look like section.key=value"),
+    ],
+)
 def test_each_mistake_raises_one_config_error_naming_the_key(overrides, message):
     with pytest.raises(ConfigError) as info:
         load_config(None, overrides)

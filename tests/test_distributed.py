@@ -3,9 +3,9 @@ megatron's gloo side groups, built only where gloo is the backend."""
 
 from __future__ import annotations
 
-import pytest
-
 from pathlib import Path
+
+import pytest
 
 from taidtron.distributed import LaunchEnv, read_launch_env
 from tests.support import run_torchrun
@@ -14,20 +14,38 @@ WORKER = Path(__file__).with_name("gloo_groups_worker.py")
 
 
 def test_torchrun_environment():
-    env = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "node-a", "MASTER_PORT": "29411",
-           "TORCHELASTIC_RUN_ID": "x"}
+    env = {
+        "RANK": "5",
+        "WORLD_SIZE": "8",
+        "LOCAL_RANK": "1",
+        "MASTER_ADDR": "node-a",
+        "MASTER_PORT": "29411",
+        "TORCHELASTIC_RUN_ID": "x",
+    }
     assert read_launch_env(env) == LaunchEnv(5, 8, 1, "node-a", 29411, "torchrun")
 
 
 def test_deepspeed_launcher_is_recognised_by_its_own_variables():
-    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500",
-           "CROSS_RANK": "0"}
+    env = {
+        "RANK": "3",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "3",
+        "MASTER_ADDR": "10.0.0.1",
+        "MASTER_PORT": "29500",
+        "CROSS_RANK": "0",
+    }
     assert read_launch_env(env).launcher == "deepspeed"
 
 
 def test_srun_native_tasks_take_rank_and_size_from_slurm():
-    env = {"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123456",
-           "SLURM_JOB_NODELIST": "gpu-node-07", "MASTER_ADDR": "gpu-node-07"}
+    env = {
+        "SLURM_PROCID": "9",
+        "SLURM_NTASKS": "16",
+        "SLURM_LOCALID": "1",
+        "SLURM_JOB_ID": "123456",
+        "SLURM_JOB_NODELIST": "gpu-node-07",
+        "MASTER_ADDR": "gpu-node-07",
+    }
     launch = read_launch_env(env)
     assert launch == LaunchEnv(9, 16, 1, "gpu-node-07", 20000 + 123456 % 20000, "slurm")
 

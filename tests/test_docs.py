@@ -14,15 +14,16 @@ from tests.support import REPO_ROOT
 
 TOP_LEVEL = ("taidtron", "tools", "tests", "docs", "configs", "launch", "data")
 # `code` spans that look like repository paths: a known top-level directory, then path characters.
-CODE_PATH = re.compile(r"`((?:%s)/[\w./-]*)`" % "|".join(TOP_LEVEL))
+CODE_PATH = re.compile(r"`((?:" + "|".join(TOP_LEVEL) + r")/[\w./-]*)`")
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 # Paths a run or a user creates; documented on purpose although they are not in the tree.
 CREATED = ("runs/", "data/my_", "data/taidtron", "logs/", ".whl")
 
 
 def _documents() -> list[Path]:
-    tracked = subprocess.run(["git", "ls-files", "README.md", "docs", "configs"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "README.md", "docs", "configs"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     return [REPO_ROOT / name for name in tracked if name.endswith((".md", ".yaml"))]
 
 
@@ -43,6 +44,10 @@ def test_every_file_a_document_names_exists(document):
 
 def test_no_file_cites_a_document_outside_the_repository():
     pattern = r"DESIGN\.md|STYLE\.md|DESIGN §|gpu_probe|\.\./shared"
-    found = subprocess.run(["git", "grep", "-n", "-E", pattern, "--", ".", f":!{Path(__file__).relative_to(REPO_ROOT)}"],
-                           cwd=REPO_ROOT, capture_output=True, text=True).stdout
+    found = subprocess.run(
+        ["git", "grep", "-n", "-E", pattern, "--", ".", f":!{Path(__file__).relative_to(REPO_ROOT)}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert found == "", found

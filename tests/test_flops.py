@@ -14,21 +14,24 @@ from tests.support import run_torchrun
 WORKER = Path(__file__).with_name("flops_worker.py")
 
 
-@pytest.mark.parametrize("name, product, tflops", [
-    ("NVIDIA H100 80GB HBM3", "H100 SXM", 989.5),
-    ("NVIDIA H100 PCIe", "H100 PCIe", 756.5),
-    ("NVIDIA H100 NVL", "H100 NVL", 835.5),
-    ("NVIDIA H200", "H200 SXM", 989.5),
-    ("NVIDIA H200 NVL", "H200 NVL", 835.5),
-    ("NVIDIA GH200 480GB", "GH200", 989.5),
-    ("NVIDIA A100-SXM4-80GB", "A100", 312.0),
-    ("NVIDIA A100-PCIE-40GB", "A100", 312.0),
-    ("NVIDIA A100 80GB PCIe", "A100", 312.0),
-    ("NVIDIA L40S", "L40S", 362.05),
-    ("NVIDIA L40", "L40", 181.05),
-    ("NVIDIA L4", "L4", 121.0),
-    ("NVIDIA A10", "A10", 125.0),
-])
+@pytest.mark.parametrize(
+    "name, product, tflops",
+    [
+        ("NVIDIA H100 80GB HBM3", "H100 SXM", 989.5),
+        ("NVIDIA H100 PCIe", "H100 PCIe", 756.5),
+        ("NVIDIA H100 NVL", "H100 NVL", 835.5),
+        ("NVIDIA H200", "H200 SXM", 989.5),
+        ("NVIDIA H200 NVL", "H200 NVL", 835.5),
+        ("NVIDIA GH200 480GB", "GH200", 989.5),
+        ("NVIDIA A100-SXM4-80GB", "A100", 312.0),
+        ("NVIDIA A100-PCIE-40GB", "A100", 312.0),
+        ("NVIDIA A100 80GB PCIe", "A100", 312.0),
+        ("NVIDIA L40S", "L40S", 362.05),
+        ("NVIDIA L40", "L40", 181.05),
+        ("NVIDIA L4", "L4", 121.0),
+        ("NVIDIA A10", "A10", 125.0),
+    ],
+)
 def test_peak_flops_by_exact_device(name, product, tflops):
     peak = peak_flops(name)
     assert (peak.device, peak.tflops, peak.flops) == (product, tflops, tflops * 1e12)
@@ -42,8 +45,16 @@ def test_devices_outside_the_table_get_no_peak(name):
 def test_model_flops_per_token_counts_every_matmul_once():
     """Qwen2-1.5B by hand: 28 layers of q/k/v (1536 -> 1536 + 2 * 256), o (1536 -> 1536) and the SwiGLU MLP
     (3 * 1536 * 8960), plus the output layer (tied, but it is a matmul: counted once); the embedding lookup is not."""
-    student = ModelConfig(family="qwen2", num_layers=28, hidden_size=1536, num_attention_heads=12, num_query_groups=2,
-                          ffn_hidden_size=8960, vocab_size=151936, tie_embeddings=True)
+    student = ModelConfig(
+        family="qwen2",
+        num_layers=28,
+        hidden_size=1536,
+        num_attention_heads=12,
+        num_query_groups=2,
+        ffn_hidden_size=8960,
+        vocab_size=151936,
+        tie_embeddings=True,
+    )
     per_layer = 1536 * (1536 + 2 * 256) + 1536 * 1536 + 3 * 1536 * 8960
     assert matmul_params_per_token(student, 151936) == 28 * per_layer + 1536 * 151936
     seq = 4096

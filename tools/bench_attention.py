@@ -51,8 +51,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", choices=["student", "teacher"], default="student", help="which model's layer")
     p.add_argument("--seq", type=int, nargs="+", default=[2048, 4096], help="sequence lengths")
     p.add_argument("--batch", type=int, default=1, help="micro-batch size")
-    p.add_argument("--attention", nargs="+", default=["local", "sdpa"], choices=["local", "sdpa", "te"],
-                   help="implementations; the first is the baseline of the ratios")
+    p.add_argument(
+        "--attention",
+        nargs="+",
+        default=["local", "sdpa"],
+        choices=["local", "sdpa", "te"],
+        help="implementations; the first is the baseline of the ratios",
+    )
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="parameters and activations")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available, else cpu")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per run (the median is reported)")
@@ -128,11 +133,21 @@ def time_worker(args, seq: int) -> dict:
         for a, (_, step) in steps.items():
             times[a].append(timed(step)[0])
     base = args.attention[0]
-    return {"seq": seq, "threads": torch.get_num_threads(), "results": {a: {
-        "core_attention": steps[a][0], "median_ms": statistics.median(times[a]), "min_ms": min(times[a]),
-        "times_ms": [round(t, 1) for t in times[a]], "output_mean_abs": checksum[a],
-        "speedup_vs_baseline": statistics.median(b / t for b, t in zip(times[base], times[a])),
-    } for a in steps}}
+    return {
+        "seq": seq,
+        "threads": torch.get_num_threads(),
+        "results": {
+            a: {
+                "core_attention": steps[a][0],
+                "median_ms": statistics.median(times[a]),
+                "min_ms": min(times[a]),
+                "times_ms": [round(t, 1) for t in times[a]],
+                "output_mean_abs": checksum[a],
+                "speedup_vs_baseline": statistics.median(b / t for b, t in zip(times[base], times[a])),
+            }
+            for a in steps
+        },
+    }
 
 
 def memory_worker(args, attention: str, seq: int) -> dict:
@@ -197,18 +212,33 @@ def main(argv=None) -> int:
 
     model = getattr(load_config(_config_path(args.config)), args.model)
     info = {
-        "config": args.config, "model": args.model, "hidden": model.hidden_size, "heads": model.num_attention_heads,
-        "groups": model.num_query_groups, "head_dim": model.kv_channels, "ffn": model.ffn_hidden_size,
-        "batch": args.batch, "dtype": args.dtype, "device": args.device, "repeats": args.repeats,
-        "warmup": args.warmup, "torch": torch.__version__, "python": platform.python_version(),
-        "machine": _machine(args.device), "command": "python tools/bench_attention.py " + " ".join(raw),
+        "config": args.config,
+        "model": args.model,
+        "hidden": model.hidden_size,
+        "heads": model.num_attention_heads,
+        "groups": model.num_query_groups,
+        "head_dim": model.kv_channels,
+        "ffn": model.ffn_hidden_size,
+        "batch": args.batch,
+        "dtype": args.dtype,
+        "device": args.device,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": _machine(args.device),
+        "command": "python tools/bench_attention.py " + " ".join(raw),
     }
-    print(f"one decoder layer fwd+bwd: {args.model} of {args.config} (h={model.hidden_size}, "
-          f"{model.num_attention_heads} heads, {model.num_query_groups} KV groups, d={model.kv_channels}, "
-          f"ffn={model.ffn_hidden_size}), batch {args.batch}, {args.dtype}, {info['machine']}, median of "
-          f"{args.repeats} rounds")
-    print(f"{'seq':>6} {'attention':<10} {'core module':<20} {'median ms':>10} {'min ms':>9} {'speed-up':>9} "
-          f"{'extra peak MiB':>15} {'less memory':>12}")
+    print(
+        f"one decoder layer fwd+bwd: {args.model} of {args.config} (h={model.hidden_size}, "
+        f"{model.num_attention_heads} heads, {model.num_query_groups} KV groups, d={model.kv_channels}, "
+        f"ffn={model.ffn_hidden_size}), batch {args.batch}, {args.dtype}, {info['machine']}, median of "
+        f"{args.repeats} rounds"
+    )
+    print(
+        f"{'seq':>6} {'attention':<10} {'core module':<20} {'median ms':>10} {'min ms':>9} {'speed-up':>9} "
+        f"{'extra peak MiB':>15} {'less memory':>12}"
+    )
     rows, ok = [], True
     for seq in args.seq:
         timing = run_worker(["time", str(seq)], raw)
@@ -223,12 +253,16 @@ def main(argv=None) -> int:
             r["memory_ratio_vs_baseline"] = base_mem / max(r["extra_peak_bytes"], 1) if base_mem else None
             rows.append(r)
             ratio = f"{r['memory_ratio_vs_baseline']:.2f}x" if base_mem else "-"
-            print(f"{seq:>6} {a:<10} {r['core_attention']:<20} {r['median_ms']:>10.1f} {r['min_ms']:>9.1f} "
-                  f"{r['speedup_vs_baseline']:>8.2f}x {r['extra_peak_bytes'] / 2**20:>15.1f} {ratio:>12}")
+            print(
+                f"{seq:>6} {a:<10} {r['core_attention']:<20} {r['median_ms']:>10.1f} {r['min_ms']:>9.1f} "
+                f"{r['speedup_vs_baseline']:>8.2f}x {r['extra_peak_bytes'] / 2**20:>15.1f} {ratio:>12}"
+            )
     info["loadavg_before"], info["loadavg_after"] = load_before, os.getloadavg()
     method = next((r["memory_method"] for r in rows), "?")
-    print(f"(speed-up: median over rounds of the same-round time ratio; memory: {method}; load average "
-          f"before/after: {load_before[0]:.2f}/{info['loadavg_after'][0]:.2f})")
+    print(
+        f"(speed-up: median over rounds of the same-round time ratio; memory: {method}; load average "
+        f"before/after: {load_before[0]:.2f}/{info['loadavg_after'][0]:.2f})"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.json.with_suffix(args.json.suffix + ".tmp")

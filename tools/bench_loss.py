@@ -52,12 +52,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--t", type=float, default=0.4, help="TAID interpolation t")
     p.add_argument("--chunk-tokens", type=int, default=None, help="taidtron chunk size (default: automatic)")
     p.add_argument("--compile", action="store_true", help="also time the torch.compile'd official formula")
-    p.add_argument("--variants", default=None,
-                   help="comma-separated subset of official,compiled,chunked,triton,copy (default: official, "
-                        "compiled with --compile, chunked, triton when Triton can run here, copy)")
-    p.add_argument("--triton-sweep", default=None, metavar="TILExBLOCK_VxWARPS[xSTAGES],...",
-                   help="also time the Triton kernels at these launch configurations (TILE_ELEMENTS, MAX_BLOCK_V, "
-                        "NUM_WARPS[, NUM_STAGES] of triton_taid.py), one row each, e.g. 2048x2048x8,512x512x2")
+    p.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated subset of official,compiled,chunked,triton,copy (default: official, "
+        "compiled with --compile, chunked, triton when Triton can run here, copy)",
+    )
+    p.add_argument(
+        "--triton-sweep",
+        default=None,
+        metavar="TILExBLOCK_VxWARPS[xSTAGES],...",
+        help="also time the Triton kernels at these launch configurations (TILE_ELEMENTS, MAX_BLOCK_V, "
+        "NUM_WARPS[, NUM_STAGES] of triton_taid.py), one row each, e.g. 2048x2048x8,512x512x2",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -142,7 +149,8 @@ def worker(args) -> dict:
             triton_taid.TILE_ELEMENTS, triton_taid.MAX_BLOCK_V, triton_taid.NUM_WARPS = config[:3]
             triton_taid.NUM_STAGES = config[3] if len(config) > 3 else None
         fn = lambda a, b: vocab_parallel_taid_loss(  # noqa: E731
-            a, b, args.t, chunk_tokens=args.chunk_tokens, impl=impl).mean()
+            a, b, args.t, chunk_tokens=args.chunk_tokens, impl=impl
+        ).mean()
     elif args._worker == "official":
         fn = _official(args.t)
     elif args._worker == "compiled":
@@ -226,8 +234,12 @@ def _copy_worker(args, s, te) -> dict:
                 times.append(ms)
     times.sort()
     median = times[len(times) // 2]
-    return {"variant": "copy", "median_ms": median, "times_ms": [round(x, 3) for x in times],
-            "bandwidth_bytes_per_s": 2 * te.numel() * te.element_size() / (median / 1e3)}
+    return {
+        "variant": "copy",
+        "median_ms": median,
+        "times_ms": [round(x, 3) for x in times],
+        "bandwidth_bytes_per_s": 2 * te.numel() * te.element_size() / (median / 1e3),
+    }
 
 
 # ---- driver -------------------------------------------------------------------------------------------------------
@@ -265,26 +277,42 @@ def main(argv=None) -> int:
     grad_bytes = args.tokens * args.vocab * torch.tensor([], dtype=getattr(torch, DTYPES[args.dtype])).element_size()
     results = [run_variant(v, raw) for v in variants]
     info = {
-        "tokens": args.tokens, "vocab": args.vocab, "dtype": args.dtype, "device": args.device, "t": args.t,
-        "repeats": args.repeats, "warmup": args.warmup, "chunk_tokens": args.chunk_tokens,
+        "tokens": args.tokens,
+        "vocab": args.vocab,
+        "dtype": args.dtype,
+        "device": args.device,
+        "t": args.t,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "chunk_tokens": args.chunk_tokens,
         "triton_sweep": args.triton_sweep,
-        "torch": torch.__version__, "python": platform.python_version(), "machine": _machine(args.device),
-        "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "gradient_bytes": grad_bytes,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": _machine(args.device),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "gradient_bytes": grad_bytes,
         "command": "python tools/bench_loss.py " + " ".join(raw),
     }
     base = next((r for r in results if r["variant"] == "official" and "error" not in r), None)
-    print(f"TAID loss fwd+bwd, {args.tokens} tokens x {args.vocab} vocab, {args.dtype}, {info['machine']}, "
-          f"median of {args.repeats}")
+    print(
+        f"TAID loss fwd+bwd, {args.tokens} tokens x {args.vocab} vocab, {args.dtype}, {info['machine']}, "
+        f"median of {args.repeats}"
+    )
     width = max(10, *(len(v) for v in variants))
-    print(f"{'variant':<{width}} {'median ms':>10} {'min ms':>8} {'speedup':>8} {'extra peak GB':>14} {'x grad':>7} "
-          f"{'less memory':>12} {'loss':>10}")
+    print(
+        f"{'variant':<{width}} {'median ms':>10} {'min ms':>8} {'speedup':>8} {'extra peak GB':>14} {'x grad':>7} "
+        f"{'less memory':>12} {'loss':>10}"
+    )
     for r in results:
         if "error" in r:
             print(f"{r['variant']:<{width}} failed: {r['error'].strip().splitlines()[-1][:200]}")
             continue
         if r["variant"] == "copy":
-            print(f"{'copy':<{width}} {r['median_ms']:>10.3f} {min(r['times_ms']):>8.3f}   "
-                  f"memory bandwidth (read + write of one logits tensor): {r['bandwidth_bytes_per_s'] / 1e12:.2f} TB/s")
+            print(
+                f"{'copy':<{width}} {r['median_ms']:>10.3f} {min(r['times_ms']):>8.3f}   "
+                f"memory bandwidth (read + write of one logits tensor): {r['bandwidth_bytes_per_s'] / 1e12:.2f} TB/s"
+            )
             continue
         speed = memory = "-"
         if base:
@@ -292,21 +320,27 @@ def main(argv=None) -> int:
             r["memory_ratio_vs_official"] = base["extra_peak_bytes"] / max(r["extra_peak_bytes"], 1)
             speed, memory = f"{r['speedup_vs_official']:.2f}x", f"{r['memory_ratio_vs_official']:.2f}x"
         r["extra_peak_vs_gradient"] = r["extra_peak_bytes"] / grad_bytes
-        print(f"{r['variant']:<{width}} {r['median_ms']:>10.3f} {min(r['times_ms']):>8.3f} {speed:>8} "
-              f"{r['extra_peak_bytes'] / 1e9:>14.3f} {r['extra_peak_vs_gradient']:>6.2f}x {memory:>12} "
-              f"{r['loss']:>10.6f}")
+        print(
+            f"{r['variant']:<{width}} {r['median_ms']:>10.3f} {min(r['times_ms']):>8.3f} {speed:>8} "
+            f"{r['extra_peak_bytes'] / 1e9:>14.3f} {r['extra_peak_vs_gradient']:>6.2f}x {memory:>12} "
+            f"{r['loss']:>10.6f}"
+        )
     copy = next((r for r in results if r["variant"] == "copy" and "error" not in r), None)
     if copy:  # one logits tensor (= one gradient) moved per pass
         bandwidth = copy["bandwidth_bytes_per_s"]
         info["bandwidth_bytes_per_s"] = bandwidth
         info["floor_3_passes_ms"] = 3 * grad_bytes / bandwidth * 1e3
         info["floor_5_passes_ms"] = 5 * grad_bytes / bandwidth * 1e3
-        print(f"bandwidth floor at {bandwidth / 1e12:.2f} TB/s: {info['floor_3_passes_ms']:.3f} ms for 3 passes "
-              f"(read s and T, write the gradient), {info['floor_5_passes_ms']:.3f} ms for 5 (a separate backward "
-              "reads s and T again: the Triton kernels' floor)")
+        print(
+            f"bandwidth floor at {bandwidth / 1e12:.2f} TB/s: {info['floor_3_passes_ms']:.3f} ms for 3 passes "
+            f"(read s and T, write the gradient), {info['floor_5_passes_ms']:.3f} ms for 5 (a separate backward "
+            "reads s and T again: the Triton kernels' floor)"
+        )
     method = next((r["memory_method"] for r in results if "memory_method" in r), "?")
-    print(f"(the gradient alone is {grad_bytes / 1e9:.3f} GB; GB = 1e9 bytes; memory: {method}; "
-          f"load average before/after: {load_before[0]:.2f}/{os.getloadavg()[0]:.2f})")
+    print(
+        f"(the gradient alone is {grad_bytes / 1e9:.3f} GB; GB = 1e9 bytes; memory: {method}; "
+        f"load average before/after: {load_before[0]:.2f}/{os.getloadavg()[0]:.2f})"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.json.with_name(args.json.name + ".tmp")
@@ -321,9 +355,15 @@ def _default_variants(args) -> list[str]:
     import importlib.util
 
     triton_runs = importlib.util.find_spec("triton") is not None and (
-        args.device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
-    return ["official"] + (["compiled"] if args.compile else []) + ["chunked"] + (["triton"] if triton_runs else []) \
+        args.device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    )
+    return (
+        ["official"]
+        + (["compiled"] if args.compile else [])
+        + ["chunked"]
+        + (["triton"] if triton_runs else [])
         + ["copy"]
+    )
 
 
 def _machine(device: str) -> str:

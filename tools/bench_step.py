@@ -38,11 +38,23 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 _SMOKE = "configs/smoke.yaml"
-_WIDER = ["student.hidden_size=256", "student.ffn_hidden_size=704", "student.num_attention_heads=8",
-          "student.num_query_groups=4", "teacher.hidden_size=512", "teacher.ffn_hidden_size=1408",
-          "teacher.num_attention_heads=8", "teacher.num_query_groups=4"]
-_ONE_DEVICE = ["parallel.tp=1", "parallel.pp=1", "parallel.micro_batch_size=1", "parallel.global_batch_size=4",
-               "data.seq_length=4096"]
+_WIDER = [
+    "student.hidden_size=256",
+    "student.ffn_hidden_size=704",
+    "student.num_attention_heads=8",
+    "student.num_query_groups=4",
+    "teacher.hidden_size=512",
+    "teacher.ffn_hidden_size=1408",
+    "teacher.num_attention_heads=8",
+    "teacher.num_query_groups=4",
+]
+_ONE_DEVICE = [
+    "parallel.tp=1",
+    "parallel.pp=1",
+    "parallel.micro_batch_size=1",
+    "parallel.global_batch_size=4",
+    "data.seq_length=4096",
+]
 PAIRS = {
     "smoke": (_SMOKE, []),
     "x4": (_SMOKE, _WIDER),
@@ -60,8 +72,14 @@ def synthetic_micro_batches(num: int, micro_batch: int, seq: int, vocab: int, se
     batches = []
     for _ in range(num):
         tokens = torch.randint(0, vocab, (micro_batch, seq + 1), generator=generator)
-        batches.append({"tokens": tokens[:, :-1], "labels": tokens[:, 1:], "loss_mask": torch.ones(micro_batch, seq),
-                        "position_ids": torch.arange(seq).expand(micro_batch, -1)})
+        batches.append(
+            {
+                "tokens": tokens[:, :-1],
+                "labels": tokens[:, 1:],
+                "loss_mask": torch.ones(micro_batch, seq),
+                "position_ids": torch.arange(seq).expand(micro_batch, -1),
+            }
+        )
     return batches
 
 
@@ -81,8 +99,9 @@ class Timer:
         return time.perf_counter() - start
 
 
-def bench_pair(name: str, config: str, overrides: list[str], ctx, *, repeats: int, warmup: int, precision: str,
-               baseline: bool) -> dict:
+def bench_pair(
+    name: str, config: str, overrides: list[str], ctx, *, repeats: int, warmup: int, precision: str, baseline: bool
+) -> dict:
     import torch
 
     from taidtron.config import ConfigError, TAIDConfig, load_config
@@ -90,14 +109,29 @@ def bench_pair(name: str, config: str, overrides: list[str], ctx, *, repeats: in
     from taidtron.flops import peak_flops
     from taidtron.trainer import Trainer
 
-    cfg = load_config(REPO / config, ["student.init=null", "teacher.init=null", f"precision={precision}",
-                                      "optim.warmup_steps=0", "optim.train_steps=100000", *overrides])
+    cfg = load_config(
+        REPO / config,
+        [
+            "student.init=null",
+            "teacher.init=null",
+            f"precision={precision}",
+            "optim.warmup_steps=0",
+            "optim.train_steps=100000",
+            *overrides,
+        ],
+    )
     cfg.validate_layout(ctx.world_size)
     if (cfg.parallel.tp, cfg.parallel.pp) != (1, 1):
         raise ConfigError(f"pair {name}: the benchmark runs in one process; set parallel.tp=1 parallel.pp=1.")
     vocab = min(cfg.student.vocab_size, cfg.teacher.vocab_size)
-    common = dict(parallel=cfg.parallel, optim=cfg.optim, seq_length=cfg.data.seq_length, precision=cfg.precision,
-                  ctx=ctx, vocab_size=vocab)
+    common = dict(
+        parallel=cfg.parallel,
+        optim=cfg.optim,
+        seq_length=cfg.data.seq_length,
+        precision=cfg.precision,
+        ctx=ctx,
+        vocab_size=vocab,
+    )
     seed_everything(cfg.seed, ctx)
     distill = Trainer(student=cfg.student, teacher=cfg.teacher, taid=cfg.taid, **common)
     trainers = {"distill": distill}
@@ -124,16 +158,22 @@ def bench_pair(name: str, config: str, overrides: list[str], ctx, *, repeats: in
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for round_ in range(warmup + repeats):
-        for key in order[round_ % len(order):] + order[:round_ % len(order)]:  # rotate who goes first
+        for key in order[round_ % len(order) :] + order[: round_ % len(order)]:  # rotate who goes first
             seconds = timer(steps[key])
             if round_ >= warmup:
                 times[key].append(seconds)
     result = {
-        "pair": name, "config": config, "overrides": overrides, "device": str(device), "precision": str(
-            distill.params_dtype).removeprefix("torch."),
-        "student_params": distill.student_params, "teacher_params": distill.teacher_params,
-        "micro_batches": micro, "tokens_per_step": cfg.parallel.global_batch_size * cfg.data.seq_length,
-        "repeats": repeats, "warmup": warmup,
+        "pair": name,
+        "config": config,
+        "overrides": overrides,
+        "device": str(device),
+        "precision": str(distill.params_dtype).removeprefix("torch."),
+        "student_params": distill.student_params,
+        "teacher_params": distill.teacher_params,
+        "micro_batches": micro,
+        "tokens_per_step": cfg.parallel.global_batch_size * cfg.data.seq_length,
+        "repeats": repeats,
+        "warmup": warmup,
         **{f"{key}_ms": statistics.median(values) * 1e3 for key, values in times.items()},
         **{f"{key}_min_ms": min(values) * 1e3 for key, values in times.items()},
     }
@@ -176,8 +216,10 @@ def loss_alone(distill, student, batch: dict, vocab: int, timer, repeats: int, w
         terms = objective(logits, teacher, labels, t=0.4, vocab_size=vocab, group=None)
         terms.total.sum().backward()
 
-    runs = {"taid_loss": lambda: run(distill.objective, teacher_logits),
-            "ce_loss": lambda: run(student.objective, None)}
+    runs = {
+        "taid_loss": lambda: run(distill.objective, teacher_logits),
+        "ce_loss": lambda: run(student.objective, None),
+    }
     times: dict[str, list[float]] = {key: [] for key in runs}
     for round_ in range(warmup + repeats):
         for key, fn in runs.items():
@@ -190,15 +232,21 @@ def loss_alone(distill, student, batch: dict, vocab: int, timer, repeats: int, w
 def render(results: list[dict]) -> str:
     lines = []
     for r in results:
-        lines.append(f"{r['pair']}: student {r['student_params'] / 1e6:,.2f}M, teacher "
-                     f"{r['teacher_params'] / 1e6:,.2f}M params; {r['micro_batches']} micro-batches, "
-                     f"{r['tokens_per_step']:,} tokens/step; {r['device']} {r['precision']}; median of {r['repeats']}")
+        lines.append(
+            f"{r['pair']}: student {r['student_params'] / 1e6:,.2f}M, teacher "
+            f"{r['teacher_params'] / 1e6:,.2f}M params; {r['micro_batches']} micro-batches, "
+            f"{r['tokens_per_step']:,} tokens/step; {r['device']} {r['precision']}; median of {r['repeats']}"
+        )
         if "ratio" in r:
-            lines.append(f"  distill {r['distill_ms']:10.2f} ms   student {r['student_ms']:10.2f} ms   teacher "
-                         f"{r['teacher_ms']:10.2f} ms   ratio {r['ratio']:.3f} (of minima {r['ratio_of_minima']:.3f})")
-            lines.append(f"  excess {r['excess_ms']:+.2f} ms; the loss alone: TAID {r['taid_loss_ms']:.2f} ms vs "
-                         f"cross-entropy {r['ce_loss_ms']:.2f} ms per micro-batch = {r['loss_excess_ms']:+.2f} ms "
-                         f"per step")
+            lines.append(
+                f"  distill {r['distill_ms']:10.2f} ms   student {r['student_ms']:10.2f} ms   teacher "
+                f"{r['teacher_ms']:10.2f} ms   ratio {r['ratio']:.3f} (of minima {r['ratio_of_minima']:.3f})"
+            )
+            lines.append(
+                f"  excess {r['excess_ms']:+.2f} ms; the loss alone: TAID {r['taid_loss_ms']:.2f} ms vs "
+                f"cross-entropy {r['ce_loss_ms']:.2f} ms per micro-batch = {r['loss_excess_ms']:+.2f} ms "
+                f"per step"
+            )
         else:
             lines.append(f"  distill {r['distill_ms']:10.2f} ms")
         tail = f"  {r['tokens_per_s']:,.0f} tokens/s, {r['model_tflops']:.2f} model TFLOP/s"
@@ -211,25 +259,35 @@ def render(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides applied to every pair")
     parser.add_argument("--pairs", default="smoke,x4", help=f"comma-separated subset of {', '.join(PAIRS)}")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                        help="default: cuda when available, else cpu")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: bf16 on cuda, fp32 on cpu")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available, else cpu"
+    )
+    parser.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 on cuda, fp32 on cpu"
+    )
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds (the median is reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
-    parser.add_argument("--no-baseline", action="store_true",
-                        help="time the distillation step only (throughput / MFU; no student or teacher baseline)")
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="time the distillation step only (throughput / MFU; no student or teacher baseline)",
+    )
     parser.add_argument("--json", help="write the results here as JSON (atomically)")
     args = parser.parse_args(argv)
     pairs = [p for p in args.pairs.split(",") if p]
     unknown = [p for p in pairs if p not in PAIRS]
     if unknown or not pairs:
-        print(f"error: unknown pair(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(PAIRS)}",
-              file=sys.stderr)
+        print(
+            f"error: unknown pair(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(PAIRS)}",
+            file=sys.stderr,
+        )
         return 2
     if args.repeats < 1 or args.warmup < 0:
         print("error: need --repeats >= 1 and --warmup >= 0", file=sys.stderr)
@@ -250,8 +308,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in pairs:
             config, overrides = PAIRS[name]
-            results.append(bench_pair(name, config, [*overrides, *args.overrides], ctx, repeats=args.repeats,
-                                      warmup=args.warmup, precision=args.precision, baseline=not args.no_baseline))
+            results.append(
+                bench_pair(
+                    name,
+                    config,
+                    [*overrides, *args.overrides],
+                    ctx,
+                    repeats=args.repeats,
+                    warmup=args.warmup,
+                    precision=args.precision,
+                    baseline=not args.no_baseline,
+                )
+            )
             print(render(results[-1:]), flush=True)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -31,16 +31,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     imp.add_argument("--hf", required=True, help="local HF model directory (config.json + safetensors)")
     imp.add_argument("--out", required=True, help="taidtron checkpoint directory to create")
     imp.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    imp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                     help="dtype of the stored weights (default: the HF weights' own)")
+    imp.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="dtype of the stored weights (default: the HF weights' own)",
+    )
     imp.add_argument("--no-progress", action="store_true", help="no progress bar")
     exp = sub.add_parser("export", help="taidtron checkpoint (its student) -> Hugging Face directory")
     exp.add_argument("--ckpt", required=True, help="run checkpoint directory (follows `latest`) or iteration dir")
     exp.add_argument("--out", required=True, help="HF directory to create")
     exp.add_argument("--force", action="store_true", help="replace a non-empty --out")
     exp.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
-    exp.add_argument("--tokenizer", default=None,
-                     help="tokenizer file or folder to ship (default: the one the checkpoint was trained with)")
+    exp.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer file or folder to ship (default: the one the checkpoint was trained with)",
+    )
     exp.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap.parse_args(argv)
 
@@ -57,15 +64,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "import":
             meta = import_hf(args.hf, args.out, force=args.force, dtype=args.dtype, quiet=args.no_progress)
-            print(f"wrote {args.out} ({meta.model.family}, {meta.model.num_layers} layers, {meta.params_dtype}). "
-                  f"Use it as teacher or student; the model section for the config:\n")
+            print(
+                f"wrote {args.out} ({meta.model.family}, {meta.model.num_layers} layers, {meta.params_dtype}). "
+                f"Use it as teacher or student; the model section for the config:\n"
+            )
             print("\n".join("  " + line for line in model_yaml(meta.model, str(args.out)).splitlines()))
         else:
-            summary = export_hf(args.ckpt, args.out, force=args.force, max_shard_size=args.max_shard_size,
-                                tokenizer=args.tokenizer, quiet=args.no_progress)
-            print(f"wrote {summary.out}: {summary.tensors} tensors in {summary.shards} shard(s), "
-                  f"{summary.bytes / 1e6:.1f} MB {summary.dtype}, tokenizer files: "
-                  f"{', '.join(summary.tokenizer_files) or 'none'}")
+            summary = export_hf(
+                args.ckpt,
+                args.out,
+                force=args.force,
+                max_shard_size=args.max_shard_size,
+                tokenizer=args.tokenizer,
+                quiet=args.no_progress,
+            )
+            print(
+                f"wrote {summary.out}: {summary.tensors} tensors in {summary.shards} shard(s), "
+                f"{summary.bytes / 1e6:.1f} MB {summary.dtype}, tokenizer files: "
+                f"{', '.join(summary.tokenizer_files) or 'none'}"
+            )
             for note in summary.notes:
                 print(f"convert: note: {note}", file=sys.stderr)
     except (ConvertError, CheckpointError) as exc:

@@ -57,40 +57,140 @@ def _probe(name: str) -> list[str]:
 
 
 CHECKS = [
-    Check("versions", "torch, CUDA, cuDNN, NCCL, Triton, megatron-core, Transformer Engine; the device and the peak "
-          "bf16 FLOP/s MFU uses; no gloo side groups next to NCCL; the CUDA fusions enabled", 60, _probe("versions"),
-          needs_gpu=False),
-    Check("gpu_tests", "pytest -m gpu: Triton vs torch loss and float64 on sampled rows at 8192x151936 and at the "
-          "72B last stage [1, 4096, 76032] bf16; SDPA fused kernel vs local attention (bf16, 4096 tokens); CUDA RNG "
-          "restored by a checkpoint; resume with the distributed optimizer; 3 steps GPU vs CPU (fp32 TF32 off, "
-          "bf16)", 200, ["-m", "pytest", "-q", "-m", "gpu", "tests", "-p", "no:cacheprovider", "--junitxml={json}"],
-          parse="pytest"),
-    Check("loss_bench", "TAID loss fwd+bwd at 8192 x 151936 bf16: official, torch.compile, torch chunked, Triton "
-          "(ms, extra peak GB)", 120, ["tools/bench_loss.py", "--tokens", "8192", "--vocab", "151936", "--dtype",
-                                      "bf16", "--device", "cuda", "--compile", "--repeats", "20", "--warmup", "3",
-                                      "--json", "{json}"]),
-    Check("smoke", "make smoke-test in bf16 (teacher pretraining, then distillation): its checks, tokens/s, MFU",
-          150, ["tools/smoke_test.py", "--run-dir", "runs/gpu_check/smoke", "logging.wandb_mode=disabled"],
-          parse="smoke", env={"TAIDTRON_NO_PROGRESS": "1"}),
-    Check("throughput_72b_width", "one distillation step, Qwen2-1.5B student <- 2-layer teacher at Qwen2-72B width, "
-          f"4 x 4096 tokens: model TFLOP/s and MFU against tools/plan.py's {PLAN_MFU:.0%}", 90,
-          ["tools/bench_step.py", "--pairs", "1.5b-72bw2", "--device", "cuda", "--no-baseline", "--repeats", "3",
-           "--warmup", "1", "--json", "{json}"]),
-    Check("host_syncs", "host-device syncs of one distillation step (torch.cuda.set_sync_debug_mode), at 2 and 4 "
-          "micro-batches: none may come per micro-batch", 60, _probe("host_syncs")),
-    Check("inf_gradient", "an injected inf gradient: the step must not update the weights, the next step trains on",
-          60, _probe("inf_gradient")),
-    Check("step_overhead", "tools/bench_step.py on the GPU: distillation step vs student step + teacher forward "
-          "(smoke and x4 pairs)", 75, ["tools/bench_step.py", "--pairs", "smoke,x4", "--device", "cuda",
-                                       "--repeats", "5", "--warmup", "2", "--json", "{json}"]),
-    Check("throughput_7b", "one distillation step, Qwen2-1.5B <- Qwen2-7B (the largest real teacher that fits one "
-          "GPU), 4 x 4096 tokens: tokens/s, TFLOP/s, MFU, peak memory", 90,
-          ["tools/bench_step.py", "--pairs", "1.5b-7b", "--device", "cuda", "--no-baseline", "--repeats", "3",
-           "--warmup", "1", "--json", "{json}"]),
-    Check("te_vs_local", "Transformer Engine spec vs the local spec on one checkpoint written by the local spec "
-          "(its missing _extra_state tolerated): logits in bf16 (needs TE installed)", 60, _probe("te_vs_local")),
-    Check("dp_overlap", "data-parallel overlap (grad reduce-scatter, param all-gather) on NCCL: needs 2 GPUs; the "
-          "same code runs on gloo in tests/train/test_parallel_equivalence.py", 120, _probe("dp_overlap")),
+    Check(
+        "versions",
+        "torch, CUDA, cuDNN, NCCL, Triton, megatron-core, Transformer Engine; the device and the peak "
+        "bf16 FLOP/s MFU uses; no gloo side groups next to NCCL; the CUDA fusions enabled",
+        60,
+        _probe("versions"),
+        needs_gpu=False,
+    ),
+    Check(
+        "gpu_tests",
+        "pytest -m gpu: Triton vs torch loss and float64 on sampled rows at 8192x151936 and at the "
+        "72B last stage [1, 4096, 76032] bf16; SDPA fused kernel vs local attention (bf16, 4096 tokens); CUDA RNG "
+        "restored by a checkpoint; resume with the distributed optimizer; 3 steps GPU vs CPU (fp32 TF32 off, "
+        "bf16)",
+        200,
+        ["-m", "pytest", "-q", "-m", "gpu", "tests", "-p", "no:cacheprovider", "--junitxml={json}"],
+        parse="pytest",
+    ),
+    Check(
+        "loss_bench",
+        "TAID loss fwd+bwd at 8192 x 151936 bf16: official, torch.compile, torch chunked, Triton (ms, extra peak GB)",
+        120,
+        [
+            "tools/bench_loss.py",
+            "--tokens",
+            "8192",
+            "--vocab",
+            "151936",
+            "--dtype",
+            "bf16",
+            "--device",
+            "cuda",
+            "--compile",
+            "--repeats",
+            "20",
+            "--warmup",
+            "3",
+            "--json",
+            "{json}",
+        ],
+    ),
+    Check(
+        "smoke",
+        "make smoke-test in bf16 (teacher pretraining, then distillation): its checks, tokens/s, MFU",
+        150,
+        ["tools/smoke_test.py", "--run-dir", "runs/gpu_check/smoke", "logging.wandb_mode=disabled"],
+        parse="smoke",
+        env={"TAIDTRON_NO_PROGRESS": "1"},
+    ),
+    Check(
+        "throughput_72b_width",
+        "one distillation step, Qwen2-1.5B student <- 2-layer teacher at Qwen2-72B width, "
+        f"4 x 4096 tokens: model TFLOP/s and MFU against tools/plan.py's {PLAN_MFU:.0%}",
+        90,
+        [
+            "tools/bench_step.py",
+            "--pairs",
+            "1.5b-72bw2",
+            "--device",
+            "cuda",
+            "--no-baseline",
+            "--repeats",
+            "3",
+            "--warmup",
+            "1",
+            "--json",
+            "{json}",
+        ],
+    ),
+    Check(
+        "host_syncs",
+        "host-device syncs of one distillation step (torch.cuda.set_sync_debug_mode), at 2 and 4 "
+        "micro-batches: none may come per micro-batch",
+        60,
+        _probe("host_syncs"),
+    ),
+    Check(
+        "inf_gradient",
+        "an injected inf gradient: the step must not update the weights, the next step trains on",
+        60,
+        _probe("inf_gradient"),
+    ),
+    Check(
+        "step_overhead",
+        "tools/bench_step.py on the GPU: distillation step vs student step + teacher forward (smoke and x4 pairs)",
+        75,
+        [
+            "tools/bench_step.py",
+            "--pairs",
+            "smoke,x4",
+            "--device",
+            "cuda",
+            "--repeats",
+            "5",
+            "--warmup",
+            "2",
+            "--json",
+            "{json}",
+        ],
+    ),
+    Check(
+        "throughput_7b",
+        "one distillation step, Qwen2-1.5B <- Qwen2-7B (the largest real teacher that fits one "
+        "GPU), 4 x 4096 tokens: tokens/s, TFLOP/s, MFU, peak memory",
+        90,
+        [
+            "tools/bench_step.py",
+            "--pairs",
+            "1.5b-7b",
+            "--device",
+            "cuda",
+            "--no-baseline",
+            "--repeats",
+            "3",
+            "--warmup",
+            "1",
+            "--json",
+            "{json}",
+        ],
+    ),
+    Check(
+        "te_vs_local",
+        "Transformer Engine spec vs the local spec on one checkpoint written by the local spec "
+        "(its missing _extra_state tolerated): logits in bf16 (needs TE installed)",
+        60,
+        _probe("te_vs_local"),
+    ),
+    Check(
+        "dp_overlap",
+        "data-parallel overlap (grad reduce-scatter, param all-gather) on NCCL: needs 2 GPUs; the "
+        "same code runs on gloo in tests/train/test_parallel_equivalence.py",
+        120,
+        _probe("dp_overlap"),
+    ),
 ]
 __doc__ += "\n".join(f"  {c.name:<21}{c.what}" for c in CHECKS) + "\n"
 
@@ -119,8 +219,16 @@ def run_check(check: Check, timeout: float, work: Path) -> dict:
     result_file = work / f"{check.name}.{'xml' if check.parse == 'pytest' else 'json'}"
     argv = [sys.executable, *(arg.replace("{json}", str(result_file)) for arg in check.command)]
     start = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=REPO, env=_check_env(check), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(
+        argv,
+        cwd=REPO,
+        env=_check_env(check),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
     try:
         output, _ = proc.communicate(timeout=timeout)
         timed_out = False
@@ -130,8 +238,15 @@ def run_check(check: Check, timeout: float, work: Path) -> dict:
         output, _ = proc.communicate()
         timed_out = True
     seconds = time.monotonic() - start
-    record = {"name": check.name, "what": check.what, "command": " ".join(argv[1:]), "budget_s": round(timeout),
-              "seconds": round(seconds, 1), "exit_code": proc.returncode, "output_tail": output[-4000:]}
+    record = {
+        "name": check.name,
+        "what": check.what,
+        "command": " ".join(argv[1:]),
+        "budget_s": round(timeout),
+        "seconds": round(seconds, 1),
+        "exit_code": proc.returncode,
+        "output_tail": output[-4000:],
+    }
     if timed_out:
         return {**record, "status": "timeout", "summary": f"stopped after {timeout:.0f} s"}
     try:
@@ -148,8 +263,11 @@ def _parse_json(path: Path, output: str, code: int):
         return data.get("metrics", {}), data["status"], data.get("summary", "")
     if "results" in data and data["results"] and "variant" in data["results"][0]:  # bench_loss.py
         rows = {r["variant"]: r for r in data["results"]}
-        parts = [f"{v} {r['median_ms']:.2f} ms / {r['extra_peak_bytes'] / 1e9:.2f} GB" for v, r in rows.items()
-                 if "error" not in r and v != "copy"]
+        parts = [
+            f"{v} {r['median_ms']:.2f} ms / {r['extra_peak_bytes'] / 1e9:.2f} GB"
+            for v, r in rows.items()
+            if "error" not in r and v != "copy"
+        ]
         failed = [v for v, r in rows.items() if "error" in r]
         summary = "; ".join(parts) + (f"; failed: {', '.join(failed)}" if failed else "")
         return data, "pass" if code == 0 and not failed else "fail", summary
@@ -175,13 +293,16 @@ def _parse_pytest(path: Path, output: str, code: int):
         name = f"{case.get('classname', '').split('.')[-1]}::{case.get('name')}"
         failed = case.find("failure") is not None or case.find("error") is not None
         skipped = case.find("skipped") is not None
-        outcomes[name] = {"outcome": "failed" if failed else "skipped" if skipped else "passed",
-                          "seconds": float(case.get("time", 0))}
+        outcomes[name] = {
+            "outcome": "failed" if failed else "skipped" if skipped else "passed",
+            "seconds": float(case.get("time", 0)),
+        }
     counts = {k: sum(o["outcome"] == k for o in outcomes.values()) for k in ("passed", "failed", "skipped")}
     status = "pass" if code == 0 and counts["passed"] and not counts["failed"] and not counts["skipped"] else "fail"
     failed = [n for n, o in outcomes.items() if o["outcome"] != "passed"]
     summary = f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped" + (
-        f" ({', '.join(failed)})" if failed else "")
+        f" ({', '.join(failed)})" if failed else ""
+    )
     return {"tests": outcomes, **counts}, status, summary
 
 
@@ -190,7 +311,7 @@ def _parse_smoke(path: Path, output: str, code: int):
     for line in output.splitlines():
         for key, label in (("tokens_per_s", "tokens/s (median)"), ("mfu", "MFU (median)")):
             if line.startswith(label):
-                value = line[len(label):].strip().replace(",", "")
+                value = line[len(label) :].strip().replace(",", "")
                 metrics[key] = float(value.rstrip("%")) / (100 if value.endswith("%") else 1)
     checks = [line for line in output.splitlines() if line.startswith(("[PASS]", "[FAIL]"))]
     metrics["checks"] = checks
@@ -205,17 +326,39 @@ PARSERS = {"json": _parse_json, "pytest": _parse_pytest, "smoke": _parse_smoke}
 def install_wheels(wheels: Path) -> tuple[bool, str]:
     """Make megatron-core importable for the checks: nothing to do when it already imports, else install the wheels
     of `wheels` into SITE (offline, no dependency resolution: the folder holds exactly what the image lacks)."""
-    probe = subprocess.run([sys.executable, "-c", "import megatron.core"], env=_check_env(Check("", "", 0, [])),
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import megatron.core"],
+        env=_check_env(Check("", "", 0, [])),
+        capture_output=True,
+        text=True,
+    )
     if probe.returncode == 0:
         return True, "megatron-core imports"
     found = sorted(wheels.glob("*.whl")) if wheels.is_dir() else []
     if not found:
-        return False, (f"megatron-core does not import and {wheels} holds no wheels; fill it as described in "
-                       f"docs/performance.md (pip download ... -d {wheels} megatron-core==0.16.1)")
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                           "--no-cache-dir", "--upgrade", "--target", str(SITE), *map(str, found)],
-                          capture_output=True, text=True)
+        return False, (
+            f"megatron-core does not import and {wheels} holds no wheels; fill it as described in "
+            f"docs/performance.md (pip download ... -d {wheels} megatron-core==0.16.1)"
+        )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--no-cache-dir",
+            "--upgrade",
+            "--target",
+            str(SITE),
+            *map(str, found),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         return False, f"pip install of {', '.join(p.name for p in found)} failed: {proc.stderr.strip()[-500:]}"
     return True, f"installed {', '.join(p.name for p in found)} into {SITE.relative_to(REPO)}"
@@ -237,8 +380,11 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan (checks, budgets, commands) and exit")
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(c.name for c in CHECKS)}")
     parser.add_argument("--deadline", type=float, default=480.0, help="seconds for the whole run (default 8 minutes)")
@@ -255,8 +401,11 @@ def main(argv: list[str] | None = None) -> int:
         names = [n for n in args.only.split(",") if n]
         unknown = sorted(set(names) - {c.name for c in CHECKS})
         if unknown or not names:
-            print(f"error: unknown check(s) {', '.join(unknown) or '(none)'}; choose from "
-                  f"{', '.join(c.name for c in CHECKS)}", file=sys.stderr)
+            print(
+                f"error: unknown check(s) {', '.join(unknown) or '(none)'}; choose from "
+                f"{', '.join(c.name for c in CHECKS)}",
+                file=sys.stderr,
+            )
             return 2
         checks = [c for c in CHECKS if c.name in names]
     if args.deadline <= 0:
@@ -266,8 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(f"gpu-check plan: {len(checks)} checks, deadline {args.deadline:.0f} s, wheels from {args.wheels}")
         for c in checks:
-            print(f"  {c.name:<21} budget {c.budget_s:>4} s  {sys.executable} "
-                  f"{' '.join(a.replace('{json}', 'RESULT') for a in c.command)}")
+            print(
+                f"  {c.name:<21} budget {c.budget_s:>4} s  {sys.executable} "
+                f"{' '.join(a.replace('{json}', 'RESULT') for a in c.command)}"
+            )
             print(f"  {'':<21} {c.what}")
         print(f"report: {args.out}")
         return 0
@@ -284,29 +435,56 @@ def main(argv: list[str] | None = None) -> int:
         for check in checks:
             left = args.deadline - (time.monotonic() - start)
             if check.needs_gpu and not gpu:
-                record = {"name": check.name, "what": check.what, "status": "not_run", "seconds": 0.0,
-                          "summary": "no CUDA device visible"}
+                record = {
+                    "name": check.name,
+                    "what": check.what,
+                    "status": "not_run",
+                    "seconds": 0.0,
+                    "summary": "no CUDA device visible",
+                }
             elif left < min(20.0, check.budget_s):
-                record = {"name": check.name, "what": check.what, "status": "not_run", "seconds": 0.0,
-                          "summary": f"deadline: {max(left, 0):.0f} s left of {args.deadline:.0f}"}
+                record = {
+                    "name": check.name,
+                    "what": check.what,
+                    "status": "not_run",
+                    "seconds": 0.0,
+                    "summary": f"deadline: {max(left, 0):.0f} s left of {args.deadline:.0f}",
+                }
             else:
                 print(f"== {check.name} (budget {min(check.budget_s, left):.0f} s): {check.what}", flush=True)
                 record = run_check(check, min(check.budget_s, left), Path(tmp))
                 print(f"   {record['status']} in {record['seconds']:.1f} s: {record['summary']}", flush=True)
             records.append(record)
-            write_json(args.out, {"install": install_note, "gpu": gpu, "deadline_s": args.deadline,
-                                  "elapsed_s": round(time.monotonic() - start, 1), "checks": records})
+            write_json(
+                args.out,
+                {
+                    "install": install_note,
+                    "gpu": gpu,
+                    "deadline_s": args.deadline,
+                    "elapsed_s": round(time.monotonic() - start, 1),
+                    "checks": records,
+                },
+            )
     print()
     print(render(records))
-    print(f"\n{sum(r['status'] == 'pass' for r in records)}/{len(records)} checks pass, "
-          f"{sum(r['status'] == 'unavailable' for r in records)} unavailable on this machine, in "
-          f"{time.monotonic() - start:.0f} s; report: {args.out}")
+    print(
+        f"\n{sum(r['status'] == 'pass' for r in records)}/{len(records)} checks pass, "
+        f"{sum(r['status'] == 'unavailable' for r in records)} unavailable on this machine, in "
+        f"{time.monotonic() - start:.0f} s; report: {args.out}"
+    )
     return 0 if all(r["status"] in ("pass", "unavailable") for r in records) else 1
 
 
 def _has_gpu() -> str | None:
-    proc = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.get_device_name() "
-                           "if torch.cuda.is_available() else '')"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else '')",
+        ],
+        capture_output=True,
+        text=True,
+    )
     return proc.stdout.strip() or None
 
 
@@ -340,9 +518,16 @@ def _smoke_trainer(ctx, *extra: str, micro_batches: int = 4):
     from taidtron.trainer import build_trainer
     from tools.bench_step import synthetic_micro_batches
 
-    cfg = load_config(REPO / "configs" / "smoke.yaml",
-                      ["teacher.init=null", "optim.warmup_steps=0", "parallel.micro_batch_size=4",
-                       f"parallel.global_batch_size={4 * micro_batches}", *extra])
+    cfg = load_config(
+        REPO / "configs" / "smoke.yaml",
+        [
+            "teacher.init=null",
+            "optim.warmup_steps=0",
+            "parallel.micro_batch_size=4",
+            f"parallel.global_batch_size={4 * micro_batches}",
+            *extra,
+        ],
+    )
     seed_everything(cfg.seed, ctx)
     trainer = build_trainer(cfg, ctx, cfg.student.vocab_size)
     batches = synthetic_micro_batches(micro_batches, 4, cfg.data.seq_length, cfg.student.vocab_size)
@@ -364,14 +549,24 @@ def probe_versions():
 
     cuda = torch.cuda.is_available()
     name = torch.cuda.get_device_name() if cuda else None
-    metrics = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
-               "cudnn": torch.backends.cudnn.version(), "triton": version("triton"),
-               "megatron_core": version("megatron-core"), "transformer_engine": version("transformer-engine"),
-               "device": name}
+    metrics = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "triton": version("triton"),
+        "megatron_core": version("megatron-core"),
+        "transformer_engine": version("transformer-engine"),
+        "device": name,
+    }
     if cuda:
         props = torch.cuda.get_device_properties(0)
-        metrics.update(nccl=".".join(map(str, torch.cuda.nccl.version())), capability=f"{props.major}.{props.minor}",
-                       memory_gib=props.total_memory / 2**30, multiprocessors=props.multi_processor_count)
+        metrics.update(
+            nccl=".".join(map(str, torch.cuda.nccl.version())),
+            capability=f"{props.major}.{props.minor}",
+            memory_gib=props.total_memory / 2**30,
+            multiprocessors=props.multi_processor_count,
+        )
     peak = peak_flops(name)
     metrics["peak"] = {"device": peak.device, "bf16_dense_tflops": peak.tflops} if peak else None
 
@@ -386,16 +581,32 @@ def probe_versions():
         gloo_group = True
     except AssertionError:
         gloo_group = False
-    metrics.update(backend=str(ctx.device), gloo_side_groups=ctx.gloo_groups, gloo_dp_group_built=gloo_group,
-                   fusions=fusions(ctx.device.type))
-    problems = [p for p, bad in (("no CUDA device", not cuda), ("device not in taidtron.flops' peak table", not peak),
-                                 ("gloo side groups built next to NCCL", gloo_group)) if bad]
-    summary = (f"{name}, torch {torch.__version__} CUDA {torch.version.cuda} NCCL {metrics.get('nccl')} Triton "
-               f"{metrics['triton']} megatron-core {metrics['megatron_core']} TE {metrics['transformer_engine']}; "
-               f"peak {peak.tflops if peak else '?'} TFLOP/s ({peak.device if peak else 'unknown device'}); fusions "
-               f"{','.join(k.removesuffix('_fusion') for k, v in metrics['fusions'].items() if v) or 'none'}")
-    return ("fail" if problems else "pass"), summary + (f"; PROBLEMS: {', '.join(problems)}" if problems else ""), \
-        metrics
+    metrics.update(
+        backend=str(ctx.device),
+        gloo_side_groups=ctx.gloo_groups,
+        gloo_dp_group_built=gloo_group,
+        fusions=fusions(ctx.device.type),
+    )
+    problems = [
+        p
+        for p, bad in (
+            ("no CUDA device", not cuda),
+            ("device not in taidtron.flops' peak table", not peak),
+            ("gloo side groups built next to NCCL", gloo_group),
+        )
+        if bad
+    ]
+    summary = (
+        f"{name}, torch {torch.__version__} CUDA {torch.version.cuda} NCCL {metrics.get('nccl')} Triton "
+        f"{metrics['triton']} megatron-core {metrics['megatron_core']} TE {metrics['transformer_engine']}; "
+        f"peak {peak.tflops if peak else '?'} TFLOP/s ({peak.device if peak else 'unknown device'}); fusions "
+        f"{','.join(k.removesuffix('_fusion') for k, v in metrics['fusions'].items() if v) or 'none'}"
+    )
+    return (
+        ("fail" if problems else "pass"),
+        summary + (f"; PROBLEMS: {', '.join(problems)}" if problems else ""),
+        metrics,
+    )
 
 
 def probe_host_syncs():
@@ -423,11 +634,15 @@ def probe_host_syncs():
         syncs = [w for w in caught if "synchronizing" in str(w.message)]
         counts[micro] = len(syncs)
         where[micro] = dict(collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in syncs))
-    per_micro_batch = {loc: (where[4].get(loc, 0) - where[2].get(loc, 0)) / 2 for loc in where[4]
-                       if where[4].get(loc, 0) != where[2].get(loc, 0)}
+    per_micro_batch = {
+        loc: (where[4].get(loc, 0) - where[2].get(loc, 0)) / 2
+        for loc in where[4]
+        if where[4].get(loc, 0) != where[2].get(loc, 0)
+    }
     metrics = {"syncs_per_step": counts, "locations": where, "per_micro_batch": per_micro_batch}
-    summary = (f"{counts[2]} syncs per step at 2 micro-batches, {counts[4]} at 4"
-               + (f"; per micro-batch: {per_micro_batch}" if per_micro_batch else "; none per micro-batch"))
+    summary = f"{counts[2]} syncs per step at 2 micro-batches, {counts[4]} at 4" + (
+        f"; per micro-batch: {per_micro_batch}" if per_micro_batch else "; none per micro-batch"
+    )
     return ("pass" if not per_micro_batch else "fail"), summary, metrics
 
 
@@ -456,18 +671,25 @@ def probe_inf_gradient():
         handle.remove()
     trainer.sync_weights()
     changed = [k for k, p in params.items() if not torch.equal(p.detach(), before[k])]
-    outcome["counters"] = {k: v for k, v in vars(trainer).items() if "skip" in k.lower()
-                           and isinstance(v, (int, float))}
+    outcome["counters"] = {
+        k: v for k, v in vars(trainer).items() if "skip" in k.lower() and isinstance(v, (int, float))
+    }
     clean = trainer.train_step(iter(batches))
     trainer.sync_weights()
     finite = all(torch.isfinite(p).all() for p in params.values())
     moved = any(not torch.equal(p.detach(), before[k]) for k, p in params.items())
-    metrics = {**outcome, "weights_changed_by_bad_step": changed, "clean_step_loss": clean.loss,
-               "weights_finite_after": bool(finite)}
+    metrics = {
+        **outcome,
+        "weights_changed_by_bad_step": changed,
+        "clean_step_loss": clean.loss,
+        "weights_finite_after": bool(finite),
+    }
     ok = not changed and finite and moved and clean.loss == clean.loss
     how = "raised" if "raised" in outcome else "returned"
-    summary = (f"bad step {how}; {len(changed)} weights changed by it; next step loss {clean.loss:.4f}, weights "
-               f"{'finite' if finite else 'NOT finite'}; skip counters {outcome['counters'] or 'none found'}")
+    summary = (
+        f"bad step {how}; {len(changed)} weights changed by it; next step loss {clean.loss:.4f}, weights "
+        f"{'finite' if finite else 'NOT finite'}; skip counters {outcome['counters'] or 'none found'}"
+    )
     return ("pass" if ok else "fail"), summary, metrics
 
 
@@ -484,17 +706,33 @@ def probe_te_vs_local():
     from taidtron.models import build_gpt
 
     ctx = _world_of_one()
-    base = dict(family="qwen2", num_layers=2, hidden_size=256, num_attention_heads=8, num_query_groups=4,
-                ffn_hidden_size=704, vocab_size=1024)
+    base = dict(
+        family="qwen2",
+        num_layers=2,
+        hidden_size=256,
+        num_attention_heads=8,
+        num_query_groups=4,
+        ffn_hidden_size=704,
+        vocab_size=1024,
+    )
     models = {}
     for attention in ("sdpa", "auto"):
         seed_everything(3, ctx)
-        models[attention] = build_gpt(ModelConfig(**base, attention=attention), ParallelConfig(),
-                                      padded_vocab_size=1024, max_seq_length=256, pp_rank=0,
-                                      params_dtype=torch.bfloat16, device=ctx.device)
+        models[attention] = build_gpt(
+            ModelConfig(**base, attention=attention),
+            ParallelConfig(),
+            padded_vocab_size=1024,
+            max_seq_length=256,
+            pp_rank=0,
+            params_dtype=torch.bfloat16,
+            device=ctx.device,
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        meta = checkpoint.CheckpointMeta(model=ModelConfig(**base, attention="sdpa"), padded_vocab_size=1024,
-                                         source=checkpoint.WeightsSource(kind="init", description="gpu_check"))
+        meta = checkpoint.CheckpointMeta(
+            model=ModelConfig(**base, attention="sdpa"),
+            padded_vocab_size=1024,
+            source=checkpoint.WeightsSource(kind="init", description="gpu_check"),
+        )
         checkpoint.save_checkpoint(tmp, 0, model=models["sdpa"], meta=meta)
         checkpoint.load_model_weights(models["auto"], tmp, group=ctx.dp_group)
     tokens = torch.randint(0, 1024, (2, 256), device=ctx.device)
@@ -502,8 +740,11 @@ def probe_te_vs_local():
     with torch.no_grad():
         local, te = (models[k](tokens, positions, None).float() for k in ("sdpa", "auto"))
     error = ((te - local).abs().max() / local.abs().max()).item()
-    return ("pass" if error < 2e-2 else "fail"), f"TE logits vs local: max error {error:.2e} of the largest logit", {
-        "max_error_relative_to_max": error}
+    return (
+        ("pass" if error < 2e-2 else "fail"),
+        f"TE logits vs local: max error {error:.2e} of the largest logit",
+        {"max_error_relative_to_max": error},
+    )
 
 
 def probe_dp_overlap():
@@ -512,8 +753,14 @@ def probe_dp_overlap():
     import torch
 
     if torch.cuda.device_count() < 2:
-        return "unavailable", (f"{torch.cuda.device_count()} GPU visible: overlapped data-parallel communication "
-                               "needs dp >= 2; on gloo it is checked by tests/train/test_parallel_equivalence.py"), {}
+        return (
+            "unavailable",
+            (
+                f"{torch.cuda.device_count()} GPU visible: overlapped data-parallel communication "
+                "needs dp >= 2; on gloo it is checked by tests/train/test_parallel_equivalence.py"
+            ),
+            {},
+        )
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     from taidtron.checkpoint import resolve_iteration_dir
@@ -527,30 +774,57 @@ def probe_dp_overlap():
         for name, (nproc, mode, env) in runs.items():
             out = root / name
             out.mkdir()
-            proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-                                   "--standalone", str(worker), str(out), mode, str(student_init), str(teacher_init),
-                                   "precision=fp32"], cwd=REPO, capture_output=True, text=True,
-                                  env={**os.environ, "TAIDTRON_TEST_RESULTS": str(out), "NVIDIA_TF32_OVERRIDE": "0",
-                                       **env})
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    f"--nproc-per-node={nproc}",
+                    "--standalone",
+                    str(worker),
+                    str(out),
+                    mode,
+                    str(student_init),
+                    str(teacher_init),
+                    "precision=fp32",
+                ],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "TAIDTRON_TEST_RESULTS": str(out), "NVIDIA_TF32_OVERRIDE": "0", **env},
+            )
             if proc.returncode != 0:
                 return "fail", f"{name} exited {proc.returncode}", {"output": proc.stderr[-3000:]}
             reports[name] = json.loads((out / "rank0.json").read_text())
         weights = {}
         for name in ("dp1", "dp2"):
             dcp_to_torch_save(resolve_iteration_dir(root / name / "student"), root / f"{name}.pt")
-            weights[name] = {k: v for k, v in torch.load(root / f"{name}.pt", weights_only=False).items()
-                             if torch.is_tensor(v) and not k.endswith("_extra_state")}
-    worst = max(((weights["dp2"][k] - w).abs().max() / w.abs().max().clamp_min(1e-12)).item()
-                for k, w in weights["dp1"].items())
+            weights[name] = {
+                k: v
+                for k, v in torch.load(root / f"{name}.pt", weights_only=False).items()
+                if torch.is_tensor(v) and not k.endswith("_extra_state")
+            }
+    worst = max(
+        ((weights["dp2"][k] - w).abs().max() / w.abs().max().clamp_min(1e-12)).item() for k, w in weights["dp1"].items()
+    )
     loss_diff = max(abs(a - b) / abs(b) for a, b in zip(reports["dp2"]["loss"], reports["dp1"]["loss"]))
-    metrics = {"loss_max_rel_diff": loss_diff, "weights_max_diff_relative_to_max": worst,
-               "dp1": reports["dp1"], "dp2": reports["dp2"]}
+    metrics = {
+        "loss_max_rel_diff": loss_diff,
+        "weights_max_diff_relative_to_max": worst,
+        "dp1": reports["dp1"],
+        "dp2": reports["dp2"],
+    }
     ok = loss_diff < 1e-5 and worst < 1e-4
     return ("pass" if ok else "fail"), f"dp=2 vs dp=1: loss {loss_diff:.2e}, weights {worst:.2e}", metrics
 
 
-PROBES = {"versions": probe_versions, "host_syncs": probe_host_syncs, "inf_gradient": probe_inf_gradient,
-          "te_vs_local": probe_te_vs_local, "dp_overlap": probe_dp_overlap}
+PROBES = {
+    "versions": probe_versions,
+    "host_syncs": probe_host_syncs,
+    "inf_gradient": probe_inf_gradient,
+    "te_vs_local": probe_te_vs_local,
+    "dp_overlap": probe_dp_overlap,
+}
 
 
 if __name__ == "__main__":

@@ -22,30 +22,140 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-NAMES = [("Mia", "she"), ("Tom", "he"), ("Ada", "she"), ("Leo", "he"), ("Zoe", "she"), ("Sam", "he"),
-         ("Ivy", "she"), ("Max", "he"), ("Eva", "she"), ("Ben", "he"), ("Lily", "she"), ("Noah", "he"),
-         ("Ruby", "she"), ("Finn", "he"), ("Nora", "she"), ("Owen", "he"), ("Cleo", "she"), ("Jack", "he"),
-         ("Iris", "she"), ("Hugo", "he"), ("Alma", "she"), ("Otto", "he"), ("Rosa", "she"), ("Eli", "he")]
-TOWNS = ["Brindle", "Ashford", "Kellmoor", "Dunmere", "Harrow Vale", "Pebblebrook", "Oakridge", "Marlow",
-         "Fennick", "Thistlewood", "Corran", "Wren Hollow"]
+NAMES = [
+    ("Mia", "she"),
+    ("Tom", "he"),
+    ("Ada", "she"),
+    ("Leo", "he"),
+    ("Zoe", "she"),
+    ("Sam", "he"),
+    ("Ivy", "she"),
+    ("Max", "he"),
+    ("Eva", "she"),
+    ("Ben", "he"),
+    ("Lily", "she"),
+    ("Noah", "he"),
+    ("Ruby", "she"),
+    ("Finn", "he"),
+    ("Nora", "she"),
+    ("Owen", "he"),
+    ("Cleo", "she"),
+    ("Jack", "he"),
+    ("Iris", "she"),
+    ("Hugo", "he"),
+    ("Alma", "she"),
+    ("Otto", "he"),
+    ("Rosa", "she"),
+    ("Eli", "he"),
+]
+TOWNS = [
+    "Brindle",
+    "Ashford",
+    "Kellmoor",
+    "Dunmere",
+    "Harrow Vale",
+    "Pebblebrook",
+    "Oakridge",
+    "Marlow",
+    "Fennick",
+    "Thistlewood",
+    "Corran",
+    "Wren Hollow",
+]
 RIVERS = ["Osk", "Lune", "Tamar", "Wey", "Brent", "Calder", "Esk", "Frome", "Kennet", "Tees", "Ure", "Dove"]
 GOODS = ["apples", "cheese", "wool", "bread", "honey", "fish", "pottery", "candles", "rope", "pears", "salt", "tea"]
-JOBS = ["baker", "farmer", "teacher", "painter", "doctor", "carpenter", "sailor", "gardener", "tailor", "miller",
-        "fisher", "singer"]
+JOBS = [
+    "baker",
+    "farmer",
+    "teacher",
+    "painter",
+    "doctor",
+    "carpenter",
+    "sailor",
+    "gardener",
+    "tailor",
+    "miller",
+    "fisher",
+    "singer",
+]
 PETS = ["dog", "cat", "rabbit", "goat", "parrot", "horse", "duck", "tortoise"]
-PET_NAMES = ["Pip", "Biscuit", "Luna", "Rex", "Clover", "Pepper", "Misty", "Button", "Juniper", "Socks", "Maple",
-             "Ziggy", "Hazel", "Toffee", "Bramble", "Nugget", "Olive", "Pickle", "Sunny", "Wisp", "Dot", "Fudge",
-             "Basil", "Comet"]
+PET_NAMES = [
+    "Pip",
+    "Biscuit",
+    "Luna",
+    "Rex",
+    "Clover",
+    "Pepper",
+    "Misty",
+    "Button",
+    "Juniper",
+    "Socks",
+    "Maple",
+    "Ziggy",
+    "Hazel",
+    "Toffee",
+    "Bramble",
+    "Nugget",
+    "Olive",
+    "Pickle",
+    "Sunny",
+    "Wisp",
+    "Dot",
+    "Fudge",
+    "Basil",
+    "Comet",
+]
 COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "white", "black", "brown", "pink", "grey", "gold"]
 FOODS = ["soup", "pie", "rice", "plums", "eggs", "cake", "beans", "noodles", "carrots", "figs", "toast", "stew"]
-OBJECTS = ["ball", "kite", "hat", "key", "box", "drum", "lamp", "book", "map", "shell", "cup", "bell", "scarf",
-           "coin", "boat", "ring"]
+OBJECTS = [
+    "ball",
+    "kite",
+    "hat",
+    "key",
+    "box",
+    "drum",
+    "lamp",
+    "book",
+    "map",
+    "shell",
+    "cup",
+    "bell",
+    "scarf",
+    "coin",
+    "boat",
+    "ring",
+]
 WEATHER = ["sunny", "rainy", "windy", "cold", "warm", "foggy", "snowy", "bright"]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December"]
-NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-                "twelve"]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+NUMBER_WORDS = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+]
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
@@ -61,9 +171,19 @@ def make_world(rng: random.Random) -> tuple[list[dict], dict[str, dict]]:
     people = []
     pet_names = rng.sample(PET_NAMES, len(NAMES))
     for i, (name, p) in enumerate(NAMES):
-        people.append({"name": name, **pronouns(p), "town": rng.choice(TOWNS), "job": rng.choice(JOBS),
-                       "pet": rng.choice(PETS), "pet_name": pet_names[i], "color": rng.choice(COLORS),
-                       "food": rng.choice(FOODS), "age": rng.randint(19, 71)})
+        people.append(
+            {
+                "name": name,
+                **pronouns(p),
+                "town": rng.choice(TOWNS),
+                "job": rng.choice(JOBS),
+                "pet": rng.choice(PETS),
+                "pet_name": pet_names[i],
+                "color": rng.choice(COLORS),
+                "food": rng.choice(FOODS),
+                "age": rng.randint(19, 71),
+            }
+        )
     order = list(range(len(people)))
     rng.shuffle(order)
     for a, b in zip(order[0::2], order[1::2]):  # disjoint sibling pairs
@@ -76,8 +196,11 @@ def fact(rng: random.Random, x: dict, kind: str) -> str:
     options = {
         "town": [f"{n} lives in {x['town']}.", f"{n} is from {x['town']}.", f"{x['P']} lives in {x['town']}."],
         "job": [f"{n} works as a {x['job']}.", f"{n} is a {x['job']}.", f"By trade, {n} is a {x['job']}."],
-        "pet": [f"{n} has a {x['pet']} called {x['pet_name']}.", f"{x['pet_name']} is the {x['pet']} of {n}.",
-                f"{n} keeps a {x['pet']} named {x['pet_name']}."],
+        "pet": [
+            f"{n} has a {x['pet']} called {x['pet_name']}.",
+            f"{x['pet_name']} is the {x['pet']} of {n}.",
+            f"{n} keeps a {x['pet']} named {x['pet_name']}.",
+        ],
         "color": [f"{n}'s favorite color is {x['color']}.", f"{n} likes the color {x['color']} best."],
         "food": [f"{n} likes to eat {x['food']}.", f"The favorite food of {n} is {x['food']}."],
         "age": [f"{n} is {x['age']} years old.", f"{n} is {x['age']}."],
@@ -104,17 +227,21 @@ def doc_qa(rng, people, towns) -> str:
     for _ in range(rng.randint(3, 6)):
         x = rng.choice(people)
         n = x["name"]
-        q, a = rng.choice([
-            (f"Where does {n} live?", f"{n} lives in {x['town']}."),
-            (f"What does {n} do?", f"{n} works as a {x['job']}."),
-            (f"What pet does {n} have?", f"{n} has a {x['pet']} called {x['pet_name']}."),
-            (f"What is {n}'s favorite color?", f"{n}'s favorite color is {x['color']}."),
-            (f"What does {n} like to eat?", f"{n} likes to eat {x['food']}."),
-            (f"How old is {n}?", f"{n} is {x['age']} years old."),
-            (f"Who is {n}'s sibling?", f"{n}'s sibling is {x['sibling']}."),
-            (f"Which river flows through {x['town']}?", f"The river {towns[x['town']]['river']} flows through "
-                                                       f"{x['town']}."),
-        ])
+        q, a = rng.choice(
+            [
+                (f"Where does {n} live?", f"{n} lives in {x['town']}."),
+                (f"What does {n} do?", f"{n} works as a {x['job']}."),
+                (f"What pet does {n} have?", f"{n} has a {x['pet']} called {x['pet_name']}."),
+                (f"What is {n}'s favorite color?", f"{n}'s favorite color is {x['color']}."),
+                (f"What does {n} like to eat?", f"{n} likes to eat {x['food']}."),
+                (f"How old is {n}?", f"{n} is {x['age']} years old."),
+                (f"Who is {n}'s sibling?", f"{n}'s sibling is {x['sibling']}."),
+                (
+                    f"Which river flows through {x['town']}?",
+                    f"The river {towns[x['town']]['river']} flows through {x['town']}.",
+                ),
+            ]
+        )
         lines.append(f"Q: {q}\nA: {a}")
     return "\n".join(lines)
 
@@ -153,7 +280,7 @@ def doc_sequence(rng, people, towns) -> str:
     if kind == "letters":
         i = rng.randint(0, 18)
         j = min(25, i + rng.randint(4, 8))
-        return f"The letters from {LETTERS[i]} to {LETTERS[j]} are " + " ".join(LETTERS[i:j + 1]) + "."
+        return f"The letters from {LETTERS[i]} to {LETTERS[j]} are " + " ".join(LETTERS[i : j + 1]) + "."
     seq = DAYS if kind == "days" else MONTHS
     i = rng.randrange(len(seq))
     out = [f"After {seq[(i + k) % len(seq)]} comes {seq[(i + k + 1) % len(seq)]}." for k in range(rng.randint(3, 6))]
@@ -166,41 +293,53 @@ def doc_story(rng, people, towns) -> str:
     obj, color = rng.choice(OBJECTS), rng.choice(COLORS)
     t = towns[x["town"]]
     weather = rng.choice(WEATHER)
-    opening = rng.choice([
-        f"Once upon a time, there was a {x['job']} called {n} who lived in {x['town']}.",
-        f"{n} the {x['job']} lived in {x['town']}, a {t['size']} town on the river {t['river']}.",
-        f"Long ago in {x['town']}, there lived a {x['job']} named {n}.",
-    ])
+    opening = rng.choice(
+        [
+            f"Once upon a time, there was a {x['job']} called {n} who lived in {x['town']}.",
+            f"{n} the {x['job']} lived in {x['town']}, a {t['size']} town on the river {t['river']}.",
+            f"Long ago in {x['town']}, there lived a {x['job']} named {n}.",
+        ]
+    )
     out = [opening, f"{x['P']} had a {x['pet']} called {x['pet_name']}."]
     plot = rng.choice(["found", "lost", "gift", "trip", "market"])
     if plot == "found":
-        out += [f"One {weather} day, {n} found a {color} {obj} by the river {t['river']}.",
-                f"{x['P']} showed the {color} {obj} to {m}.",
-                f"\"What a fine {obj}!\" said {m}.",
-                f"{n} gave the {obj} to {m}, and {m} kept the {color} {obj} forever."]
+        out += [
+            f"One {weather} day, {n} found a {color} {obj} by the river {t['river']}.",
+            f"{x['P']} showed the {color} {obj} to {m}.",
+            f'"What a fine {obj}!" said {m}.',
+            f"{n} gave the {obj} to {m}, and {m} kept the {color} {obj} forever.",
+        ]
     elif plot == "lost":
-        out += [f"{n} had a {color} {obj}, and {x['p']} loved it very much.",
-                f"One {weather} morning, the {color} {obj} was gone.",
-                f"{n} looked in the house and in the garden, but the {obj} was not there.",
-                f"Then {x['pet_name']} the {x['pet']} ran to {n} with the {color} {obj}.",
-                f"{n} was happy again, and {x['p']} gave {x['pet_name']} some {x['food']}."]
+        out += [
+            f"{n} had a {color} {obj}, and {x['p']} loved it very much.",
+            f"One {weather} morning, the {color} {obj} was gone.",
+            f"{n} looked in the house and in the garden, but the {obj} was not there.",
+            f"Then {x['pet_name']} the {x['pet']} ran to {n} with the {color} {obj}.",
+            f"{n} was happy again, and {x['p']} gave {x['pet_name']} some {x['food']}.",
+        ]
     elif plot == "gift":
-        out += [f"It was the birthday of {m}, who lived in {y['town']}.",
-                f"{n} made a {y['color']} {obj} because {y['color']} is the favorite color of {m}.",
-                f"{n} walked to {y['town']} with {x['pet_name']}.",
-                f"\"Thank you, {n}!\" said {m}. \"I love {y['color']} things.\"",
-                f"They ate {y['food']} together, because {m} likes {y['food']}."]
+        out += [
+            f"It was the birthday of {m}, who lived in {y['town']}.",
+            f"{n} made a {y['color']} {obj} because {y['color']} is the favorite color of {m}.",
+            f"{n} walked to {y['town']} with {x['pet_name']}.",
+            f'"Thank you, {n}!" said {m}. "I love {y["color"]} things."',
+            f"They ate {y['food']} together, because {m} likes {y['food']}.",
+        ]
     elif plot == "trip":
         u = towns[y["town"]]
-        out += [f"One {weather} day, {n} went to visit {m} in {y['town']}.",
-                f"{y['town']} is on the river {u['river']} and is known for its {u['good']}.",
-                f"{m} works as a {y['job']}, so {m} showed {n} how a {y['job']} works.",
-                f"In the evening, {n} bought some {u['good']} and went home to {x['town']}."]
+        out += [
+            f"One {weather} day, {n} went to visit {m} in {y['town']}.",
+            f"{y['town']} is on the river {u['river']} and is known for its {u['good']}.",
+            f"{m} works as a {y['job']}, so {m} showed {n} how a {y['job']} works.",
+            f"In the evening, {n} bought some {u['good']} and went home to {x['town']}.",
+        ]
     else:
-        out += [f"Every {rng.choice(DAYS)}, {n} went to the market in {x['town']} to sell {t['good']}.",
-                f"One day, {m} came to the market and bought {rng.randint(2, 9)} {t['good']}.",
-                f"{m} paid with a {color} coin, and {n} put the coin in a box.",
-                f"Then {n} went home and cooked {x['food']}."]
+        out += [
+            f"Every {rng.choice(DAYS)}, {n} went to the market in {x['town']} to sell {t['good']}.",
+            f"One day, {m} came to the market and bought {rng.randint(2, 9)} {t['good']}.",
+            f"{m} paid with a {color} coin, and {n} put the coin in a box.",
+            f"Then {n} went home and cooked {x['food']}.",
+        ]
     out.append("The end.")
     return " ".join(out)
 

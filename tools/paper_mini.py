@@ -60,16 +60,21 @@ CONFIG = REPO / "configs" / "paper_mini.yaml"
 DEB_CACHE = REPO / "runs" / "pydoc_deb"
 METHODS = ("taid", "fkl", "rkl", "tvd", "skew_fkl", "skew_rkl", "js")
 FLOOR = "lm"
-LABELS = {"taid": "TAID", "fkl": "FKL", "rkl": "RKL", "tvd": "TVD", "skew_fkl": "skew FKL", "skew_rkl": "skew RKL",
-          "js": "JS", FLOOR: "no teacher (lm)"}
+LABELS = {
+    "taid": "TAID",
+    "fkl": "FKL",
+    "rkl": "RKL",
+    "tvd": "TVD",
+    "skew_fkl": "skew FKL",
+    "skew_rkl": "skew RKL",
+    "js": "JS",
+    FLOOR: "no teacher (lm)",
+}
 # Teacher architectures (qwen2 family, untied output layer), smallest first. The student is configs/paper_mini.yaml's.
 TEACHERS = {
-    "S": {"num_layers": 2, "hidden_size": 192, "num_attention_heads": 6, "num_query_groups": 3,
-          "ffn_hidden_size": 512},
-    "M": {"num_layers": 4, "hidden_size": 256, "num_attention_heads": 8, "num_query_groups": 4,
-          "ffn_hidden_size": 704},
-    "L": {"num_layers": 6, "hidden_size": 320, "num_attention_heads": 8, "num_query_groups": 4,
-          "ffn_hidden_size": 864},
+    "S": {"num_layers": 2, "hidden_size": 192, "num_attention_heads": 6, "num_query_groups": 3, "ffn_hidden_size": 512},
+    "M": {"num_layers": 4, "hidden_size": 256, "num_attention_heads": 8, "num_query_groups": 4, "ffn_hidden_size": 704},
+    "L": {"num_layers": 6, "hidden_size": 320, "num_attention_heads": 8, "num_query_groups": 4, "ffn_hidden_size": 864},
 }
 EVAL_DATA_SEED = 1234  # the test batches every run is measured on
 VALID_KEYS = ("valid_student_lm_loss", "valid_kl_teacher_student", "valid_distill_loss")
@@ -102,11 +107,32 @@ class Sweep:
     """Pages of the manual in the corpus (None: all)."""
 
 
-FULL = Sweep(teachers=("S", "M", "L"), methods=METHODS, seeds=(1, 2), student_steps=200, student_warmup=20,
-             teacher_steps=1000, teacher_lr=2e-3, eval_interval=25, test_batches=None, vocab_size=2048,
-             max_pages=None)
-QUICK = Sweep(teachers=("S",), methods=("taid", "skew_fkl"), seeds=(1, 2), student_steps=12, student_warmup=2,
-              teacher_steps=20, teacher_lr=3e-3, eval_interval=6, test_batches=2, vocab_size=512, max_pages=60)
+FULL = Sweep(
+    teachers=("S", "M", "L"),
+    methods=METHODS,
+    seeds=(1, 2),
+    student_steps=200,
+    student_warmup=20,
+    teacher_steps=1000,
+    teacher_lr=2e-3,
+    eval_interval=25,
+    test_batches=None,
+    vocab_size=2048,
+    max_pages=None,
+)
+QUICK = Sweep(
+    teachers=("S",),
+    methods=("taid", "skew_fkl"),
+    seeds=(1, 2),
+    student_steps=12,
+    student_warmup=2,
+    teacher_steps=20,
+    teacher_lr=3e-3,
+    eval_interval=6,
+    test_batches=2,
+    vocab_size=512,
+    max_pages=60,
+)
 TOKENIZER_COVERAGE = 0.9995  # characters rarer than this become <unk> (the manual quotes many scripts)
 
 
@@ -144,14 +170,32 @@ def prepare_data(work: Path, sweep: Sweep, deb: Path | None) -> dict:
     tokenizer_path, prefix = data / "tokenizer.model", data / "pydoc_text_document"
     want = {"text_sha256": corpus["text_sha256"], "vocab_size": sweep.vocab_size, "coverage": TOKENIZER_COVERAGE}
     built = read_json(data / "build.json")
-    if not (built and {k: built.get(k) for k in want} == want and tokenizer_path.is_file()
-            and Path(f"{prefix}.idx").is_file()):
-        train_sentencepiece([data / "pydoc.jsonl"], data / "tokenizer", vocab_size=sweep.vocab_size,
-                            character_coverage=TOKENIZER_COVERAGE)
-        stats = build_indexed_dataset([data / "pydoc.jsonl"], prefix, tokenizer_path,
-                                      workers=min(2, os.cpu_count() or 1), force=True, progress=False)
-        built = {**want, "tokenizer_fingerprint": load_tokenizer(tokenizer_path).fingerprint(),
-                 "tokens": stats["tokens"], "documents": stats["documents"]}
+    if not (
+        built
+        and {k: built.get(k) for k in want} == want
+        and tokenizer_path.is_file()
+        and Path(f"{prefix}.idx").is_file()
+    ):
+        train_sentencepiece(
+            [data / "pydoc.jsonl"],
+            data / "tokenizer",
+            vocab_size=sweep.vocab_size,
+            character_coverage=TOKENIZER_COVERAGE,
+        )
+        stats = build_indexed_dataset(
+            [data / "pydoc.jsonl"],
+            prefix,
+            tokenizer_path,
+            workers=min(2, os.cpu_count() or 1),
+            force=True,
+            progress=False,
+        )
+        built = {
+            **want,
+            "tokenizer_fingerprint": load_tokenizer(tokenizer_path).fingerprint(),
+            "tokens": stats["tokens"],
+            "documents": stats["documents"],
+        }
         write_json(data / "build.json", built)
 
     from megatron.core.datasets.indexed_dataset import IndexedDataset
@@ -166,10 +210,18 @@ def prepare_data(work: Path, sweep: Sweep, deb: Path | None) -> dict:
     for share in parse_split(split):  # megatron-core's rounding of the document ranges
         cumulative += share
         bounds.append(int(round(cumulative * len(lengths))))
-    parts = {name: {"documents": end - beg, "tokens": sum(lengths[beg:end])}
-             for name, beg, end in zip(("train", "valid", "test"), bounds, bounds[1:])}
-    return {"corpus": corpus, "tokenizer": rel(tokenizer_path), "prefix": rel(prefix), "split": split,
-            "parts": parts, **built}
+    parts = {
+        name: {"documents": end - beg, "tokens": sum(lengths[beg:end])}
+        for name, beg, end in zip(("train", "valid", "test"), bounds, bounds[1:])
+    }
+    return {
+        "corpus": corpus,
+        "tokenizer": rel(tokenizer_path),
+        "prefix": rel(prefix),
+        "split": split,
+        "parts": parts,
+        **built,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -211,52 +263,106 @@ def plan_jobs(work: Path, sweep: Sweep, data: dict) -> list[Job]:
     from taidtron.config import load_config
 
     base = load_config(CONFIG)
-    student_arch = {k: getattr(base.student, k) for k in ("num_layers", "hidden_size", "num_attention_heads",
-                                                          "num_query_groups", "ffn_hidden_size")}
+    student_arch = {
+        k: getattr(base.student, k)
+        for k in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size")
+    }
     tokens_per_step = base.parallel.global_batch_size * base.data.seq_length
-    common = [f"data.blend=[{work / 'data' / 'pydoc_text_document'}]",
-              f"data.tokenizer={work / 'data' / 'tokenizer.model'}", f"student.vocab_size={sweep.vocab_size}",
-              f"teacher.vocab_size={sweep.vocab_size}", "logging.wandb_mode=disabled"]
+    common = [
+        f"data.blend=[{work / 'data' / 'pydoc_text_document'}]",
+        f"data.tokenizer={work / 'data' / 'tokenizer.model'}",
+        f"student.vocab_size={sweep.vocab_size}",
+        f"teacher.vocab_size={sweep.vocab_size}",
+        "logging.wandb_mode=disabled",
+    ]
     student_cost = 6 * _matmul_params(student_arch, sweep.vocab_size) * tokens_per_step * sweep.student_steps
     jobs: list[Job] = []
     teacher_ckpt = {}
     for size in sweep.teachers:
         run_dir = work / "teachers" / size
         teacher_ckpt[size] = run_dir / "checkpoints"
-        overrides = teacher_pretraining_overrides(CONFIG, [*common, *_arch("teacher", TEACHERS[size])],
-                                                  teacher_ckpt[size], run_dir, sweep.teacher_steps, sweep.teacher_lr)
+        overrides = teacher_pretraining_overrides(
+            CONFIG,
+            [*common, *_arch("teacher", TEACHERS[size])],
+            teacher_ckpt[size],
+            run_dir,
+            sweep.teacher_steps,
+            sweep.teacher_lr,
+        )
         overrides += [f"logging.eval_interval={sweep.eval_interval * 2}", "logging.eval_iters=4"]
-        jobs.append(Job(f"teacher-{size}", "train", overrides, run_dir / "job.json", run_dir=run_dir,
-                        cost=6 * _matmul_params(TEACHERS[size], sweep.vocab_size) * tokens_per_step
-                        * sweep.teacher_steps))
-    student = [*common, f"optim.train_steps={sweep.student_steps}", f"optim.warmup_steps={sweep.student_warmup}",
-               f"logging.eval_interval={sweep.eval_interval}", "checkpoint.save_interval=0", "checkpoint.keep_last=1"]
+        jobs.append(
+            Job(
+                f"teacher-{size}",
+                "train",
+                overrides,
+                run_dir / "job.json",
+                run_dir=run_dir,
+                cost=6 * _matmul_params(TEACHERS[size], sweep.vocab_size) * tokens_per_step * sweep.teacher_steps,
+            )
+        )
+    student = [
+        *common,
+        f"optim.train_steps={sweep.student_steps}",
+        f"optim.warmup_steps={sweep.student_warmup}",
+        f"logging.eval_interval={sweep.eval_interval}",
+        "checkpoint.save_interval=0",
+        "checkpoint.keep_last=1",
+    ]
     for seed in sweep.seeds:
         seeded = [*student, f"seed={seed}", f"data.seed={seed}"]
         runs = [("floor", FLOOR, None)] + [(size, method, size) for size in sweep.teachers for method in sweep.methods]
         for group, method, size in runs:
             run_dir = work / "runs" / group / (method if size else "") / f"s{seed}"
             teacher = [*_arch("teacher", TEACHERS[size]), f"teacher.init={teacher_ckpt[size]}"] if size else []
-            train = Job(f"train-{group}-{method}-s{seed}" if size else f"train-floor-s{seed}", "train",
-                        [*seeded, f"taid.loss={method}", *teacher, f"logging.run_dir={run_dir}"],
-                        run_dir / "job.json", deps=[f"teacher-{size}"] if size else [], run_dir=run_dir,
-                        cost=student_cost + (2 * _matmul_params(TEACHERS[size], sweep.vocab_size) * tokens_per_step
-                                             * sweep.student_steps if size else 0))
+            train = Job(
+                f"train-{group}-{method}-s{seed}" if size else f"train-floor-s{seed}",
+                "train",
+                [*seeded, f"taid.loss={method}", *teacher, f"logging.run_dir={run_dir}"],
+                run_dir / "job.json",
+                deps=[f"teacher-{size}"] if size else [],
+                run_dir=run_dir,
+                cost=student_cost
+                + (
+                    2 * _matmul_params(TEACHERS[size], sweep.vocab_size) * tokens_per_step * sweep.student_steps
+                    if size
+                    else 0
+                ),
+            )
             jobs.append(train)
-            for eval_size in ([size] if size else sweep.teachers):
-                measured = [*student, f"seed={seed}", f"data.seed={EVAL_DATA_SEED}", "taid.loss=fkl",
-                            *_arch("teacher", TEACHERS[eval_size]), f"teacher.init={teacher_ckpt[eval_size]}",
-                            f"student.init={run_dir / 'checkpoints'}", f"logging.run_dir={run_dir}"]
-                jobs.append(Job(f"eval-{train.name.removeprefix('train-')}-{eval_size}", "eval", measured,
-                                run_dir / f"test_{eval_size}.json", deps=[train.name, f"teacher-{eval_size}"],
-                                max_batches=sweep.test_batches, cost=0.0))
+            for eval_size in [size] if size else sweep.teachers:
+                measured = [
+                    *student,
+                    f"seed={seed}",
+                    f"data.seed={EVAL_DATA_SEED}",
+                    "taid.loss=fkl",
+                    *_arch("teacher", TEACHERS[eval_size]),
+                    f"teacher.init={teacher_ckpt[eval_size]}",
+                    f"student.init={run_dir / 'checkpoints'}",
+                    f"logging.run_dir={run_dir}",
+                ]
+                jobs.append(
+                    Job(
+                        f"eval-{train.name.removeprefix('train-')}-{eval_size}",
+                        "eval",
+                        measured,
+                        run_dir / f"test_{eval_size}.json",
+                        deps=[train.name, f"teacher-{eval_size}"],
+                        max_batches=sweep.test_batches,
+                        cost=0.0,
+                    )
+                )
     specs: dict[str, str] = {}
     fingerprint = {"tokenizer": data["tokenizer_fingerprint"], "text": data["text_sha256"]}
     for job in jobs:  # dependencies come first in the list
         # The resolved configuration, not the overrides: an edit of configs/paper_mini.yaml reruns what it changes.
         resolved = load_config(CONFIG, job.overrides).to_dict()
-        payload = {"kind": job.kind, "config": resolved, "max_batches": job.max_batches, "data": fingerprint,
-                   "deps": [specs[d] for d in job.deps]}
+        payload = {
+            "kind": job.kind,
+            "config": resolved,
+            "max_batches": job.max_batches,
+            "data": fingerprint,
+            "deps": [specs[d] for d in job.deps],
+        }
         job.spec = specs[job.name] = hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
     return jobs
 
@@ -350,8 +456,10 @@ def run_jobs(jobs: list[Job], work: Path, workers: int, threads: int) -> dict[st
     results = {job.name: {"ok": True, "cached": True, **marker} for job in jobs if (marker := finished(job))}
     todo = {job.name: job for job in jobs if job.name not in results}
     total, started_at = len(jobs), time.time()
-    print(f"{len(results)} of {total} runs already done; {len(todo)} to run on {workers} worker(s) x {threads} "
-          f"thread(s)", flush=True)
+    print(
+        f"{len(results)} of {total} runs already done; {len(todo)} to run on {workers} worker(s) x {threads} thread(s)",
+        flush=True,
+    )
     if not todo:
         return results
     context = mp.get_context("spawn")
@@ -359,8 +467,12 @@ def run_jobs(jobs: list[Job], work: Path, workers: int, threads: int) -> dict[st
     pool: list = []
 
     def spawn(index: int):
-        process = context.Process(target=worker_main, name=f"paper-mini-{index}", daemon=False,
-                                  args=(job_queue, result_queue, threads, str(work / "cache" / f"worker{index}")))
+        process = context.Process(
+            target=worker_main,
+            name=f"paper-mini-{index}",
+            daemon=False,
+            args=(job_queue, result_queue, threads, str(work / "cache" / f"worker{index}")),
+        )
         process.start()
         return process
 
@@ -373,15 +485,24 @@ def run_jobs(jobs: list[Job], work: Path, workers: int, threads: int) -> dict[st
                 if failed:
                     results[name] = {"ok": False, "error": f"skipped: {failed[0]} failed"}
                     del todo[name]
-            ready = sorted((j for j in todo.values() if all(results.get(d, {}).get("ok") for d in j.deps)),
-                           key=lambda j: -j.cost)
-            for job in ready[:max(0, len(pool) - len(in_flight))]:
+            ready = sorted(
+                (j for j in todo.values() if all(results.get(d, {}).get("ok") for d in j.deps)), key=lambda j: -j.cost
+            )
+            for job in ready[: max(0, len(pool) - len(in_flight))]:
                 if job.run_dir is not None and job.kind == "train":
                     shutil.rmtree(job.run_dir, ignore_errors=True)  # a stale or half-written run must not resume
                 job.marker.unlink(missing_ok=True)
-                job_queue.put({"name": job.name, "kind": job.kind, "overrides": job.overrides, "spec": job.spec,
-                               "marker": str(job.marker), "max_batches": job.max_batches,
-                               "log": str((job.run_dir or job.marker.parent) / f"{job.name}.log")})
+                job_queue.put(
+                    {
+                        "name": job.name,
+                        "kind": job.kind,
+                        "overrides": job.overrides,
+                        "spec": job.spec,
+                        "marker": str(job.marker),
+                        "max_batches": job.max_batches,
+                        "log": str((job.run_dir or job.marker.parent) / f"{job.name}.log"),
+                    }
+                )
                 in_flight[job.name] = None
                 del todo[job.name]
             if not in_flight:
@@ -404,8 +525,11 @@ def run_jobs(jobs: list[Job], work: Path, workers: int, threads: int) -> dict[st
             in_flight.pop(name, None)
             results[name] = message
             elapsed = time.time() - started_at
-            state = f"{message['wall_s']:.0f} s (CPU {message['cpu_s']:.0f} s)" if message["ok"] else \
-                f"FAILED: {message['error']} (log: {message.get('log')})"
+            state = (
+                f"{message['wall_s']:.0f} s (CPU {message['cpu_s']:.0f} s)"
+                if message["ok"]
+                else f"FAILED: {message['error']} (log: {message.get('log')})"
+            )
             print(f"[{len(results)}/{total}] {name}: {state}; elapsed {elapsed / 60:.1f} min", flush=True)
     finally:
         for _ in pool:
@@ -453,64 +577,103 @@ def _curve(rows: list[dict], key: str, every: int = 1) -> list[list[float]]:
 def collect(work: Path, sweep: Sweep, jobs: list[Job], results: dict, data: dict, timing: dict) -> dict:
     """Everything the page shows, from the runs' files: one record per (method, teacher, seed)."""
     import yaml
+    from plan import stage_parameters
 
     from taidtron.config import ModelConfig, load_config
     from taidtron.plots import read_jsonl
-    from plan import stage_parameters
 
     by_name = {job.name: job for job in jobs}
 
     def params(arch: dict) -> int:
-        return stage_parameters(ModelConfig(**arch, vocab_size=sweep.vocab_size), tp=1, pp=1, stage=0,
-                                padded_vocab=math.ceil(sweep.vocab_size / 128) * 128)
+        return stage_parameters(
+            ModelConfig(**arch, vocab_size=sweep.vocab_size),
+            tp=1,
+            pp=1,
+            stage=0,
+            padded_vocab=math.ceil(sweep.vocab_size / 128) * 128,
+        )
 
     base = load_config(CONFIG)
-    student_arch = {f.name: getattr(base.student, f.name) for f in dataclasses.fields(base.student)
-                    if f.name not in ("init", "vocab_size")}
+    student_arch = {
+        f.name: getattr(base.student, f.name)
+        for f in dataclasses.fields(base.student)
+        if f.name not in ("init", "vocab_size")
+    }
     teachers = {}
     for size in sweep.teachers:
         job = by_name[f"teacher-{size}"]
         rows = read_jsonl(job.run_dir / "metrics.jsonl") if (job.run_dir / "metrics.jsonl").is_file() else []
         evals = read_jsonl(job.run_dir / "eval.jsonl") if (job.run_dir / "eval.jsonl").is_file() else []
-        arch = {**{f.name: getattr(base.teacher, f.name) for f in dataclasses.fields(base.teacher)
-                   if f.name not in ("init", "vocab_size")}, **TEACHERS[size]}
-        teachers[size] = {"arch": arch, "params": params(TEACHERS[size] | {"family": "qwen2"}),
-                          "final_train_loss": rows[-1]["loss"] if rows else None,
-                          "valid": _curve(evals, "valid_student_lm_loss"),
-                          "wall_s": results.get(job.name, {}).get("wall_s"),
-                          "cpu_s": results.get(job.name, {}).get("cpu_s")}
+        arch = {
+            **{
+                f.name: getattr(base.teacher, f.name)
+                for f in dataclasses.fields(base.teacher)
+                if f.name not in ("init", "vocab_size")
+            },
+            **TEACHERS[size],
+        }
+        teachers[size] = {
+            "arch": arch,
+            "params": params(TEACHERS[size] | {"family": "qwen2"}),
+            "final_train_loss": rows[-1]["loss"] if rows else None,
+            "valid": _curve(evals, "valid_student_lm_loss"),
+            "wall_s": results.get(job.name, {}).get("wall_s"),
+            "cpu_s": results.get(job.name, {}).get("cpu_s"),
+        }
     runs = []
     for seed in sweep.seeds:
         for method in (FLOOR, *sweep.methods):
             for size in sweep.teachers:
                 train = by_name[f"train-floor-s{seed}" if method == FLOOR else f"train-{size}-{method}-s{seed}"]
                 test = read_json(train.run_dir / f"test_{size}.json")
-                rows = read_jsonl(train.run_dir / "metrics.jsonl") if (train.run_dir / "metrics.jsonl").is_file() \
-                    else []
+                rows = (
+                    read_jsonl(train.run_dir / "metrics.jsonl") if (train.run_dir / "metrics.jsonl").is_file() else []
+                )
                 evals = read_jsonl(train.run_dir / "eval.jsonl") if (train.run_dir / "eval.jsonl").is_file() else []
-                runs.append({
-                    "method": method, "teacher": size, "seed": seed, "run_dir": rel(train.run_dir),
-                    "ok": bool(test) and bool(results.get(train.name, {}).get("ok")),
-                    "test": {k.removeprefix("test_"): v for k, v in (test or {}).items() if k.startswith("test_")},
-                    "test_tokens": (test or {}).get("tokens"), "test_batches": (test or {}).get("batches"),
-                    "valid": {k: _curve(evals, k) for k in VALID_KEYS if any(k in r for r in evals)},
-                    "loss": _curve(rows, "loss", every=5),
-                    "taid_t": _curve(rows, "taid_t"),
-                    "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows) if rows else None,
-                    "wall_s": results.get(train.name, {}).get("wall_s"),
-                    "cpu_s": results.get(train.name, {}).get("cpu_s")})
+                runs.append(
+                    {
+                        "method": method,
+                        "teacher": size,
+                        "seed": seed,
+                        "run_dir": rel(train.run_dir),
+                        "ok": bool(test) and bool(results.get(train.name, {}).get("ok")),
+                        "test": {k.removeprefix("test_"): v for k, v in (test or {}).items() if k.startswith("test_")},
+                        "test_tokens": (test or {}).get("tokens"),
+                        "test_batches": (test or {}).get("batches"),
+                        "valid": {k: _curve(evals, k) for k in VALID_KEYS if any(k in r for r in evals)},
+                        "loss": _curve(rows, "loss", every=5),
+                        "taid_t": _curve(rows, "taid_t"),
+                        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows) if rows else None,
+                        "wall_s": results.get(train.name, {}).get("wall_s"),
+                        "cpu_s": results.get(train.name, {}).get("cpu_s"),
+                    }
+                )
     sample = next((j for j in jobs if j.name.startswith("train-") and j.name != "train-floor-s1"), jobs[-1])
-    resolved = yaml.safe_load((sample.run_dir / "config.yaml").read_text()) \
-        if sample.run_dir and (sample.run_dir / "config.yaml").is_file() else {}
+    resolved = (
+        yaml.safe_load((sample.run_dir / "config.yaml").read_text())
+        if sample.run_dir and (sample.run_dir / "config.yaml").is_file()
+        else {}
+    )
     teacher_job = by_name[f"teacher-{sweep.teachers[0]}"]
-    teacher_resolved = yaml.safe_load((teacher_job.run_dir / "config.yaml").read_text()) \
-        if (teacher_job.run_dir / "config.yaml").is_file() else {}
+    teacher_resolved = (
+        yaml.safe_load((teacher_job.run_dir / "config.yaml").read_text())
+        if (teacher_job.run_dir / "config.yaml").is_file()
+        else {}
+    )
     failures = {name: r.get("error") for name, r in results.items() if not r.get("ok")}
-    return {"sweep": dataclasses.asdict(sweep), "labels": LABELS, "data": data, "timing": timing,
-            "student": {"arch": student_arch, "params": params(student_arch)}, "teachers": teachers, "runs": runs,
-            "config": {k: resolved.get(k) for k in ("parallel", "taid", "optim", "data", "logging", "precision")},
-            "teacher_optim": teacher_resolved.get("optim"), "teacher_seed": teacher_resolved.get("seed"),
-            "failures": failures}
+    return {
+        "sweep": dataclasses.asdict(sweep),
+        "labels": LABELS,
+        "data": data,
+        "timing": timing,
+        "student": {"arch": student_arch, "params": params(student_arch)},
+        "teachers": teachers,
+        "runs": runs,
+        "config": {k: resolved.get(k) for k in ("parallel", "taid", "optim", "data", "logging", "precision")},
+        "teacher_optim": teacher_resolved.get("optim"),
+        "teacher_seed": teacher_resolved.get("seed"),
+        "failures": failures,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -532,10 +695,16 @@ def _cells(raw: dict, metric: str) -> dict[tuple[str, str], list[float]]:
 
 def _paired(raw: dict, metric: str, method: str, other: str, size: str) -> list[float]:
     """other - method per seed (same initialisation and data order): > 0 means `method` is lower."""
-    value = {(r["method"], r["seed"]): r["test"][metric] for r in raw["runs"]
-             if r["teacher"] == size and r["ok"] and metric in r["test"]}
-    return [value[(other, s)] - value[(method, s)] for s in raw["sweep"]["seeds"]
-            if (other, s) in value and (method, s) in value]
+    value = {
+        (r["method"], r["seed"]): r["test"][metric]
+        for r in raw["runs"]
+        if r["teacher"] == size and r["ok"] and metric in r["test"]
+    }
+    return [
+        value[(other, s)] - value[(method, s)]
+        for s in raw["sweep"]["seeds"]
+        if (other, s) in value and (method, s) in value
+    ]
 
 
 def _fmt(mean: float, std: float, n: int) -> str:
@@ -547,8 +716,11 @@ def results_table(raw: dict, metric: str) -> list[str]:
     cells = _cells(raw, metric)
     header = "| method | " + " | ".join(f"teacher {s} ({raw['teachers'][s]['params'] / 1e6:.2f} M)" for s in sizes)
     lines = [header + " |", "|---|" + "---|" * len(sizes)]
-    best = {s: min((statistics.mean(v), m) for (m, t), v in cells.items() if t == s and m != FLOOR)[1]
-            for s in sizes if any(t == s and m != FLOOR for (m, t) in cells)}
+    best = {
+        s: min((statistics.mean(v), m) for (m, t), v in cells.items() if t == s and m != FLOOR)[1]
+        for s in sizes
+        if any(t == s and m != FLOOR for (m, t) in cells)
+    }
     for method in (*raw["sweep"]["methods"], FLOOR):
         row = []
         for size in sizes:
@@ -574,11 +746,16 @@ def reading(raw: dict) -> list[str]:
         floor = loss.get((FLOOR, size))
         if not floor:
             continue
-        better = [labels[m] for m in methods if loss.get((m, size))
-                  and statistics.mean(loss[(m, size)]) < statistics.mean(floor)]
-        out.append(f"Teacher {size}: {len(better)} of {len(methods)} methods end below the no-teacher floor "
-                   f"({statistics.mean(floor):.4f}) in held-out next-token loss"
-                   + (f" ({', '.join(better)})." if better else "."))
+        better = [
+            labels[m]
+            for m in methods
+            if loss.get((m, size)) and statistics.mean(loss[(m, size)]) < statistics.mean(floor)
+        ]
+        out.append(
+            f"Teacher {size}: {len(better)} of {len(methods)} methods end below the no-teacher floor "
+            f"({statistics.mean(floor):.4f}) in held-out next-token loss"
+            + (f" ({', '.join(better)})." if better else ".")
+        )
     # TAID against skew KL, per teacher, paired by seed.
     for other in ("skew_fkl", "skew_rkl"):
         if "taid" not in methods or other not in methods:
@@ -588,25 +765,32 @@ def reading(raw: dict) -> list[str]:
         if not gaps:
             continue
         parts = [f"{s}: {_fmt(*_mean_std(g), len(g))}" for s, g in gaps.items()]
-        out.append(f"TAID's advantage over {labels[other]} (held-out loss of {labels[other]} minus TAID's, paired by "
-                   f"seed; > 0 favours TAID): " + "; ".join(parts) + ".")
+        out.append(
+            f"TAID's advantage over {labels[other]} (held-out loss of {labels[other]} minus TAID's, paired by "
+            f"seed; > 0 favours TAID): " + "; ".join(parts) + "."
+        )
         if len(gaps) >= 2:
             first, last = list(gaps)[0], list(gaps)[-1]
             change = statistics.mean(gaps[last]) - statistics.mean(gaps[first])
-            spread = math.sqrt(sum(statistics.variance(gaps[s]) / len(gaps[s]) if len(gaps[s]) > 1 else 0.0
-                                   for s in (first, last)))
+            spread = math.sqrt(
+                sum(statistics.variance(gaps[s]) / len(gaps[s]) if len(gaps[s]) > 1 else 0.0 for s in (first, last))
+            )
             means = [statistics.mean(g) for g in gaps.values()]
             monotone = all(b > a for a, b in zip(means, means[1:])) or all(b < a for a, b in zip(means, means[1:]))
             if spread > 0 and abs(change) > 2 * spread and monotone:
                 verdict = "grows" if change > 0 else "shrinks"
-                out.append(f"From teacher {first} to {last} that advantage {verdict} by {abs(change):.4f} nats, more "
-                           f"than twice its seed standard error ({spread:.4f}): at this scale TAID's advantage over "
-                           f"{labels[other]} {verdict} with the teacher.")
+                out.append(
+                    f"From teacher {first} to {last} that advantage {verdict} by {abs(change):.4f} nats, more "
+                    f"than twice its seed standard error ({spread:.4f}): at this scale TAID's advantage over "
+                    f"{labels[other]} {verdict} with the teacher."
+                )
             else:
-                out.append(f"From teacher {first} to {last} that advantage changes by {change:+.4f} nats (seed "
-                           f"standard error {spread:.4f}{', not monotone across sizes' if not monotone else ''}): "
-                           f"at this scale the data do not show TAID's advantage over {labels[other]} growing with "
-                           f"the teacher.")
+                out.append(
+                    f"From teacher {first} to {last} that advantage changes by {change:+.4f} nats (seed "
+                    f"standard error {spread:.4f}{', not monotone across sizes' if not monotone else ''}): "
+                    f"at this scale the data do not show TAID's advantage over {labels[other]} growing with "
+                    f"the teacher."
+                )
     # Seed spread against the differences between methods.
     stds = [statistics.stdev(v) for (m, _), v in loss.items() if len(v) > 1]
     if stds:
@@ -615,38 +799,58 @@ def reading(raw: dict) -> list[str]:
             means = [statistics.mean(loss[(m, size)]) for m in methods if loss.get((m, size))]
             if len(means) > 1:
                 ranges.append(max(means) - min(means))
-        spread_note = (f"; the spread between the best and worst method's mean is {min(ranges):.4f}-"
-                       f"{max(ranges):.4f} nats per teacher") if ranges else ""
-        out.append(f"Seed spread: the standard deviation over {n} seeds of a cell's held-out loss is "
-                   f"{min(stds):.4f}-{max(stds):.4f} nats (median {statistics.median(stds):.4f}){spread_note}. "
-                   f"With {n} seeds a standard deviation is itself uncertain by roughly "
-                   f"±{100 / math.sqrt(2 * (n - 1)):.0f}% of its value, so differences within about two standard "
-                   "deviations are not resolved here.")
+        spread_note = (
+            (
+                f"; the spread between the best and worst method's mean is {min(ranges):.4f}-"
+                f"{max(ranges):.4f} nats per teacher"
+            )
+            if ranges
+            else ""
+        )
+        out.append(
+            f"Seed spread: the standard deviation over {n} seeds of a cell's held-out loss is "
+            f"{min(stds):.4f}-{max(stds):.4f} nats (median {statistics.median(stds):.4f}){spread_note}. "
+            f"With {n} seeds a standard deviation is itself uncertain by roughly "
+            f"±{100 / math.sqrt(2 * (n - 1)):.0f}% of its value, so differences within about two standard "
+            "deviations are not resolved here."
+        )
     # Does a bigger teacher help each method?
     if len(sizes) >= 2:
         first, last = sizes[0], sizes[-1]
-        moves = [f"{labels[m]} {statistics.mean(loss[(m, last)]) - statistics.mean(loss[(m, first)]):+.4f}"
-                 for m in methods if loss.get((m, first)) and loss.get((m, last))]
+        moves = [
+            f"{labels[m]} {statistics.mean(loss[(m, last)]) - statistics.mean(loss[(m, first)]):+.4f}"
+            for m in methods
+            if loss.get((m, first)) and loss.get((m, last))
+        ]
         if moves:
-            out.append(f"Held-out loss change from teacher {first} to {last} (negative: the bigger teacher gives a "
-                       f"better student): " + ", ".join(moves) + ".")
+            out.append(
+                f"Held-out loss change from teacher {first} to {last} (negative: the bigger teacher gives a "
+                f"better student): " + ", ".join(moves) + "."
+            )
     # How adaptive was t? Compared with a straight line from t_start to t_end over the run.
     t_runs = [r for r in raw["runs"] if r["method"] == "taid" and r["ok"] and r["taid_t"]]
     if t_runs:
         taid, steps = raw["config"]["taid"], sweep["student_steps"]
-        line = [t - (taid["t_start"] + (taid["t_end"] - taid["t_start"]) * step / steps)
-                for r in t_runs for step, t in r["taid_t"]]
+        line = [
+            t - (taid["t_start"] + (taid["t_end"] - taid["t_start"]) * step / steps)
+            for r in t_runs
+            for step, t in r["taid_t"]
+        ]
         final = statistics.mean(r["taid_t"][-1][1] for r in t_runs)
-        text = (f"TAID's t rose from {taid['t_start']:g} to {final:.3f} over {steps} steps, within "
-                f"{max(map(abs, line)):.4f} of a straight line from t_start to t_end (largest excess above it "
-                f"{max(line):+.4f}).")
+        text = (
+            f"TAID's t rose from {taid['t_start']:g} to {final:.3f} over {steps} steps, within "
+            f"{max(map(abs, line)):.4f} of a straight line from t_start to t_end (largest excess above it "
+            f"{max(line):+.4f})."
+        )
         adaptive_max = taid["alpha"] * (1 - taid["t_start"])  # alpha * sigmoid(m) * (1 - t) < alpha * (1 - t_start)
         linear_step = (taid["t_end"] - taid["t_start"]) / steps
         if adaptive_max < linear_step:
-            text += (f" The adaptive increment alpha·sigmoid(m)·(1−t) is below alpha·(1−t_start) = {adaptive_max:.2g} "
-                     f"per step, less than the linear floor's rise of {linear_step:.2g} per step, so in runs this "
-                     "short t is the linear floor: the adaptive rule is not exercised (it could only be in runs "
-                     f"longer than about {math.ceil((taid['t_end'] - taid['t_start']) / adaptive_max):,} steps).")
+            text += (
+                f" The adaptive increment alpha·sigmoid(m)·(1−t) is below alpha·(1−t_start) = {adaptive_max:.2g} "
+                f"per step, less than the linear floor's rise of {linear_step:.2g} per step, so in runs this "
+                "short t is the linear floor: the adaptive rule is not exercised (it could only be in runs "
+                f"longer than about {math.ceil((taid['t_end'] - taid['t_start']) / adaptive_max):,} steps)."
+            )
         out.append(text)
     return out
 
@@ -654,13 +858,28 @@ def reading(raw: dict) -> list[str]:
 def _hardware() -> dict:
     import torch
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() \
+    model = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").is_file()
         else platform.processor()
+    )
     from importlib.metadata import version
 
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "megatron_core": version("megatron-core"), "platform": platform.platform()}
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "megatron_core": version("megatron-core"),
+        "platform": platform.platform(),
+    }
 
 
 def write_plots(raw: dict, out: Path) -> list[str]:
@@ -672,51 +891,100 @@ def write_plots(raw: dict, out: Path) -> list[str]:
     written = []
 
     def mean_curve(method: str, size: str, key: str) -> Line | None:
-        curves = [dict(map(tuple, r["valid"][key])) for r in raw["runs"] if r["method"] == method
-                  and r["teacher"] == size and r["ok"] and key in r["valid"]]
+        curves = [
+            dict(map(tuple, r["valid"][key]))
+            for r in raw["runs"]
+            if r["method"] == method and r["teacher"] == size and r["ok"] and key in r["valid"]
+        ]
         if not curves:
             return None
         steps = sorted(set.intersection(*(set(c) for c in curves)))
         stats = [_mean_std([c[s] for c in curves]) for s in steps]
-        return Line(labels[method], steps, [m for m, _ in stats], [e for _, e in stats],
-                    style={"marker": "o", "markersize": 3, **style.get(method, {})})
+        return Line(
+            labels[method],
+            steps,
+            [m for m, _ in stats],
+            [e for _, e in stats],
+            style={"marker": "o", "markersize": 3, **style.get(method, {})},
+        )
 
     panels = []
-    for key, title in (("valid_student_lm_loss", "validation next-token loss"),
-                       ("valid_kl_teacher_student", "validation KL(teacher || student)")):
+    for key, title in (
+        ("valid_student_lm_loss", "validation next-token loss"),
+        ("valid_kl_teacher_student", "validation KL(teacher || student)"),
+    ):
         for size in sizes:
-            lines = [line for m in methods if (m != FLOOR or key == "valid_student_lm_loss")
-                     and (line := mean_curve(m, size, key))]
+            lines = [
+                line
+                for m in methods
+                if (m != FLOOR or key == "valid_student_lm_loss") and (line := mean_curve(m, size, key))
+            ]
             if lines:
                 panels.append(Panel(f"teacher {size}: {title}", key.removeprefix("valid_"), lines))
     if panels:
-        written.append(plot_panels(panels, out / "paper_mini_curves.png", ncols=len(sizes),
-                                   title=f"student validation curves (mean ± std over {len(sweep['seeds'])} seeds)"))
-    teacher_lines = [Line(f"teacher {size} ({teacher['params'] / 1e6:.2f} M)", [p[0] for p in teacher["valid"]],
-                          [p[1] for p in teacher["valid"]], style={"marker": "o", "markersize": 3})
-                     for size, teacher in raw["teachers"].items() if teacher["valid"]]
+        written.append(
+            plot_panels(
+                panels,
+                out / "paper_mini_curves.png",
+                ncols=len(sizes),
+                title=f"student validation curves (mean ± std over {len(sweep['seeds'])} seeds)",
+            )
+        )
+    teacher_lines = [
+        Line(
+            f"teacher {size} ({teacher['params'] / 1e6:.2f} M)",
+            [p[0] for p in teacher["valid"]],
+            [p[1] for p in teacher["valid"]],
+            style={"marker": "o", "markersize": 3},
+        )
+        for size, teacher in raw["teachers"].items()
+        if teacher["valid"]
+    ]
     if teacher_lines:
-        written.append(plot_panels([Panel("teachers' pretraining: validation next-token loss", "valid_lm_loss",
-                                          teacher_lines)], out / "paper_mini_teachers.png", ncols=1))
-    t_lines = [Line(f"teacher {r['teacher']}, seed {r['seed']}", [p[0] for p in r["taid_t"]],
-                    [p[1] for p in r["taid_t"]]) for r in raw["runs"] if r["method"] == "taid" and r["taid_t"]]
+        written.append(
+            plot_panels(
+                [Panel("teachers' pretraining: validation next-token loss", "valid_lm_loss", teacher_lines)],
+                out / "paper_mini_teachers.png",
+                ncols=1,
+            )
+        )
+    t_lines = [
+        Line(f"teacher {r['teacher']}, seed {r['seed']}", [p[0] for p in r["taid_t"]], [p[1] for p in r["taid_t"]])
+        for r in raw["runs"]
+        if r["method"] == "taid" and r["taid_t"]
+    ]
     if t_lines:
         taid, steps = raw["config"]["taid"], sweep["student_steps"]
-        t_lines.append(Line("straight line t_start -> t_end", [0, steps], [taid["t_start"], taid["t_end"]],
-                            style={"color": "black", "linestyle": ":"}))
+        t_lines.append(
+            Line(
+                "straight line t_start -> t_end",
+                [0, steps],
+                [taid["t_start"], taid["t_end"]],
+                style={"color": "black", "linestyle": ":"},
+            )
+        )
         written.append(plot_panels([Panel("TAID interpolation t", "t", t_lines)], out / "paper_mini_t.png", ncols=1))
     panels = []
-    for metric, title in (("student_lm_loss", "held-out student next-token loss"),
-                          ("kl_teacher_student", "held-out KL(teacher || student)")):
+    for metric, title in (
+        ("student_lm_loss", "held-out student next-token loss"),
+        ("kl_teacher_student", "held-out KL(teacher || student)"),
+    ):
         cells = _cells(raw, metric)
         lines = []
         for method in methods:
             present = [s for s in sizes if cells.get((method, s))]
             if present:
                 stats = [_mean_std(cells[(method, s)]) for s in present]
-                lines.append(Line(labels[method], [raw["teachers"][s]["params"] / 1e6 for s in present],
-                                  [m for m, _ in stats], [e for _, e in stats], err_bars=True,
-                                  style={"marker": "o", "capsize": 3, **style.get(method, {})}))
+                lines.append(
+                    Line(
+                        labels[method],
+                        [raw["teachers"][s]["params"] / 1e6 for s in present],
+                        [m for m, _ in stats],
+                        [e for _, e in stats],
+                        err_bars=True,
+                        style={"marker": "o", "capsize": 3, **style.get(method, {})},
+                    )
+                )
         if lines:
             panels.append(Panel(title, metric, lines, xlabel="teacher parameters (M)", xscale="log"))
     if panels:
@@ -734,8 +1002,11 @@ def write_page(raw: dict, out: Path, raw_name: str = "paper_mini.json") -> Path:
     teacher_sizes = ", ".join(f"{raw['teachers'][s]['params'] / 1e6:.2f} M" for s in sweep["teachers"])
     lines = ["# TAID against the baselines at mini scale: the capacity-gap experiment", ""]
     if quick:
-        lines += ["> **Quick mode** (`--quick`): a pipeline check with a handful of steps. The numbers below mean "
-                  "nothing about the methods.", ""]
+        lines += [
+            "> **Quick mode** (`--quick`): a pipeline check with a handful of steps. The numbers below mean "
+            "nothing about the methods.",
+            "",
+        ]
     lines += [
         f"Generated by `tools/paper_mini.py` from `{raw_name}` (the raw per-run numbers and curves, beside this page); "
         f"nothing on this page is typed by hand. Reproduce with `{timing['command']}`.",
@@ -759,8 +1030,9 @@ def write_page(raw: dict, out: Path, raw_name: str = "paper_mini.json") -> Path:
         "",
         *results_table(raw, "kl_teacher_student"),
         "",
-        "Teachers: " + "; ".join(
-            f"{s} held-out next-token loss {_teacher_test_loss(raw, s)}" for s in sweep["teachers"]) + ".",
+        "Teachers: "
+        + "; ".join(f"{s} held-out next-token loss {_teacher_test_loss(raw, s)}" for s in sweep["teachers"])
+        + ".",
         "",
         "## Reading",
         "",
@@ -769,16 +1041,30 @@ def write_page(raw: dict, out: Path, raw_name: str = "paper_mini.json") -> Path:
         "## Plots",
         "",
     ]
-    captions = {"paper_mini_curves.png": "Validation curves per method and teacher (mean ± std over seeds).",
-                "paper_mini_t.png": "TAID's t per step, every TAID run, against a straight line from t_start to t_end.",
-                "paper_mini_vs_teacher.png": "Held-out student loss and KL against teacher size, per method.",
-                "paper_mini_teachers.png": "The teachers' validation loss during their pretraining."}
+    captions = {
+        "paper_mini_curves.png": "Validation curves per method and teacher (mean ± std over seeds).",
+        "paper_mini_t.png": "TAID's t per step, every TAID run, against a straight line from t_start to t_end.",
+        "paper_mini_vs_teacher.png": "Held-out student loss and KL against teacher size, per method.",
+        "paper_mini_teachers.png": "The teachers' validation loss during their pretraining.",
+    }
     for name in plots:
         lines += [f"![{captions.get(name, name)}]({name})", "", captions.get(name, ""), ""]
-    teacher_rows = [f"| {s} | {raw['teachers'][s]['params']:,} | " + " | ".join(
-        str(raw["teachers"][s]["arch"][k]) for k in ("num_layers", "hidden_size", "num_attention_heads",
-                                                     "num_query_groups", "ffn_hidden_size", "family")) + " |"
-        for s in sweep["teachers"]]
+    teacher_rows = [
+        f"| {s} | {raw['teachers'][s]['params']:,} | "
+        + " | ".join(
+            str(raw["teachers"][s]["arch"][k])
+            for k in (
+                "num_layers",
+                "hidden_size",
+                "num_attention_heads",
+                "num_query_groups",
+                "ffn_hidden_size",
+                "family",
+            )
+        )
+        + " |"
+        for s in sweep["teachers"]
+    ]
     student = raw["student"]
     parts = data["parts"]
     teacher_optim = raw.get("teacher_optim") or {}
@@ -807,8 +1093,18 @@ def write_page(raw: dict, out: Path, raw_name: str = "paper_mini.json") -> Path:
         "",
         "| model | parameters | layers | hidden | heads | kv groups | ffn | family |",
         "|---|---|---|---|---|---|---|---|",
-        f"| student | {student['params']:,} | " + " | ".join(str(student["arch"][k]) for k in (
-            "num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size", "family"))
+        f"| student | {student['params']:,} | "
+        + " | ".join(
+            str(student["arch"][k])
+            for k in (
+                "num_layers",
+                "hidden_size",
+                "num_attention_heads",
+                "num_query_groups",
+                "ffn_hidden_size",
+                "family",
+            )
+        )
         + " |",
         *teacher_rows,
         "",
@@ -847,19 +1143,33 @@ def write_page(raw: dict, out: Path, raw_name: str = "paper_mini.json") -> Path:
         f"{timing['workers']} cores the runs would take about {timing['cpu_s'] / timing['workers'] / 60:.0f} min "
         "(their CPU time spread over the workers; CPU time measured under contention tends to overstate it).",
     ]
-    lines += ["", "Cost per kind of run (CPU time is the process's, model building, validation and checkpoints "
-              "included; on a busy machine CPU seconds also grow, from contention for caches and cores):", "",
-              "| runs | count | CPU s per run | CPU ms per step | wall s per run |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Cost per kind of run (CPU time is the process's, model building, validation and checkpoints "
+        "included; on a busy machine CPU seconds also grow, from contention for caches and cores):",
+        "",
+        "| runs | count | CPU s per run | CPU ms per step | wall s per run |",
+        "|---|---|---|---|---|",
+    ]
     for kind, entry in timing["by_kind"].items():
         per_step = f"{1000 * entry['cpu_s'] / entry['steps']:.0f}" if entry["steps"] else "—"
-        lines.append(f"| {kind} | {entry['runs']} | {entry['cpu_s'] / entry['runs']:.1f} | {per_step} | "
-                     f"{entry['wall_s'] / entry['runs']:.1f} |")
+        lines.append(
+            f"| {kind} | {entry['runs']} | {entry['cpu_s'] / entry['runs']:.1f} | {per_step} | "
+            f"{entry['wall_s'] / entry['runs']:.1f} |"
+        )
     if timing.get("reused"):
-        lines += ["", f"{timing['reused']} of the runs were reused from an earlier invocation with the same "
-                  "configuration: their CPU time is in the totals, their wall time is not."]
+        lines += [
+            "",
+            f"{timing['reused']} of the runs were reused from an earlier invocation with the same "
+            "configuration: their CPU time is in the totals, their wall time is not.",
+        ]
     if raw["failures"]:
-        lines += ["", "**Failed runs** (missing from the tables): " + "; ".join(
-            f"{name}: {error}" for name, error in sorted(raw["failures"].items())) + "."]
+        lines += [
+            "",
+            "**Failed runs** (missing from the tables): "
+            + "; ".join(f"{name}: {error}" for name, error in sorted(raw["failures"].items()))
+            + ".",
+        ]
     page = out / "paper_mini.md"
     tmp = out / ".paper_mini.md.tmp"
     tmp.write_text("\n".join(lines) + "\n")
@@ -873,8 +1183,11 @@ def _test_batches(raw: dict) -> str:
 
 
 def _teacher_test_loss(raw: dict, size: str) -> str:
-    values = {round(r["test"]["teacher_lm_loss"], 6) for r in raw["runs"]
-              if r["teacher"] == size and r["ok"] and "teacher_lm_loss" in r["test"]}
+    values = {
+        round(r["test"]["teacher_lm_loss"], 6)
+        for r in raw["runs"]
+        if r["teacher"] == size and r["ok"] and "teacher_lm_loss" in r["test"]
+    }
     return " / ".join(f"{v:.4f}" for v in sorted(values)) if values else "—"
 
 
@@ -882,17 +1195,21 @@ def _teacher_test_loss(raw: dict, size: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="exit codes: 0 page written, 1 some runs failed (page written without "
-                                            "them), 2 bad input")
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit codes: 0 page written, 1 some runs failed (page written without them), 2 bad input",
+    )
     parser.add_argument("--quick", action="store_true", help="pipeline check: one teacher, two methods, few steps")
     parser.add_argument("--work-dir", help="runs, data and checkpoints (default runs/paper_mini[_quick])")
     parser.add_argument("--out", help="page, plots and raw JSON (default docs/results; quick: <work-dir>/results)")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                        help="worker processes (default: one per core)")
+    parser.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: one per core)"
+    )
     parser.add_argument("--deb", help="a python3.11-doc .deb to build the corpus from (default: apt-get download)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="rewrite the page and plots from <out>/paper_mini.json")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the page and plots from <out>/paper_mini.json"
+    )
     args = parser.parse_args(argv)
     sweep = QUICK if args.quick else FULL
     work = Path(args.work_dir or REPO / "runs" / ("paper_mini_quick" if args.quick else "paper_mini")).resolve()
@@ -910,7 +1227,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        return bad("matplotlib is not installed; pip install -e \".[plots]\".")
+        return bad('matplotlib is not installed; pip install -e ".[plots]".')
     if args.report_only:
         if not raw_path.is_file():
             return bad(f"{raw_path} does not exist; run the experiment first (without --report-only).")
@@ -935,18 +1252,28 @@ def main(argv: list[str] | None = None) -> int:
     jobs = plan_jobs(work, sweep, data)
     runs_start = time.time()
     results = run_jobs(jobs, work, args.jobs, threads)
-    timing = {"command": command, "quick": args.quick, "hardware": _hardware(), "workers": min(args.jobs, len(jobs)),
-              "threads": threads, "wall_s": time.time() - start, "data_wall_s": data_wall,
-              "runs_wall_s": time.time() - runs_start, "by_kind": cost_by_kind(jobs, results, sweep),
-              "reused": sum(1 for r in results.values() if r.get("cached")),
-              "load_start": load_start, "load_end": " ".join(f"{x:.1f}" for x in os.getloadavg())}
+    timing = {
+        "command": command,
+        "quick": args.quick,
+        "hardware": _hardware(),
+        "workers": min(args.jobs, len(jobs)),
+        "threads": threads,
+        "wall_s": time.time() - start,
+        "data_wall_s": data_wall,
+        "runs_wall_s": time.time() - runs_start,
+        "by_kind": cost_by_kind(jobs, results, sweep),
+        "reused": sum(1 for r in results.values() if r.get("cached")),
+        "load_start": load_start,
+        "load_end": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+    }
     timing["cpu_s"] = sum(entry["cpu_s"] for entry in timing["by_kind"].values())
     timing["fresh_cpu_s"] = sum(r["cpu_s"] for r in results.values() if r.get("ok") and not r.get("cached"))
     raw = collect(work, sweep, jobs, results, data, timing)
     write_json(raw_path, raw)
     page = write_page(raw, out)
-    print(f"wrote {rel(page)} and {rel(raw_path)} ({timing['wall_s'] / 60:.1f} min, {timing['cpu_s'] / 60:.1f} "
-          f"CPU-min)")
+    print(
+        f"wrote {rel(page)} and {rel(raw_path)} ({timing['wall_s'] / 60:.1f} min, {timing['cpu_s'] / 60:.1f} CPU-min)"
+    )
     if raw["failures"]:
         print(f"{len(raw['failures'])} run(s) failed: " + ", ".join(sorted(raw["failures"])), file=sys.stderr)
         return 1

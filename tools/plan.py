@@ -65,8 +65,17 @@ class StageMemory:
 
     @property
     def total(self) -> float:
-        return (self.student_weights + self.student_grads + self.optimizer + self.teacher_weights + self.activations
-                + self.pipeline_buffers + self.teacher_transient + self.logits + self.overhead)
+        return (
+            self.student_weights
+            + self.student_grads
+            + self.optimizer
+            + self.teacher_weights
+            + self.activations
+            + self.pipeline_buffers
+            + self.teacher_transient
+            + self.logits
+            + self.overhead
+        )
 
 
 def stage_parameters(model: ModelConfig, *, tp: int, pp: int, stage: int, padded_vocab: int) -> int:
@@ -77,7 +86,8 @@ def stage_parameters(model: ModelConfig, *, tp: int, pp: int, stage: int, padded
     qkv_out = h + 2 * kv
     per_layer = (
         h  # input RMSNorm
-        + qkv_out * h // tp + (qkv_out // tp if model.add_qkv_bias else 0)  # linear_qkv (+ bias)
+        + qkv_out * h // tp
+        + (qkv_out // tp if model.add_qkv_bias else 0)  # linear_qkv (+ bias)
         + h * h // tp  # linear_proj
         + h  # pre-MLP RMSNorm
         + 2 * f * h // tp  # linear_fc1 (gate and up)
@@ -158,14 +168,22 @@ def plan_memory(cfg: TrainConfig, world_size: int, *, overhead_gib: float) -> li
             chunk_tokens = cfg.taid.chunk_tokens or default_chunk_tokens(int(vocab // tp), "cuda")
             chunk = min(chunk_tokens, tokens) * vocab / tp
             logits = 2 * shard * 4 + 4 * chunk * 2  # 2 saved + grad + transient copy (bf16), 2 fp32 chunk temps
-        stages.append(StageMemory(
-            stage=stage, student_params=n_s, teacher_params=n_t,
-            student_weights=2 * n_s, student_grads=4 * n_s,
-            optimizer=12 * n_s / (dp if par.distributed_optimizer else 1),
-            teacher_weights=2 * n_t,
-            activations=act * tokens * in_flight, pipeline_buffers=buffers, teacher_transient=transient,
-            logits=logits, overhead=overhead_gib * GIB,
-        ))
+        stages.append(
+            StageMemory(
+                stage=stage,
+                student_params=n_s,
+                teacher_params=n_t,
+                student_weights=2 * n_s,
+                student_grads=4 * n_s,
+                optimizer=12 * n_s / (dp if par.distributed_optimizer else 1),
+                teacher_weights=2 * n_t,
+                activations=act * tokens * in_flight,
+                pipeline_buffers=buffers,
+                teacher_transient=transient,
+                logits=logits,
+                overhead=overhead_gib * GIB,
+            )
+        )
     return stages
 
 
@@ -183,12 +201,17 @@ def plan_throughput(cfg: TrainConfig, world_size: int, *, gpu_tflops: float, mfu
     step_s = compute_s * (1 + bubble)
     total_tokens = tokens_per_step * cfg.optim.train_steps
     return {
-        "student_flops_per_token": student, "teacher_flops_per_token": teacher,
+        "student_flops_per_token": student,
+        "teacher_flops_per_token": teacher,
         "teacher_share": teacher / (student + teacher),
-        "tokens_per_step": tokens_per_step, "micro_batches": micro_batches, "pipeline_bubble": bubble,
-        "step_seconds": step_s, "tokens_per_second": tokens_per_step / step_s,
+        "tokens_per_step": tokens_per_step,
+        "micro_batches": micro_batches,
+        "pipeline_bubble": bubble,
+        "step_seconds": step_s,
+        "tokens_per_second": tokens_per_step / step_s,
         "tokens_per_second_per_gpu": tokens_per_step / step_s / world_size,
-        "train_steps": cfg.optim.train_steps, "total_tokens": total_tokens,
+        "train_steps": cfg.optim.train_steps,
+        "total_tokens": total_tokens,
         "total_hours": step_s * cfg.optim.train_steps / 3600,
         "gpu_hours": step_s * cfg.optim.train_steps / 3600 * world_size,
     }
@@ -198,11 +221,15 @@ def advice(cfg: TrainConfig, worst: StageMemory, budget: float) -> str:
     par = cfg.parallel
     parts = []
     if worst.teacher_weights + worst.student_weights + worst.student_grads > 0.6 * budget:
-        parts.append("more model parallelism: raise parallel.pp (must divide both models' layer counts) or "
-                     "parallel.tp (must divide both models' KV groups), and add GPUs")
+        parts.append(
+            "more model parallelism: raise parallel.pp (must divide both models' layer counts) or "
+            "parallel.tp (must divide both models' KV groups), and add GPUs"
+        )
     if worst.activations + worst.pipeline_buffers > 0.25 * budget:
-        parts.append("fewer activations: lower parallel.micro_batch_size or data.seq_length"
-                     + ("" if par.sequence_parallel or par.tp == 1 else ", or set parallel.sequence_parallel=true"))
+        parts.append(
+            "fewer activations: lower parallel.micro_batch_size or data.seq_length"
+            + ("" if par.sequence_parallel or par.tp == 1 else ", or set parallel.sequence_parallel=true")
+        )
     if worst.logits > 0.15 * budget:
         parts.append("smaller logits: lower parallel.micro_batch_size or taid.chunk_tokens, or raise parallel.tp")
     if worst.optimizer > 0.15 * budget and not par.distributed_optimizer:
@@ -263,18 +290,29 @@ def render(cfg: TrainConfig, args, world: int, stages: list[StageMemory], thr: d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("config", help="YAML config (configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, as for taidtron.train")
     parser.add_argument("--nodes", type=int, required=True, help="nodes in the job")
     parser.add_argument("--gpus-per-node", type=int, required=True, help="GPUs (= ranks) per node")
     parser.add_argument("--gpu-mem-gib", type=float, default=80.0, help="memory per GPU (H100 SXM: 80)")
-    parser.add_argument("--gpu-tflops", type=float, default=989.0,
-                        help="peak dense bf16 TFLOP/s per GPU (H100 SXM: 989, H200: 989, A100: 312)")
+    parser.add_argument(
+        "--gpu-tflops",
+        type=float,
+        default=989.0,
+        help="peak dense bf16 TFLOP/s per GPU (H100 SXM: 989, H200: 989, A100: 312)",
+    )
     parser.add_argument("--mfu", type=float, default=0.4, help="assumed model-FLOPs utilisation (0-1)")
-    parser.add_argument("--overhead-gib", type=float, default=4.0,
-                        help="per-GPU reserve for the CUDA context, NCCL buffers and fragmentation")
+    parser.add_argument(
+        "--overhead-gib",
+        type=float,
+        default=4.0,
+        help="per-GPU reserve for the CUDA context, NCCL buffers and fragmentation",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
 
@@ -294,19 +332,36 @@ def main(argv: list[str] | None = None) -> int:
     worst = max(stages, key=lambda m: m.total)
     fits = worst.total <= budget
     if args.json:
-        print(json.dumps({
-            "config": args.config, "overrides": args.overrides, "nodes": args.nodes,
-            "gpus_per_node": args.gpus_per_node, "world_size": world, "gpu_mem_gib": args.gpu_mem_gib,
-            "tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "dp": cfg.parallel.data_parallel_size(world),
-            "attention": {"student": cfg.student.attention, "teacher": cfg.teacher.attention},
-            "fits": fits, "peak_gib": worst.total / GIB, "peak_stage": worst.stage,
-            "stages": [{**asdict(m), "total": m.total} for m in stages], "throughput": thr,
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "config": args.config,
+                    "overrides": args.overrides,
+                    "nodes": args.nodes,
+                    "gpus_per_node": args.gpus_per_node,
+                    "world_size": world,
+                    "gpu_mem_gib": args.gpu_mem_gib,
+                    "tp": cfg.parallel.tp,
+                    "pp": cfg.parallel.pp,
+                    "dp": cfg.parallel.data_parallel_size(world),
+                    "attention": {"student": cfg.student.attention, "teacher": cfg.teacher.attention},
+                    "fits": fits,
+                    "peak_gib": worst.total / GIB,
+                    "peak_stage": worst.stage,
+                    "stages": [{**asdict(m), "total": m.total} for m in stages],
+                    "throughput": thr,
+                },
+                indent=2,
+            )
+        )
     else:
         print(render(cfg, args, world, stages, thr))
     if not fits:
-        print(f"\nDOES NOT FIT: stage {worst.stage} needs {worst.total / GIB:.1f} GiB per GPU, "
-              f"{args.gpu_mem_gib:g} GiB available. Try {advice(cfg, worst, budget)}.", file=sys.stderr)
+        print(
+            f"\nDOES NOT FIT: stage {worst.stage} needs {worst.total / GIB:.1f} GiB per GPU, "
+            f"{args.gpu_mem_gib:g} GiB available. Try {advice(cfg, worst, budget)}.",
+            file=sys.stderr,
+        )
         return 1
     if not args.json:
         print(f"\nfits: peak {worst.total / GIB:.1f} GiB of {args.gpu_mem_gib:g} GiB (stage {worst.stage})")

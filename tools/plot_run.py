@@ -17,21 +17,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="exit codes: 0 written, 2 bad input")
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit codes: 0 written, 2 bad input",
+    )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (logging.run_dir)")
     parser.add_argument("--out", help="PNG to write (default: plots.png in the first RUN_DIR)")
     parser.add_argument("--labels", nargs="+", help="legend names, one per RUN_DIR (default: directory names)")
     parser.add_argument("--title", help="figure title")
     args = parser.parse_args(argv)
     if args.labels and len(args.labels) != len(args.run_dirs):
-        print(f"error: --labels has {len(args.labels)} names for {len(args.run_dirs)} run directories; give one "
-              f"per RUN_DIR.", file=sys.stderr)
+        print(
+            f"error: --labels has {len(args.labels)} names for {len(args.run_dirs)} run directories; give one "
+            f"per RUN_DIR.",
+            file=sys.stderr,
+        )
         return 2
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        print("error: matplotlib is not installed; pip install -e \".[plots]\".", file=sys.stderr)
+        print('error: matplotlib is not installed; pip install -e ".[plots]".', file=sys.stderr)
         return 2
     from taidtron.plots import load_run, plot_runs
 

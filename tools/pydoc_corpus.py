@@ -43,11 +43,35 @@ HTML_ROOT = "usr/share/doc/python3.11/html/"
 # text can differ, so the metadata says whether a build matches this reference (the results page shows it).
 REFERENCE_VERSION = "3.11.2-6+deb12u9"
 REFERENCE_TEXT_SHA256 = "4dbcf2b4cb724dc1bf2a69ea1b9caa7ce529f7e57ec051ca2012ffa012e6563b"
-LICENCE = ("PSF License Agreement version 2 (the Python documentation); examples and code in it also Zero-Clause "
-           "BSD. Source: Debian package python3.11-doc.")
+LICENCE = (
+    "PSF License Agreement version 2 (the Python documentation); examples and code in it also Zero-Clause "
+    "BSD. Source: Debian package python3.11-doc."
+)
 SKIPPED_PAGES = ("contents.html", "search.html", "py-modindex.html", "genindex.html", "download.html")
-BLOCK_TAGS = frozenset({"p", "div", "li", "h1", "h2", "h3", "h4", "h5", "h6", "dt", "dd", "tr", "table",
-                        "section", "blockquote", "caption", "figcaption", "ul", "ol", "dl"})
+BLOCK_TAGS = frozenset(
+    {
+        "p",
+        "div",
+        "li",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "dt",
+        "dd",
+        "tr",
+        "table",
+        "section",
+        "blockquote",
+        "caption",
+        "figcaption",
+        "ul",
+        "ol",
+        "dl",
+    }
+)
 VOID_TAGS = frozenset({"br", "hr", "img", "meta", "link", "input", "wbr", "col", "area", "base", "source"})
 
 
@@ -128,10 +152,10 @@ def _ar_members(data: bytes) -> dict[str, bytes]:
         raise CorpusError("not a .deb (ar) archive; pass the python3.11-doc .deb file.")
     members, offset = {}, 8
     while offset + 60 <= len(data):
-        header = data[offset:offset + 60]
+        header = data[offset : offset + 60]
         name = header[:16].decode().strip().rstrip("/")
         size = int(header[48:58].decode().strip())
-        members[name] = data[offset + 60:offset + 60 + size]
+        members[name] = data[offset + 60 : offset + 60 + size]
         offset += 60 + size + (size % 2)
     return members
 
@@ -153,7 +177,7 @@ def read_deb(deb: Path) -> tuple[str, dict[str, str]]:
         for member in tar.getmembers():
             name = member.name.removeprefix("./")
             if member.isfile() and name.startswith(HTML_ROOT) and name.endswith(".html"):
-                pages[name[len(HTML_ROOT):]] = tar.extractfile(member).read().decode("utf-8")
+                pages[name[len(HTML_ROOT) :]] = tar.extractfile(member).read().decode("utf-8")
     if not pages:
         raise CorpusError(f"{deb} holds no HTML under /{HTML_ROOT}.")
     return fields["Version"], pages
@@ -172,15 +196,20 @@ def fetch_deb(cache_dir: Path) -> Path:
     if found:
         return found[-1]
     try:
-        proc = subprocess.run(["apt-get", "download", PACKAGE], cwd=cache_dir, capture_output=True, text=True,
-                              timeout=600)
+        proc = subprocess.run(
+            ["apt-get", "download", PACKAGE], cwd=cache_dir, capture_output=True, text=True, timeout=600
+        )
     except FileNotFoundError:
-        raise CorpusError(f"apt-get is not available to fetch {PACKAGE}; download the .deb from a Debian 12 mirror "
-                          f"(pool/main/p/python3.11/) and pass it with --deb.") from None
+        raise CorpusError(
+            f"apt-get is not available to fetch {PACKAGE}; download the .deb from a Debian 12 mirror "
+            f"(pool/main/p/python3.11/) and pass it with --deb."
+        ) from None
     found = sorted(cache_dir.glob(f"{PACKAGE}_*.deb"))
     if proc.returncode != 0 or not found:
-        raise CorpusError(f"apt-get download {PACKAGE} failed ({proc.stderr.strip().splitlines()[-1:]}); run "
-                          f"`apt-get update` or pass a .deb with --deb.")
+        raise CorpusError(
+            f"apt-get download {PACKAGE} failed ({proc.stderr.strip().splitlines()[-1:]}); run "
+            f"`apt-get update` or pass a .deb with --deb."
+        )
     return found[-1]
 
 
@@ -193,8 +222,11 @@ def build_corpus(deb: Path, out_dir: Path, max_pages: int | None = None) -> dict
     deb_sha256 = hashlib.sha256(deb.read_bytes()).hexdigest()
     if corpus.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if meta.get("deb_sha256") == deb_sha256 and meta.get("max_pages") == max_pages and \
-                hashlib.sha256(corpus.read_bytes()).hexdigest() == meta.get("text_sha256"):
+        if (
+            meta.get("deb_sha256") == deb_sha256
+            and meta.get("max_pages") == max_pages
+            and hashlib.sha256(corpus.read_bytes()).hexdigest() == meta.get("text_sha256")
+        ):
             return meta
     version, pages = read_deb(deb)
     documents = []
@@ -207,10 +239,19 @@ def build_corpus(deb: Path, out_dir: Path, max_pages: int | None = None) -> dict
                 documents.append({"page": path, "text": text})
     payload = "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in documents).encode("utf-8")
     text_sha256 = hashlib.sha256(payload).hexdigest()
-    meta = {"package": PACKAGE, "version": version, "deb": deb.name, "deb_sha256": deb_sha256,
-            "text_sha256": text_sha256, "matches_reference": text_sha256 == REFERENCE_TEXT_SHA256,
-            "max_pages": max_pages, "documents": len(documents), "characters": sum(len(d["text"]) for d in documents),
-            "bytes": len(payload), "licence": LICENCE}
+    meta = {
+        "package": PACKAGE,
+        "version": version,
+        "deb": deb.name,
+        "deb_sha256": deb_sha256,
+        "text_sha256": text_sha256,
+        "matches_reference": text_sha256 == REFERENCE_TEXT_SHA256,
+        "max_pages": max_pages,
+        "documents": len(documents),
+        "characters": sum(len(d["text"]) for d in documents),
+        "bytes": len(payload),
+        "licence": LICENCE,
+    }
     for path, content in ((corpus, payload), (meta_path, (json.dumps(meta, indent=1) + "\n").encode())):
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_bytes(content)
@@ -234,9 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     except CorpusError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {out / 'pydoc.jsonl'}: {meta['documents']} pages, {meta['characters']:,} characters from "
-          f"{meta['package']} {meta['version']}; text sha256 {meta['text_sha256']}"
-          f"{'' if meta['matches_reference'] or args.max_pages else ' (differs from the reference build)'}")
+    print(
+        f"wrote {out / 'pydoc.jsonl'}: {meta['documents']} pages, {meta['characters']:,} characters from "
+        f"{meta['package']} {meta['version']}; text sha256 {meta['text_sha256']}"
+        f"{'' if meta['matches_reference'] or args.max_pages else ' (differs from the reference build)'}"
+    )
     return 0
 
 

@@ -23,20 +23,34 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def teacher_pretraining_overrides(config: Path, overrides: list[str], teacher_dir: Path, run_dir: Path, steps: int,
-                                  lr: float) -> list[str]:
+def teacher_pretraining_overrides(
+    config: Path, overrides: list[str], teacher_dir: Path, run_dir: Path, steps: int, lr: float
+) -> list[str]:
     """Overrides that turn the distillation config into the teacher's pretraining run: the student section takes
     the teacher's architecture, the objective is next-token loss, one micro-batch per step."""
     from taidtron.config import load_config
 
     cfg = load_config(config, overrides)
-    architecture = [f"student.{f.name}={json.dumps(getattr(cfg.teacher, f.name))}"
-                    for f in fields(cfg.teacher) if f.name != "init"]
-    return [*overrides, *architecture, "student.init=null", "taid.loss=lm",
-            f"parallel.micro_batch_size={cfg.parallel.global_batch_size}", f"optim.train_steps={steps}",
-            f"optim.lr={lr}", f"optim.min_lr={lr / 10}", f"optim.warmup_steps={max(1, steps // 10)}",
-            "logging.eval_interval=0", "logging.eval_iters=0", "checkpoint.save_interval=0", "checkpoint.keep_last=1",
-            f"checkpoint.dir={teacher_dir}", f"logging.run_dir={run_dir}"]
+    architecture = [
+        f"student.{f.name}={json.dumps(getattr(cfg.teacher, f.name))}" for f in fields(cfg.teacher) if f.name != "init"
+    ]
+    return [
+        *overrides,
+        *architecture,
+        "student.init=null",
+        "taid.loss=lm",
+        f"parallel.micro_batch_size={cfg.parallel.global_batch_size}",
+        f"optim.train_steps={steps}",
+        f"optim.lr={lr}",
+        f"optim.min_lr={lr / 10}",
+        f"optim.warmup_steps={max(1, steps // 10)}",
+        "logging.eval_interval=0",
+        "logging.eval_iters=0",
+        "checkpoint.save_interval=0",
+        "checkpoint.keep_last=1",
+        f"checkpoint.dir={teacher_dir}",
+        f"logging.run_dir={run_dir}",
+    ]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -100,16 +114,30 @@ def main() -> int:
         return subprocess.call([*launcher, "--config", args.config, *overrides], cwd=REPO)
 
     single = [sys.executable, "-m", "taidtron.train"]
-    code = train(f"teacher pretraining on {device} ({args.teacher_steps} steps)", single,
-                 teacher_pretraining_overrides(Path(args.config), args.overrides, teacher_dir, teacher_run,
-                                               args.teacher_steps, args.teacher_lr))
+    code = train(
+        f"teacher pretraining on {device} ({args.teacher_steps} steps)",
+        single,
+        teacher_pretraining_overrides(
+            Path(args.config), args.overrides, teacher_dir, teacher_run, args.teacher_steps, args.teacher_lr
+        ),
+    )
     if code != 0:
         print(f"teacher pretraining exited with {code}", file=sys.stderr)
         return code
     overrides = [f"teacher.init={teacher_dir}", f"logging.run_dir={distill_dir}", *args.overrides]
-    launcher = single if args.nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}", "-m",
-        "taidtron.train"]
+    launcher = (
+        single
+        if args.nproc == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={args.nproc}",
+            "-m",
+            "taidtron.train",
+        ]
+    )
     code = train("distillation", launcher, overrides)
     if code != 0:
         print(f"distillation exited with {code}", file=sys.stderr)
@@ -117,8 +145,7 @@ def main() -> int:
     cfg = load_config(args.config, overrides)
     teacher_rows = read_jsonl(teacher_run / "metrics.jsonl")
     window = max(1, min(5, len(teacher_rows) // 2))
-    first, last = (statistics.mean(r["loss"] for r in part) for part in (teacher_rows[:window],
-                                                                          teacher_rows[-window:]))
+    first, last = (statistics.mean(r["loss"] for r in part) for part in (teacher_rows[:window], teacher_rows[-window:]))
     lines, ok = summarize(distill_dir, cfg.taid.t_start, cfg.taid.t_end)
     print("\n== smoke test summary (" + device + ")")
     print(f"teacher pretraining        LM loss {first:.4f} -> {last:.4f}")

@@ -40,8 +40,10 @@ def rope_theta(hf: dict) -> float:
     scaling = hf.get("rope_scaling") or {}
     rope_type = params.get("rope_type") or params.get("type") or scaling.get("rope_type") or scaling.get("type")
     if rope_type not in (None, "default"):
-        raise UnsupportedModelError(f"RoPE scaling {rope_type!r} is not supported (taidtron's RoPE is the plain, "
-                                    f"unscaled one); convert a model whose config has no rope_scaling.")
+        raise UnsupportedModelError(
+            f"RoPE scaling {rope_type!r} is not supported (taidtron's RoPE is the plain, "
+            f"unscaled one); convert a model whose config has no rope_scaling."
+        )
     return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
@@ -55,7 +57,8 @@ def model_config_from_hf(config_json: str | Path | dict) -> ModelConfig:
         raise UnsupportedModelError(
             f"model_type={model_type!r} ({', '.join(architectures) or 'no architectures listed'}) is not supported: "
             f"taidtron converts Llama (model_type 'llama', LlamaForCausalLM) and Qwen2 (model_type 'qwen2', "
-            f"Qwen2ForCausalLM) decoders with RMSNorm, SwiGLU, plain RoPE and GQA.")
+            f"Qwen2ForCausalLM) decoders with RMSNorm, SwiGLU, plain RoPE and GQA."
+        )
     problems = []
     if hf.get("hidden_act", "silu") != "silu":
         problems.append(f"hidden_act={hf['hidden_act']!r} (only 'silu', i.e. SwiGLU)")
@@ -74,12 +77,17 @@ def model_config_from_hf(config_json: str | Path | dict) -> ModelConfig:
     hidden = int(hf["hidden_size"])
     head_dim = hf.get("head_dim")
     if head_dim is not None and int(head_dim) * heads != hidden:
-        problems.append(f"head_dim={head_dim} with {heads} heads != hidden_size={hidden} (head_dim must be "
-                        f"hidden_size / num_attention_heads)")
+        problems.append(
+            f"head_dim={head_dim} with {heads} heads != hidden_size={hidden} (head_dim must be "
+            f"hidden_size / num_attention_heads)"
+        )
     if problems:
-        raise UnsupportedModelError(f"this {model_type} model cannot be converted exactly: " + "; ".join(problems)
-                                    + ". Supported: Llama / Qwen2 decoders with full causal attention, plain RoPE, "
-                                    "SwiGLU, RMSNorm and (Qwen2 only) a bias on q/k/v.")
+        raise UnsupportedModelError(
+            f"this {model_type} model cannot be converted exactly: "
+            + "; ".join(problems)
+            + ". Supported: Llama / Qwen2 decoders with full causal attention, plain RoPE, "
+            "SwiGLU, RMSNorm and (Qwen2 only) a bias on q/k/v."
+        )
     theta = rope_theta(hf)
     return ModelConfig(
         family=model_type,
@@ -105,9 +113,16 @@ def model_yaml(model: ModelConfig, init: str) -> str:
     return yaml.safe_dump(fields, sort_keys=False)
 
 
-def hf_config(model: ModelConfig, *, dtype: torch.dtype, base: dict | None = None,
-              max_position_embeddings: int = 4096, bos_token_id: int | None = None,
-              eos_token_id: int | None = None, pad_token_id: int | None = None):
+def hf_config(
+    model: ModelConfig,
+    *,
+    dtype: torch.dtype,
+    base: dict | None = None,
+    max_position_embeddings: int = 4096,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+):
     """config.json of `model` for transformers, written with its own config class (so the format is the installed
     version's). `base`, an original HF config (from an import), supplies the fields taidtron does not model
     (max_position_embeddings, special token ids, ...)."""

@@ -33,8 +33,15 @@ from taidtron.hf.errors import ConvertError
 from taidtron.hf.keymap import expected_hf_keys, hf_shapes, key_map, to_hf, to_megatron
 from taidtron.hf.shards import SAFETENSORS_DTYPES, SafetensorsReader, ShardWriter, parse_size
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.json", "merges.txt", "added_tokens.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+)
 # Old checkpoints carry RoPE caches as tensors; they are recomputed from the base, never weights.
 IGNORED_HF_SUFFIXES = (".rotary_emb.inv_freq",)
 
@@ -44,9 +51,11 @@ IGNORED_HF_SUFFIXES = (".rotary_emb.inv_freq",)
 
 def _require_cpu_process() -> None:
     if torch.cuda.is_available():
-        raise ConvertError("this process sees CUDA devices, and the conversion runs on CPU (megatron-core would take "
-                           "its GPU path): run `python tools/convert.py`, which hides the GPUs, or set "
-                           "CUDA_VISIBLE_DEVICES= in the environment before torch is imported.")
+        raise ConvertError(
+            "this process sees CUDA devices, and the conversion runs on CPU (megatron-core would take "
+            "its GPU path): run `python tools/convert.py`, which hides the GPUs, or set "
+            "CUDA_VISIBLE_DEVICES= in the environment before torch is imported."
+        )
 
 
 @contextlib.contextmanager
@@ -60,8 +69,10 @@ def _world_of_one() -> Iterator[None]:
     from taidtron.distributed import LaunchEnv, destroy_distributed, init_distributed, seed_everything
 
     if dist.is_initialized():
-        raise ConvertError("the conversion makes its own single-process world, and this process already has a "
-                           "torch.distributed world: call it from a separate process (e.g. tools/convert.py).")
+        raise ConvertError(
+            "the conversion makes its own single-process world, and this process already has a "
+            "torch.distributed world: call it from a separate process (e.g. tools/convert.py)."
+        )
     seed_everything(0, init_distributed(ParallelConfig(), launch=LaunchEnv.single()))
     try:
         overrides.prepare_writer()
@@ -72,8 +83,9 @@ def _world_of_one() -> Iterator[None]:
 
 def _check_output(out: Path, force: bool) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise ConvertError(f"output {out} exists and is not empty; choose another directory or pass --force to "
-                           f"replace it.")
+        raise ConvertError(
+            f"output {out} exists and is not empty; choose another directory or pass --force to replace it."
+        )
 
 
 @contextlib.contextmanager
@@ -109,19 +121,24 @@ def _check_hf_keys(reader: SafetensorsReader, model_cfg: ModelConfig, hf_dir: Pa
     present = {k for k in reader.location if not k.endswith(IGNORED_HF_SUFFIXES)}
     missing = sorted(expected - present)
     if missing:
-        raise ConvertError(f"{hf_dir} lacks {len(missing)} tensor(s) its config.json implies, e.g. "
-                           f"{', '.join(missing[:4])}; the weights do not match the config.")
+        raise ConvertError(
+            f"{hf_dir} lacks {len(missing)} tensor(s) its config.json implies, e.g. "
+            f"{', '.join(missing[:4])}; the weights do not match the config."
+        )
     leftover = present - expected
     if model_cfg.tie_embeddings:
         leftover.discard("lm_head.weight")  # some tied checkpoints store the shared matrix twice
     if leftover:
-        raise ConvertError(f"{hf_dir} has {len(leftover)} tensor(s) a plain {model_cfg.family} model does not have,"
-                           f" e.g. {', '.join(sorted(leftover)[:4])}; they would be dropped, so the conversion "
-                           f"stops. Only Llama / Qwen2 decoders without extra modules are supported.")
+        raise ConvertError(
+            f"{hf_dir} has {len(leftover)} tensor(s) a plain {model_cfg.family} model does not have,"
+            f" e.g. {', '.join(sorted(leftover)[:4])}; they would be dropped, so the conversion "
+            f"stops. Only Llama / Qwen2 decoders without extra modules are supported."
+        )
 
 
-def import_hf(hf_dir: str | Path, out: str | Path, *, force: bool = False, dtype: str = "auto",
-              quiet: bool = False) -> CheckpointMeta:
+def import_hf(
+    hf_dir: str | Path, out: str | Path, *, force: bool = False, dtype: str = "auto", quiet: bool = False
+) -> CheckpointMeta:
     """HF directory -> taidtron iteration directory `out`. Returns the metadata written.
 
     `dtype`: `auto` (the HF weights' own) or a torch dtype name (`float32`, `bfloat16`, `float16`). Raises
@@ -129,8 +146,9 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, force: bool = False, dtype
     _require_cpu_process()
     hf_dir, out = Path(hf_dir), Path(out)
     if not hf_dir.is_dir():
-        raise ConvertError(f"--hf {hf_dir} is not a directory; pass a local Hugging Face model folder "
-                           f"(config.json + *.safetensors).")
+        raise ConvertError(
+            f"--hf {hf_dir} is not a directory; pass a local Hugging Face model folder (config.json + *.safetensors)."
+        )
     if not (hf_dir / "config.json").is_file():
         raise ConvertError(f"{hf_dir} has no config.json; pass a Hugging Face model folder.")
     hf = read_hf_config(hf_dir)
@@ -142,8 +160,10 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, force: bool = False, dtype
     source_dtypes = {reader.dtype(name) for *_, names in entries for name in names}
     if dtype == "auto":
         if len(source_dtypes) != 1 or next(iter(source_dtypes)) not in SAFETENSORS_DTYPES:
-            raise ConvertError(f"{hf_dir} mixes or uses unsupported weight dtypes {sorted(source_dtypes)}; pass "
-                               f"--dtype float32 or bfloat16.")
+            raise ConvertError(
+                f"{hf_dir} mixes or uses unsupported weight dtypes {sorted(source_dtypes)}; pass "
+                f"--dtype float32 or bfloat16."
+            )
         params_dtype = SAFETENSORS_DTYPES[next(iter(source_dtypes))]
     elif dtype in ("float32", "bfloat16", "float16"):
         params_dtype = getattr(torch, dtype)
@@ -155,9 +175,16 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, force: bool = False, dtype
 
     padded_vocab = -(-model_cfg.vocab_size // 128) * 128  # any tp pads further at load time (zero rows)
     with _world_of_one():
-        model = build_gpt(model_cfg, ParallelConfig(), padded_vocab_size=padded_vocab,
-                          max_seq_length=int(hf.get("max_position_embeddings", 4096)), pp_rank=0,
-                          params_dtype=params_dtype, device=torch.device("cpu"), initialize=False)
+        model = build_gpt(
+            model_cfg,
+            ParallelConfig(),
+            padded_vocab_size=padded_vocab,
+            max_seq_length=int(hf.get("max_position_embeddings", 4096)),
+            pp_rank=0,
+            params_dtype=params_dtype,
+            device=torch.device("cpu"),
+            initialize=False,
+        )
         params = dict(model.named_parameters())
         targets = {megatron for _, _, megatron, _, _ in entries}
         assert set(params) == targets, f"key map out of date: {sorted(set(params) ^ targets)}"
@@ -171,15 +198,22 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, force: bool = False, dtype
                 value = to_megatron(entry, hf_tensors, model_cfg, padded_vocab)
                 param = params[megatron]
                 if tuple(value.shape) != tuple(param.shape):
-                    raise ConvertError(f"{', '.join(names)} give {megatron} the shape {tuple(value.shape)}, the "
-                                       f"config implies {tuple(param.shape)}; config.json and weights disagree.")
+                    raise ConvertError(
+                        f"{', '.join(names)} give {megatron} the shape {tuple(value.shape)}, the "
+                        f"config implies {tuple(param.shape)}; config.json and weights disagree."
+                    )
                 param.copy_(value)
                 del hf_tensors, value
                 bar.update(1)
-        source = checkpoint.WeightsSource(kind="hf_import", description=f"tools/convert.py import of {hf_dir}",
-                                          path=str(hf_dir.resolve()), hf_config=hf)
-        meta = CheckpointMeta(model=model_cfg, padded_vocab_size=padded_vocab, source=source,
-                              content_id="sha256:" + digest.hexdigest())
+        source = checkpoint.WeightsSource(
+            kind="hf_import",
+            description=f"tools/convert.py import of {hf_dir}",
+            path=str(hf_dir.resolve()),
+            hf_config=hf,
+        )
+        meta = CheckpointMeta(
+            model=model_cfg, padded_vocab_size=padded_vocab, source=source, content_id="sha256:" + digest.hexdigest()
+        )
         checkpoint.save_model(out, model=model, meta=meta, overwrite=True)  # atomic: a temporary sibling, renamed
     return checkpoint.read_meta(out)
 
@@ -213,8 +247,10 @@ def _hf_base_config(meta: CheckpointMeta, notes: list[str]) -> dict | None:
         try:
             meta = checkpoint.read_meta(meta.model.init)
         except checkpoint.CheckpointError as exc:
-            notes.append(f"the model's init checkpoint is unreadable ({exc}); config.json takes taidtron's "
-                         f"defaults for the fields it does not model (max_position_embeddings, token ids).")
+            notes.append(
+                f"the model's init checkpoint is unreadable ({exc}); config.json takes taidtron's "
+                f"defaults for the fields it does not model (max_position_embeddings, token ids)."
+            )
             return None
     return meta.source.hf_config
 
@@ -224,8 +260,10 @@ def _tokenizer_source(meta: CheckpointMeta, override: str | None) -> Path | None
     if override:
         path = Path(override)
         if not path.exists():
-            raise ConvertError(f"--tokenizer {path} does not exist; pass a tokenizer file (.model / tokenizer.json) or "
-                               f"a folder holding one.")
+            raise ConvertError(
+                f"--tokenizer {path} does not exist; pass a tokenizer file (.model / tokenizer.json) or "
+                f"a folder holding one."
+            )
         return path
     if meta.tokenizer is not None:
         return Path(meta.tokenizer.path)
@@ -261,13 +299,19 @@ def _write_tokenizer(source: Path, tmp: Path, model_max_length: int) -> tuple[li
     try:
         tok = load_tokenizer(tok_file)
     except Exception as exc:  # sentencepiece / tokenizers raise their own types for a damaged file
-        raise ConvertError(f"tokenizer {tok_file} cannot be read ({type(exc).__name__}: {exc}); pass a valid one "
-                           f"with --tokenizer.") from None
+        raise ConvertError(
+            f"tokenizer {tok_file} cannot be read ({type(exc).__name__}: {exc}); pass a valid one with --tokenizer."
+        ) from None
     special = {"eos_token_id": tok.eod, "bos_token_id": tok.bos, "pad_token_id": tok.pad if tok.pad >= 0 else None}
     if "tokenizer_config.json" not in written:
         pieces = tok.inv_vocab
-        config = {"model_max_length": model_max_length, "add_bos_token": False, "add_eos_token": False,
-                  "eos_token": pieces.get(tok.eod), "clean_up_tokenization_spaces": False}
+        config = {
+            "model_max_length": model_max_length,
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "eos_token": pieces.get(tok.eod),
+            "clean_up_tokenization_spaces": False,
+        }
         if tok.bos is not None:
             config["bos_token"] = pieces.get(tok.bos)
         if tok.pad >= 0:
@@ -289,13 +333,17 @@ def _hf_tensor_plan(model_cfg: ModelConfig, metadata: dict, where: Path) -> list
     plan = []
     for entry, layer, _, dcp_key, names in key_map(model_cfg):
         if dcp_key not in metadata:
-            raise ConvertError(f"{where} has no {dcp_key}; it does not hold a {model_cfg.family} model with the "
-                               f"architecture in its {checkpoint.META_FILE}.")
+            raise ConvertError(
+                f"{where} has no {dcp_key}; it does not hold a {model_cfg.family} model with the "
+                f"architecture in its {checkpoint.META_FILE}."
+            )
         shape = tuple(metadata[dcp_key].size)
         if layer is not None:
             if shape[0] != model_cfg.num_layers:
-                raise ConvertError(f"{dcp_key} in {where} stacks {shape[0]} layers, its {checkpoint.META_FILE} says "
-                                   f"{model_cfg.num_layers}.")
+                raise ConvertError(
+                    f"{dcp_key} in {where} stacks {shape[0]} layers, its {checkpoint.META_FILE} says "
+                    f"{model_cfg.num_layers}."
+                )
             shape = shape[1:]
         plan.append((entry, layer, dcp_key, names, hf_shapes(entry, shape, model_cfg)))
     return plan
@@ -320,8 +368,15 @@ def _load_slices(directory: Path, metadata: dict, requests: list[tuple[str, int 
     return {(key, layer): loaded[key] if layer is None else loaded[key][0] for key, layer in requests}
 
 
-def export_hf(ckpt: str | Path, out: str | Path, *, force: bool = False, max_shard_size: str = "5GB",
-              tokenizer: str | None = None, quiet: bool = False) -> ExportSummary:
+def export_hf(
+    ckpt: str | Path,
+    out: str | Path,
+    *,
+    force: bool = False,
+    max_shard_size: str = "5GB",
+    tokenizer: str | None = None,
+    quiet: bool = False,
+) -> ExportSummary:
     """The model of a taidtron checkpoint -> an HF directory `out`. Raises ConvertError / CheckpointError naming
     what to change; on any error nothing is left behind (`out` is untouched)."""
     _require_cpu_process()
@@ -372,16 +427,27 @@ def export_hf(ckpt: str | Path, out: str | Path, *, force: bool = False, max_sha
         tok_files: list[str] = []
         special: dict = {}
         if tokenizer_source is None:
-            notes.append(f"{directory} records no tokenizer, so the export has none; pass --tokenizer PATH to ship "
-                         f"the one the model was trained with.")
+            notes.append(
+                f"{directory} records no tokenizer, so the export has none; pass --tokenizer PATH to ship "
+                f"the one the model was trained with."
+            )
         elif not tokenizer_source.exists():
-            notes.append(f"the recorded tokenizer {tokenizer_source} does not exist (any more), so the export has "
-                         f"none; pass --tokenizer PATH to ship it.")
+            notes.append(
+                f"the recorded tokenizer {tokenizer_source} does not exist (any more), so the export has "
+                f"none; pass --tokenizer PATH to ship it."
+            )
         else:
             tok_files, special = _write_tokenizer(tokenizer_source, tmp, max_positions)
         config = hf_config(model_cfg, dtype=dtype, base=base, max_position_embeddings=seq_length, **special)
         config.save_pretrained(str(tmp))
         GenerationConfig.from_model_config(config).save_pretrained(str(tmp))
-    return ExportSummary(out=out, tensors=len(writer.weight_map), shards=len(writer.names),
-                         bytes=writer.total_bytes, dtype=str(dtype).removeprefix("torch."), tokenizer_files=tok_files,
-                         step=meta.step, notes=notes)
+    return ExportSummary(
+        out=out,
+        tensors=len(writer.weight_map),
+        shards=len(writer.names),
+        bytes=writer.total_bytes,
+        dtype=str(dtype).removeprefix("torch."),
+        tokenizer_files=tok_files,
+        step=meta.step,
+        notes=notes,
+    )

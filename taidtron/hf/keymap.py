@@ -37,22 +37,31 @@ class Entry:
 
 LAYER_ENTRIES: tuple[Entry, ...] = (
     Entry("input_layernorm.weight", "self_attention.linear_qkv.layer_norm_weight", ("input_layernorm.weight",)),
-    Entry("self_attention.linear_qkv.weight", "self_attention.linear_qkv.weight",
-          ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"), "qkv"),
-    Entry("self_attention.linear_qkv.bias", "self_attention.linear_qkv.bias",
-          ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"), "qkv", "qkv_bias"),
+    Entry(
+        "self_attention.linear_qkv.weight",
+        "self_attention.linear_qkv.weight",
+        ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+        "qkv",
+    ),
+    Entry(
+        "self_attention.linear_qkv.bias",
+        "self_attention.linear_qkv.bias",
+        ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),
+        "qkv",
+        "qkv_bias",
+    ),
     Entry("self_attention.linear_proj.weight", "self_attention.linear_proj.weight", ("self_attn.o_proj.weight",)),
     Entry("pre_mlp_layernorm.weight", "mlp.linear_fc1.layer_norm_weight", ("post_attention_layernorm.weight",)),
-    Entry("mlp.linear_fc1.weight", "mlp.linear_fc1.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
-          "gate_up"),
+    Entry("mlp.linear_fc1.weight", "mlp.linear_fc1.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"), "gate_up"),
     Entry("mlp.linear_fc2.weight", "mlp.linear_fc2.weight", ("mlp.down_proj.weight",)),
 )
 """Per decoder layer; megatron names are under `decoder.layers.{i}.`, dcp keys under `decoder.layers.` (stacked),
 HF names under `model.layers.{i}.`."""
 
 GLOBAL_ENTRIES: tuple[Entry, ...] = (
-    Entry("embedding.word_embeddings.weight", "embedding.word_embeddings.weight", ("model.embed_tokens.weight",),
-          "vocab"),
+    Entry(
+        "embedding.word_embeddings.weight", "embedding.word_embeddings.weight", ("model.embed_tokens.weight",), "vocab"
+    ),
     Entry("decoder.final_layernorm.weight", "decoder.final_layernorm.weight", ("model.norm.weight",)),
     Entry("output_layer.weight", "output_layer.weight", ("lm_head.weight",), "vocab", "untied"),
 )
@@ -79,8 +88,15 @@ def key_map(model: ModelConfig) -> list[tuple[Entry, int | None, str, str, tuple
     for i in range(model.num_layers):
         for entry in LAYER_ENTRIES:
             if _applies(entry, model):
-                out.append((entry, i, LAYER_PREFIX_MEGATRON.format(i=i) + entry.megatron,
-                            LAYER_PREFIX_DCP + entry.dcp, tuple(LAYER_PREFIX_HF.format(i=i) + h for h in entry.hf)))
+                out.append(
+                    (
+                        entry,
+                        i,
+                        LAYER_PREFIX_MEGATRON.format(i=i) + entry.megatron,
+                        LAYER_PREFIX_DCP + entry.dcp,
+                        tuple(LAYER_PREFIX_HF.format(i=i) + h for h in entry.hf),
+                    )
+                )
     return out
 
 
@@ -143,8 +159,11 @@ def hf_shapes(entry: Entry, megatron_shape: tuple[int, ...], model: ModelConfig)
     rest = tuple(megatron_shape[1:])
     if entry.kind == "qkv":
         d = model.kv_channels
-        return [(model.num_attention_heads * d, *rest), (model.num_query_groups * d, *rest),
-                (model.num_query_groups * d, *rest)]
+        return [
+            (model.num_attention_heads * d, *rest),
+            (model.num_query_groups * d, *rest),
+            (model.num_query_groups * d, *rest),
+        ]
     if entry.kind == "gate_up":
         return [(megatron_shape[0] // 2, *rest)] * 2
     if entry.kind == "vocab":

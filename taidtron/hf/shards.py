@@ -40,8 +40,12 @@ class SafetensorsReader:
             paths = sorted(hf_dir.glob("*.safetensors"))
             if not paths:
                 other = sorted(p.name for p in hf_dir.glob("*.bin")) + sorted(p.name for p in hf_dir.glob("*.pth"))
-                hint = (f" It has {', '.join(other[:3])}: re-save the model with safetensors "
-                        f"(model.save_pretrained(dir, safe_serialization=True))." if other else "")
+                hint = (
+                    f" It has {', '.join(other[:3])}: re-save the model with safetensors "
+                    f"(model.save_pretrained(dir, safe_serialization=True))."
+                    if other
+                    else ""
+                )
                 raise ConvertError(f"{hf_dir} holds no *.safetensors weights.{hint}")
             self.location = {}
             for path in paths:

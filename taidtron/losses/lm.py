@@ -14,7 +14,7 @@ import torch
 import torch.distributed
 
 from taidtron.losses._math import valid_columns
-from taidtron.losses.vocab_parallel import _chunks, _FLOAT_DTYPES, default_chunk_tokens
+from taidtron.losses.vocab_parallel import _FLOAT_DTYPES, _chunks, default_chunk_tokens
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
@@ -95,10 +95,14 @@ def vocab_parallel_lm_loss(
     if logits.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"logits dtype {logits.dtype} is not supported; use float32, bfloat16 or float16.")
     if labels.shape != logits.shape[:-1]:
-        raise ValueError(f"labels {tuple(labels.shape)} must have the logits' shape without the vocabulary "
-                         f"dimension, {tuple(logits.shape[:-1])}.")
+        raise ValueError(
+            f"labels {tuple(labels.shape)} must have the logits' shape without the vocabulary "
+            f"dimension, {tuple(logits.shape[:-1])}."
+        )
     local_vocab = logits.shape[-1]
-    rank, world = (0, 1) if group is None else (torch.distributed.get_rank(group), torch.distributed.get_world_size(group))
+    rank, world = (
+        (0, 1) if group is None else (torch.distributed.get_rank(group), torch.distributed.get_world_size(group))
+    )
     padded = local_vocab * world
     vocab_size = padded if vocab_size is None else vocab_size
     if not isinstance(vocab_size, int) or not 1 <= vocab_size <= padded:
@@ -106,6 +110,11 @@ def vocab_parallel_lm_loss(
     if chunk_tokens is None:
         chunk_tokens = default_chunk_tokens(local_vocab, logits.device.type)
     loss = _VocabParallelCrossEntropy.apply(
-        logits.reshape(-1, local_vocab), labels.reshape(-1).long(), rank * local_vocab,
-        valid_columns(vocab_size, local_vocab, rank), group, chunk_tokens)
+        logits.reshape(-1, local_vocab),
+        labels.reshape(-1).long(),
+        rank * local_vocab,
+        valid_columns(vocab_size, local_vocab, rank),
+        group,
+        chunk_tokens,
+    )
     return loss.view(labels.shape)

@@ -53,14 +53,23 @@ class Objective:
     """Implementation of the fused losses (taid, fkl; `taid.loss_impl`), also for validation's KL."""
     distill_fn: Callable[..., torch.Tensor] | None
 
-    def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor, *,
-                 t: float, vocab_size: int, group) -> LossTerms:
+    def __call__(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor | None,
+        labels: torch.Tensor,
+        *,
+        t: float,
+        vocab_size: int,
+        group,
+    ) -> LossTerms:
         distill = lm = None
         if self.distill_fn is not None:
             distill = self.distill_fn(student_logits, teacher_logits, t=t, vocab_size=vocab_size, group=group)
         if self.distill_fn is None or self.lm_loss_weight > 0:
-            lm = vocab_parallel_lm_loss(student_logits, labels, vocab_size=vocab_size, group=group,
-                                        chunk_tokens=self.chunk_tokens)
+            lm = vocab_parallel_lm_loss(
+                student_logits, labels, vocab_size=vocab_size, group=group, chunk_tokens=self.chunk_tokens
+            )
         if distill is None:
             total = lm
         elif lm is None:
@@ -80,11 +89,20 @@ def get_loss(taid: TAIDConfig) -> Objective:
     """The objective `taid.loss` names, with the section's options (skew, js_beta, chunk_tokens, lm_loss_weight)."""
     _check_name(taid.loss)
     if taid.loss_impl != "auto" and taid.loss not in FUSED:
-        raise ValueError(f"taid.loss_impl={taid.loss_impl} applies to the fused losses ({', '.join(FUSED)}) only; "
-                         f"leave it at auto for taid.loss={taid.loss}.")
+        raise ValueError(
+            f"taid.loss_impl={taid.loss_impl} applies to the fused losses ({', '.join(FUSED)}) only; "
+            f"leave it at auto for taid.loss={taid.loss}."
+        )
     if taid.loss == "lm":
-        return Objective(name="lm", needs_teacher=False, uses_t=False, lm_loss_weight=1.0,
-                         chunk_tokens=taid.chunk_tokens, impl=taid.loss_impl, distill_fn=None)
+        return Objective(
+            name="lm",
+            needs_teacher=False,
+            uses_t=False,
+            lm_loss_weight=1.0,
+            chunk_tokens=taid.chunk_tokens,
+            impl=taid.loss_impl,
+            distill_fn=None,
+        )
     options: dict = {"chunk_tokens": taid.chunk_tokens}
     if taid.loss in FUSED:
         options["impl"] = taid.loss_impl
@@ -92,9 +110,15 @@ def get_loss(taid: TAIDConfig) -> Objective:
         options["skew"] = taid.skew
     elif taid.loss == "js":
         options["beta"] = taid.js_beta
-    return Objective(name=taid.loss, needs_teacher=True, uses_t=taid.loss == "taid",
-                     lm_loss_weight=taid.lm_loss_weight, chunk_tokens=taid.chunk_tokens, impl=taid.loss_impl,
-                     distill_fn=partial(LOSSES[taid.loss], **options))
+    return Objective(
+        name=taid.loss,
+        needs_teacher=True,
+        uses_t=taid.loss == "taid",
+        lm_loss_weight=taid.lm_loss_weight,
+        chunk_tokens=taid.chunk_tokens,
+        impl=taid.loss_impl,
+        distill_fn=partial(LOSSES[taid.loss], **options),
+    )
 
 
 def _check_name(name: str) -> None:

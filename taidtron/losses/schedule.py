@@ -29,9 +29,7 @@ class TAIDSchedule:
         self, t_start: float = 0.4, t_end: float = 1.0, alpha: float = 5e-4, beta: float = 0.99, adaptive: bool = True
     ) -> None:
         if not 0.0 <= t_start <= t_end <= 1.0:
-            raise ValueError(
-                f"need 0 <= t_start ({t_start}) <= t_end ({t_end}) <= 1; lower t_start or raise t_end."
-            )
+            raise ValueError(f"need 0 <= t_start ({t_start}) <= t_end ({t_end}) <= 1; lower t_start or raise t_end.")
         if not alpha >= 0.0:
             raise ValueError(f"alpha={alpha} must be >= 0 (it scales the adaptive step; 0 gives the linear floor).")
         if not 0.0 <= beta < 1.0:

@@ -64,8 +64,20 @@ def _launch_config(n_rows: int, n_cols: int) -> tuple[int, int, dict]:
 
 @triton.jit
 def _stats_tile(
-    s, te, ok, ref_z, ref_s, acc_zz, acc_zs, acc_a, acc_b, coef_s, coef_t,
-    MASKED: tl.constexpr, WITH_ENTROPY: tl.constexpr, THRESHOLD: tl.constexpr,
+    s,
+    te,
+    ok,
+    ref_z,
+    ref_s,
+    acc_zz,
+    acc_zs,
+    acc_a,
+    acc_b,
+    coef_s,
+    coef_t,
+    MASKED: tl.constexpr,
+    WITH_ENTROPY: tl.constexpr,
+    THRESHOLD: tl.constexpr,
 ):
     """Add one [BLOCK_M, BLOCK_V] tile of fp32 logits to the running statistics (ok: [1, BLOCK_V] valid lanes)."""
     d_s = s * _LOG2E - ref_s[:, None]  # x_s - r_s
@@ -112,10 +124,22 @@ def _stats_tile(
 
 @triton.jit
 def _taid_stats_kernel(
-    s_ptr, t_ptr, maxes_ptr, sums_ptr,
-    n_rows, n_valid, n_full, stride_s, stride_t, stride_sums,
-    coef_s, coef_t,
-    WITH_ENTROPY: tl.constexpr, THRESHOLD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+    s_ptr,
+    t_ptr,
+    maxes_ptr,
+    sums_ptr,
+    n_rows,
+    n_valid,
+    n_full,
+    stride_s,
+    stride_t,
+    stride_sums,
+    coef_s,
+    coef_t,
+    WITH_ENTROPY: tl.constexpr,
+    THRESHOLD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_V: tl.constexpr,
 ):
     """Per row over columns [0, n_valid): maxes[row] = (r_z, r_s), sums[row] = (Z_z, Z_s, A[, B]) (base 2).
 
@@ -139,8 +163,20 @@ def _taid_stats_kernel(
         s = tl.load(s_rows + start + lanes).to(tl.float32)  # [BLOCK_M, BLOCK_V]
         te = tl.load(t_rows + start + lanes).to(tl.float32)
         ref_z, ref_s, acc_zz, acc_zs, acc_a, acc_b = _stats_tile(
-            s, te, lanes, ref_z, ref_s, acc_zz, acc_zs, acc_a, acc_b, coef_s, coef_t,
-            False, WITH_ENTROPY, THRESHOLD,
+            s,
+            te,
+            lanes,
+            ref_z,
+            ref_s,
+            acc_zz,
+            acc_zs,
+            acc_a,
+            acc_b,
+            coef_s,
+            coef_t,
+            False,
+            WITH_ENTROPY,
+            THRESHOLD,
         )
     if n_full < n_valid:  # the partial last tile; padding columns are never read
         cols = n_full + lanes
@@ -148,8 +184,20 @@ def _taid_stats_kernel(
         s = tl.load(s_rows + cols, mask=ok, other=0.0).to(tl.float32)
         te = tl.load(t_rows + cols, mask=ok, other=0.0).to(tl.float32)
         ref_z, ref_s, acc_zz, acc_zs, acc_a, acc_b = _stats_tile(
-            s, te, ok, ref_z, ref_s, acc_zz, acc_zs, acc_a, acc_b, coef_s, coef_t,
-            True, WITH_ENTROPY, THRESHOLD,
+            s,
+            te,
+            ok,
+            ref_z,
+            ref_s,
+            acc_zz,
+            acc_zs,
+            acc_a,
+            acc_b,
+            coef_s,
+            coef_t,
+            True,
+            WITH_ENTROPY,
+            THRESHOLD,
         )
 
     tl.store(maxes_ptr + rows * 2, ref_z, mask=row_ok)
@@ -180,10 +228,22 @@ def _grad_tile(s_rows, t_rows, grad_rows, cols, ok, store_ok, lse_z, lse_s, g, c
 
 @triton.jit
 def _taid_grad_kernel(
-    s_ptr, t_ptr, grad_ptr, lse_ptr, g_ptr,
-    n_rows, n_valid, n_full, n_cols, stride_s, stride_t, stride_grad,
-    coef_s, coef_t,
-    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+    s_ptr,
+    t_ptr,
+    grad_ptr,
+    lse_ptr,
+    g_ptr,
+    n_rows,
+    n_valid,
+    n_full,
+    n_cols,
+    stride_s,
+    stride_t,
+    stride_grad,
+    coef_s,
+    coef_t,
+    BLOCK_M: tl.constexpr,
+    BLOCK_V: tl.constexpr,
 ):
     """grad[row, v] = g[row] (2^(x_s - lse_s) - 2^(x_z - lse_z)) = g (q - p_t) for v < n_valid, 0 up to n_cols.
 
@@ -203,8 +263,20 @@ def _taid_grad_kernel(
         _grad_tile(s_rows, t_rows, grad_rows, start + lanes, lanes, row_ok, lse_z, lse_s, g, coef_s, coef_t, False)
     for start in range(n_full, n_cols, BLOCK_V):
         cols = start + lanes
-        _grad_tile(s_rows, t_rows, grad_rows, cols, cols < n_valid, row_ok & (cols < n_cols), lse_z, lse_s, g,
-                   coef_s, coef_t, True)
+        _grad_tile(
+            s_rows,
+            t_rows,
+            grad_rows,
+            cols,
+            cols < n_valid,
+            row_ok & (cols < n_cols),
+            lse_z,
+            lse_s,
+            g,
+            coef_s,
+            coef_t,
+            True,
+        )
 
 
 def _on_device(x: torch.Tensor):
@@ -242,10 +314,22 @@ def taid_stats(
     coef_s, coef_t = _coefficients(t)
     with _on_device(student):
         _taid_stats_kernel[(triton.cdiv(n_rows, block_m),)](
-            student, teacher, maxes, sums,
-            n_rows, n_valid, n_valid // block_v * block_v, student.stride(0), teacher.stride(0), sums.stride(0),
-            coef_s, coef_t,
-            WITH_ENTROPY=with_entropy, THRESHOLD=float(RESCALE_THRESHOLD), BLOCK_M=block_m, BLOCK_V=block_v,
+            student,
+            teacher,
+            maxes,
+            sums,
+            n_rows,
+            n_valid,
+            n_valid // block_v * block_v,
+            student.stride(0),
+            teacher.stride(0),
+            sums.stride(0),
+            coef_s,
+            coef_t,
+            WITH_ENTROPY=with_entropy,
+            THRESHOLD=float(RESCALE_THRESHOLD),
+            BLOCK_M=block_m,
+            BLOCK_V=block_v,
             **options,
         )
     return maxes, sums
@@ -268,9 +352,22 @@ def taid_grad(
     coef_s, coef_t = _coefficients(t)
     with _on_device(student):
         _taid_grad_kernel[(triton.cdiv(n_rows, block_m),)](
-            student, teacher, grad, lse2.contiguous(), grad_loss.reshape(-1).contiguous(),
-            n_rows, n_valid, n_valid // block_v * block_v, n_cols, student.stride(0), teacher.stride(0),
-            grad.stride(0), coef_s, coef_t,
-            BLOCK_M=block_m, BLOCK_V=block_v, **options,
+            student,
+            teacher,
+            grad,
+            lse2.contiguous(),
+            grad_loss.reshape(-1).contiguous(),
+            n_rows,
+            n_valid,
+            n_valid // block_v * block_v,
+            n_cols,
+            student.stride(0),
+            teacher.stride(0),
+            grad.stride(0),
+            coef_s,
+            coef_t,
+            BLOCK_M=block_m,
+            BLOCK_V=block_v,
+            **options,
         )
     return grad

@@ -130,7 +130,7 @@ def _triton_kernels():
 
 
 def _resolve_impl(impl, device: torch.device) -> str:
-    """"triton" or "torch" for a call on `device`; ValueError naming the fix when `impl` cannot run there.
+    """ "triton" or "torch" for a call on `device`; ValueError naming the fix when `impl` cannot run there.
 
     auto: Triton on CUDA tensors when it imports (the torch path otherwise, with a warning on CUDA);
     triton: always (CPU tensors only under TRITON_INTERPRET=1, Triton's interpreter); torch: the chunk loops.
@@ -142,14 +142,22 @@ def _resolve_impl(impl, device: torch.device) -> str:
     kernels = _triton_kernels()
     if isinstance(kernels, ImportError):
         if impl == "auto":
-            warnings.warn(f"Triton is not importable ({kernels}); the fused TAID loss uses its torch path "
-                          "(pip install 'taidtron[triton]' for the kernel).", RuntimeWarning, stacklevel=4)
+            warnings.warn(
+                f"Triton is not importable ({kernels}); the fused TAID loss uses its torch path "
+                "(pip install 'taidtron[triton]' for the kernel).",
+                RuntimeWarning,
+                stacklevel=4,
+            )
             return "torch"
-        raise ValueError(f"impl='triton' needs Triton, which does not import here ({kernels}); install it with "
-                         "pip install 'taidtron[triton]', or pass impl='torch'.")
+        raise ValueError(
+            f"impl='triton' needs Triton, which does not import here ({kernels}); install it with "
+            "pip install 'taidtron[triton]', or pass impl='torch'."
+        )
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"impl='triton' got {device.type} tensors: Triton runs on CUDA devices, or on CPU only in "
-                         "its interpreter (set TRITON_INTERPRET=1 before the first call); pass impl='torch' here.")
+        raise ValueError(
+            f"impl='triton' got {device.type} tensors: Triton runs on CUDA devices, or on CPU only in "
+            "its interpreter (set TRITON_INTERPRET=1 before the first call); pass impl='torch' here."
+        )
     return "triton"
 
 
@@ -228,8 +236,13 @@ class _VocabParallelTAIDLoss(torch.autograd.Function):
             work = _math.new_workspace(False, min(ctx.chunk_tokens, n_tokens), n_valid, student.device)
             for rows in _chunks(n_tokens, ctx.chunk_tokens):
                 _math.taid_chunk_grad(
-                    student[rows, :n_valid], teacher[rows, :n_valid], ctx.t, lse[rows], g[rows],
-                    grad[rows, :n_valid], work,
+                    student[rows, :n_valid],
+                    teacher[rows, :n_valid],
+                    ctx.t,
+                    lse[rows],
+                    g[rows],
+                    grad[rows, :n_valid],
+                    work,
                 )
             del work
         return grad, None, None, None, None, None, None, None
@@ -381,9 +394,7 @@ def _vocab_parallel_divergence(student_logits, teacher_logits, vocab_size, group
     losses = []
     for s_chunk, t_chunk in zip(torch.split(student, chunk_tokens), torch.split(teacher, chunk_tokens)):
         if grad_needed:
-            losses.append(
-                checkpoint(_divergence_chunk, s_chunk, t_chunk, group, terms, options, use_reentrant=False)
-            )
+            losses.append(checkpoint(_divergence_chunk, s_chunk, t_chunk, group, terms, options, use_reentrant=False))
         else:
             losses.append(_divergence_chunk(s_chunk, t_chunk, group, terms, options))
     if not losses:  # zero tokens
@@ -430,7 +441,8 @@ def vocab_parallel_skew_rkl_loss(
 
 
 def vocab_parallel_js_loss(student_logits, teacher_logits, *, beta=0.1, vocab_size=None, group=None, chunk_tokens=None):
-    """Generalized Jensen-Shannon beta KL(p_T || m) + (1 - beta) KL(q || m), m = beta p_T + (1 - beta) q; beta in (0, 1)."""
+    """Generalized Jensen-Shannon: beta KL(p_T || m) + (1 - beta) KL(q || m), m = beta p_T + (1 - beta) q;
+    beta in (0, 1)."""
     beta = _check_weight("beta", beta, low_open=True)
     return _vocab_parallel_divergence(
         student_logits, teacher_logits, vocab_size, group, chunk_tokens, _math.js_terms, beta=beta

@@ -14,5 +14,12 @@ from taidtron.models.gpt import (  # noqa: E402
 )
 from taidtron.models.pair import DistillationPair  # noqa: E402
 
-__all__ = ["DistillationPair", "SDPAttention", "build_gpt", "layer_spec", "pipeline_config", "resolve_attention",
-           "transformer_config"]
+__all__ = [
+    "DistillationPair",
+    "SDPAttention",
+    "build_gpt",
+    "layer_spec",
+    "pipeline_config",
+    "resolve_attention",
+    "transformer_config",
+]

@@ -27,23 +27,33 @@ class SDPAttention(MegatronModule):
     call, so a config that needs it fails loudly instead of computing something else.
     """
 
-    def __init__(self, config, layer_number: int, attn_mask_type: AttnMaskType, attention_type: str,
-                 attention_dropout: float | None = None, softmax_scale: float | None = None,
-                 cp_comm_type: str | None = None, pg_collection=None):
+    def __init__(
+        self,
+        config,
+        layer_number: int,
+        attn_mask_type: AttnMaskType,
+        attention_type: str,
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
+        pg_collection=None,
+    ):
         super().__init__(config=config)
         dropout = config.attention_dropout if attention_dropout is None else attention_dropout
         unsupported = {
             "attention dropout": dropout != 0.0,
             "context parallelism": config.context_parallel_size != 1,
-            "sliding-window attention": is_layer_window_attention(config.window_size, config.window_attn_skip_freq,
-                                                                  layer_number),
+            "sliding-window attention": is_layer_window_attention(
+                config.window_size, config.window_attn_skip_freq, layer_number
+            ),
             f"softmax_type={config.softmax_type!r}": config.softmax_type != "vanilla",
             "QK clipping / max-logit logging": config.qk_clip or config.log_max_attention_logit,
         }
         refused = [name for name, present in unsupported.items() if present]
         if refused:
-            raise ValueError(f"SDPA core attention does not support {', '.join(refused)}; "
-                             f"use attention=local or Transformer Engine.")
+            raise ValueError(
+                f"SDPA core attention does not support {', '.join(refused)}; use attention=local or Transformer Engine."
+            )
         if pg_collection is not None:
             self.tp_group = pg_collection.tp
         self.layer_number = max(1, layer_number)
@@ -53,12 +63,20 @@ class SDPAttention(MegatronModule):
         # back by it inside the fp32 softmax: the net scale is this one.
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(config.kv_channels)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                attention_mask: torch.Tensor | None, attn_mask_type: AttnMaskType | None = None,
-                attention_bias: torch.Tensor | None = None, packed_seq_params=None) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        attn_mask_type: AttnMaskType | None = None,
+        attention_bias: torch.Tensor | None = None,
+        packed_seq_params=None,
+    ) -> torch.Tensor:
         if packed_seq_params is not None or attention_bias is not None:
-            raise ValueError("SDPA core attention supports neither packed sequences nor an attention bias; "
-                             "use Transformer Engine.")
+            raise ValueError(
+                "SDPA core attention supports neither packed sequences nor an attention bias; use Transformer Engine."
+            )
         sq, b, heads, d = query.shape
         sk, groups = key.size(0), key.size(2)
         mask_type = self.attn_mask_type if attn_mask_type is None else attn_mask_type
@@ -72,7 +90,15 @@ class SDPAttention(MegatronModule):
             causal = True
         # [s, b, n, d] -> [b, n, s, d] (views; SDPA accepts any layout whose last dimension is contiguous)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=causal,
-                                                 scale=self.softmax_scale, enable_gqa=groups != heads)
+        context = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=0.0,
+            is_causal=causal,
+            scale=self.softmax_scale,
+            enable_gqa=groups != heads,
+        )
         # [b, n, sq, d] -> [sq, b, n * d]
         return context.permute(2, 0, 1, 3).reshape(sq, b, heads * d)

@@ -29,7 +29,7 @@ class RMSNorm(torch.nn.RMSNorm):
 
     def __init__(self, config, hidden_size: int, eps: float = 1e-6, **_unused):
         super().__init__(hidden_size, eps=eps, dtype=config.params_dtype)
-        setattr(self.weight, "sequence_parallel", config.sequence_parallel)
+        self.weight.sequence_parallel = config.sequence_parallel
 
 
 def check_transformer_engine_imports() -> None:
@@ -46,13 +46,15 @@ def check_transformer_engine_imports() -> None:
     else:
         try:
             import transformer_engine.pytorch  # noqa: F401
+
             return
         except Exception as exc:  # noqa: BLE001
             error = exc
     raise ImportError(
         f"Transformer Engine is installed but does not import for this torch ({type(error).__name__}: {error}); "
         f"reinstall it against this torch (pip install --no-build-isolation -e '.[te]') or uninstall it "
-        f"(pip uninstall transformer-engine transformer-engine-torch) to run without it") from None
+        f"(pip uninstall transformer-engine transformer-engine-torch) to run without it"
+    ) from None
 
 
 def transformer_engine_usable() -> bool:
@@ -94,14 +96,17 @@ def layer_spec(num_local_layers: int, attention: str):
         local = get_gpt_layer_local_spec(normalization="RMSNorm")
         self_attention = local.submodules.self_attention
         if implementation == "sdpa":
-            self_attention = dataclasses.replace(self_attention, submodules=dataclasses.replace(
-                self_attention.submodules, core_attention=SDPAttention))
-        submodules = dataclasses.replace(local.submodules, input_layernorm=RMSNorm, pre_mlp_layernorm=RMSNorm,
-                                         self_attention=self_attention)
+            self_attention = dataclasses.replace(
+                self_attention, submodules=dataclasses.replace(self_attention.submodules, core_attention=SDPAttention)
+            )
+        submodules = dataclasses.replace(
+            local.submodules, input_layernorm=RMSNorm, pre_mlp_layernorm=RMSNorm, self_attention=self_attention
+        )
         layer, final_norm = dataclasses.replace(local, submodules=submodules), RMSNorm
-    return ModuleSpec(module=TransformerBlock,
-                      submodules=TransformerBlockSubmodules(layer_specs=[layer] * num_local_layers,
-                                                            layer_norm=final_norm))
+    return ModuleSpec(
+        module=TransformerBlock,
+        submodules=TransformerBlockSubmodules(layer_specs=[layer] * num_local_layers, layer_norm=final_norm),
+    )
 
 
 def fusions(device_type: str) -> dict[str, bool]:
@@ -116,19 +121,35 @@ def fusions(device_type: str) -> dict[str, bool]:
     masked_softmax_fusion and persist_layer_norm stay off: they serve megatron's unfused attention and apex's
     LayerNorm, which taidtron's GPU path (TE or SDPA attention, RMSNorm) does not use."""
     if device_type != "cuda":
-        return dict(bias_activation_fusion=False, bias_dropout_fusion=False, apply_rope_fusion=False,
-                    gradient_accumulation_fusion=False)
+        return dict(
+            bias_activation_fusion=False,
+            bias_dropout_fusion=False,
+            apply_rope_fusion=False,
+            gradient_accumulation_fusion=False,
+        )
     try:
         import fused_weight_gradient_mlp_cuda  # noqa: F401 - apex's CUDA extension
+
         accumulation_fusion = True
     except ImportError:
         accumulation_fusion = False
-    return dict(bias_activation_fusion=True, bias_dropout_fusion=True, apply_rope_fusion=transformer_engine_usable(),
-                gradient_accumulation_fusion=accumulation_fusion)
+    return dict(
+        bias_activation_fusion=True,
+        bias_dropout_fusion=True,
+        apply_rope_fusion=transformer_engine_usable(),
+        gradient_accumulation_fusion=accumulation_fusion,
+    )
 
 
-def transformer_config(model: ModelConfig, parallel: ParallelConfig, *, params_dtype: torch.dtype,
-                       use_cpu_initialization: bool, initialize: bool = True, device_type: str | None = None):
+def transformer_config(
+    model: ModelConfig,
+    parallel: ParallelConfig,
+    *,
+    params_dtype: torch.dtype,
+    use_cpu_initialization: bool,
+    initialize: bool = True,
+    device_type: str | None = None,
+):
     """megatron-core TransformerConfig of a Llama/Qwen2 decoder under the shared layout. `device_type`: where the
     model runs, which decides the fusions (`fusions`); None: cuda when a GPU is visible."""
     from megatron.core.transformer.transformer_config import TransformerConfig
@@ -171,8 +192,17 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, *, params_d
     )
 
 
-def build_gpt(model: ModelConfig, parallel: ParallelConfig, *, padded_vocab_size: int, max_seq_length: int,
-              pp_rank: int, params_dtype: torch.dtype, device: torch.device, initialize: bool = True):
+def build_gpt(
+    model: ModelConfig,
+    parallel: ParallelConfig,
+    *,
+    padded_vocab_size: int,
+    max_seq_length: int,
+    pp_rank: int,
+    params_dtype: torch.dtype,
+    device: torch.device,
+    initialize: bool = True,
+):
     """This rank's pipeline stage of a GPTModel; its output layer holds the vocab shard [V_padded / tp].
 
     `initialize=False` skips the random initialisation (weights are loaded next, e.g. by `tools/convert.py`). Only at
@@ -181,9 +211,14 @@ def build_gpt(model: ModelConfig, parallel: ParallelConfig, *, padded_vocab_size
     assert initialize or parallel.tp == 1, "initialize=False is only valid at tp=1 (see docstring)"
     from megatron.core.models.gpt import GPTModel
 
-    config = transformer_config(model, parallel, params_dtype=params_dtype,
-                                use_cpu_initialization=device.type == "cpu", initialize=initialize,
-                                device_type=device.type)
+    config = transformer_config(
+        model,
+        parallel,
+        params_dtype=params_dtype,
+        use_cpu_initialization=device.type == "cpu",
+        initialize=initialize,
+        device_type=device.type,
+    )
     gpt = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(model.num_layers // parallel.pp, model.attention),

@@ -43,9 +43,11 @@ def unchecked_megatron_core() -> str | None:
     installed = megatron_core_version()
     if installed in CHECKED_MEGATRON_CORE:
         return None
-    return (f"megatron-core {installed} is installed, but taidtron's workarounds for its internals "
-            f"(taidtron/overrides/) were checked against {', '.join(CHECKED_MEGATRON_CORE)} only; install "
-            f"megatron-core=={CHECKED_MEGATRON_CORE[-1]} or re-check taidtron/overrides/ for {installed}.")
+    return (
+        f"megatron-core {installed} is installed, but taidtron's workarounds for its internals "
+        f"(taidtron/overrides/) were checked against {', '.join(CHECKED_MEGATRON_CORE)} only; install "
+        f"megatron-core=={CHECKED_MEGATRON_CORE[-1]} or re-check taidtron/overrides/ for {installed}."
+    )
 
 
 __all__ = [

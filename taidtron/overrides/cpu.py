@@ -28,9 +28,22 @@ from torch.overrides import TorchFunctionMode
 _INSTALLED = False
 _CPU = torch.device("cpu")
 _FACTORIES = {
-    torch.zeros, torch.ones, torch.empty, torch.full, torch.tensor, torch.arange, torch.rand, torch.randn,
-    torch.randint, torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, torch.as_tensor,
-    torch.linspace, torch.eye,
+    torch.zeros,
+    torch.ones,
+    torch.empty,
+    torch.full,
+    torch.tensor,
+    torch.arange,
+    torch.rand,
+    torch.randn,
+    torch.randint,
+    torch.zeros_like,
+    torch.ones_like,
+    torch.empty_like,
+    torch.full_like,
+    torch.as_tensor,
+    torch.linspace,
+    torch.eye,
 }
 
 

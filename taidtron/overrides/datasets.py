@@ -36,20 +36,36 @@ def ensure_dataset_helpers() -> None:
     src = Path(mcd.__file__).parent / "helpers.cpp"
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     pkg_dir = Path(mcd.__file__).parent
-    out_dir = pkg_dir if os.access(pkg_dir, os.W_OK) else Path(
-        os.environ.get("TAIDTRON_CACHE", Path.home() / ".cache" / "taidtron"))
+    out_dir = (
+        pkg_dir
+        if os.access(pkg_dir, os.W_OK)
+        else Path(os.environ.get("TAIDTRON_CACHE", Path.home() / ".cache" / "taidtron"))
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"helpers_cpp{suffix}"
     if not target.exists():
         try:
             import pybind11
         except ImportError:
-            raise RuntimeError("megatron-core's C++ dataset helpers are not compiled in this install and pybind11 is "
-                               "missing; run `pip install pybind11` (a C++ compiler is needed too), or install a "
-                               "megatron-core wheel that ships helpers_cpp.") from None
+            raise RuntimeError(
+                "megatron-core's C++ dataset helpers are not compiled in this install and pybind11 is "
+                "missing; run `pip install pybind11` (a C++ compiler is needed too), or install a "
+                "megatron-core wheel that ships helpers_cpp."
+            ) from None
         tmp = out_dir / f".helpers_cpp.{os.getpid()}{suffix}"
-        cmd = [os.environ.get("CXX", "c++"), "-O3", "-Wall", "-shared", "-std=c++17", "-fPIC",
-               f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}", str(src), "-o", str(tmp)]
+        cmd = [
+            os.environ.get("CXX", "c++"),
+            "-O3",
+            "-Wall",
+            "-shared",
+            "-std=c++17",
+            "-fPIC",
+            f"-I{pybind11.get_include()}",
+            f"-I{sysconfig.get_paths()['include']}",
+            str(src),
+            "-o",
+            str(tmp),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"compiling megatron-core's dataset helpers failed:\n{' '.join(cmd)}\n{proc.stderr}")

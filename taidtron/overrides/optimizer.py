@@ -38,13 +38,15 @@ def step_if_finite(optimizer, *, loss: float, clip_grad: float) -> tuple[bool, f
             params = sub.get_parameters()
             if params:
                 decoupled = sub.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8
-                clip_grad_by_total_norm_fp32(params, max_norm=clip_grad, total_norm=grad_norm,
-                                             use_decoupled_grad=decoupled)
+                clip_grad_by_total_norm_fp32(
+                    params, max_norm=clip_grad, total_norm=grad_norm, use_decoupled_grad=decoupled
+                )
     return bool(optimizer.step_with_ready_grads()), grad_norm
 
 
-def set_optimizer_hyperparameters(optimizer, *, lr: float, min_lr: float, betas: tuple[float, float],
-                                  eps: float) -> None:
+def set_optimizer_hyperparameters(
+    optimizer, *, lr: float, min_lr: float, betas: tuple[float, float], eps: float
+) -> None:
     """Give every parameter group the config's learning-rate bounds and Adam hyper-parameters after a resume.
 
     megatron-core 0.16.1 keeps `max_lr` and `min_lr` in each param group (`_get_param_groups`: the

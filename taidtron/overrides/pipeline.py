@@ -58,8 +58,9 @@ class StudentGradCommunicator(P2PCommunicator):
         return self._widen(super().recv_backward(self._grad_shapes(tensor_shapes), is_last_stage))
 
     def send_forward_recv_backward(self, output_tensors, tensor_shapes, is_last_stage: bool):
-        return self._widen(super().send_forward_recv_backward(output_tensors, self._grad_shapes(tensor_shapes),
-                                                              is_last_stage))
+        return self._widen(
+            super().send_forward_recv_backward(output_tensors, self._grad_shapes(tensor_shapes), is_last_stage)
+        )
 
     def send_backward(self, input_tensor_grads, is_first_stage: bool) -> None:
         super().send_backward(self._narrow(input_tensor_grads), is_first_stage)

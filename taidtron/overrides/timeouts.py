@@ -46,4 +46,3 @@ def collective_timeout(groups: list[dist.ProcessGroup | None], timeout: datetime
         for group, before in previous:
             if timeout > before:
                 distributed_c10d._set_pg_timeout(before, group)
-

@@ -25,17 +25,28 @@ import numpy as np
 import torch
 
 from taidtron import checkpoint
-from tests import support
 from taidtron.config import load_config
 from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
 from taidtron.trainer import build_trainer
+from tests import support
 
 TINY = [
-    "student.num_layers=2", "student.hidden_size=64", "student.num_attention_heads=4", "student.num_query_groups=2",
-    "student.ffn_hidden_size=128", "student.vocab_size=256", "student.tie_embeddings=false",
-    "teacher.num_layers=2", "teacher.hidden_size=64", "teacher.num_attention_heads=4",
-    "teacher.num_query_groups=2", "teacher.ffn_hidden_size=128", "teacher.vocab_size=256",
-    "data.seq_length=16", "parallel.micro_batch_size=1", "parallel.global_batch_size=1",
+    "student.num_layers=2",
+    "student.hidden_size=64",
+    "student.num_attention_heads=4",
+    "student.num_query_groups=2",
+    "student.ffn_hidden_size=128",
+    "student.vocab_size=256",
+    "student.tie_embeddings=false",
+    "teacher.num_layers=2",
+    "teacher.hidden_size=64",
+    "teacher.num_attention_heads=4",
+    "teacher.num_query_groups=2",
+    "teacher.ffn_hidden_size=128",
+    "teacher.vocab_size=256",
+    "data.seq_length=16",
+    "parallel.micro_batch_size=1",
+    "parallel.global_batch_size=1",
 ]
 
 
@@ -59,8 +70,12 @@ def synthetic_batches(seq: int = 16):
     generator = torch.Generator().manual_seed(0)
     while True:
         tokens = torch.randint(0, 256, (1, seq + 1), generator=generator)
-        yield {"tokens": tokens[:, :-1], "labels": tokens[:, 1:], "loss_mask": torch.ones(1, seq),
-               "position_ids": torch.arange(seq).expand(1, -1)}
+        yield {
+            "tokens": tokens[:, :-1],
+            "labels": tokens[:, 1:],
+            "loss_mask": torch.ones(1, seq),
+            "position_ids": torch.arange(seq).expand(1, -1),
+        }
 
 
 def weights(model) -> dict[str, torch.Tensor]:
@@ -75,18 +90,25 @@ def main() -> None:
     trainer = build_trainer(cfg, ctx, 256)
     trainer.train_step(synthetic_batches())  # the distributed optimizer has state to save only after a step
     student = trainer.model.module.student
-    meta = checkpoint.CheckpointMeta(model=cfg.student, padded_vocab_size=trainer.padded_vocab_size,
-                                     source=checkpoint.WeightsSource(kind="training", description="ckpt_worker"),
-                                     trainer=trainer.state_dict())
+    meta = checkpoint.CheckpointMeta(
+        model=cfg.student,
+        padded_vocab_size=trainer.padded_vocab_size,
+        source=checkpoint.WeightsSource(kind="training", description="ckpt_worker"),
+        trainer=trainer.state_dict(),
+    )
     ckpt_dir = work / "run"
     try:
         # keep_last -------------------------------------------------------------------------------------------
         for step in range(1, 5):
-            checkpoint.save_checkpoint(ckpt_dir, step, model=student, optimizer=trainer.optimizer, meta=meta,
-                                       keep_last=2)
+            checkpoint.save_checkpoint(
+                ckpt_dir, step, model=student, optimizer=trainer.optimizer, meta=meta, keep_last=2
+            )
         left = sorted(p.name for p in ckpt_dir.iterdir())
-        report("keep_last", left == ["iter_0000003", "iter_0000004", "latest"]
-               and (ckpt_dir / "latest").read_text() == "iter_0000004", f"left {left}")
+        report(
+            "keep_last",
+            left == ["iter_0000003", "iter_0000004", "latest"] and (ckpt_dir / "latest").read_text() == "iter_0000004",
+            f"left {left}",
+        )
 
         # rng_roundtrip ---------------------------------------------------------------------------------------
         checkpoint.save_checkpoint(ckpt_dir, 5, model=student, optimizer=trainer.optimizer, meta=meta, keep_last=2)
@@ -114,12 +136,15 @@ def main() -> None:
         for what, poison, needle in (("weight", poison_weight, "student "), ("moment", poison_moment, "exp_avg_sq")):
             undo = poison()
             try:
-                checkpoint.save_checkpoint(ckpt_dir, 6, model=student, optimizer=trainer.optimizer, meta=meta,
-                                           keep_last=2)
+                checkpoint.save_checkpoint(
+                    ckpt_dir, 6, model=student, optimizer=trainer.optimizer, meta=meta, keep_last=2
+                )
             except checkpoint.SaveError as exc:
                 left = sorted(p.name for p in ckpt_dir.iterdir())
-                ok = (left == ["iter_0000004", "iter_0000005", "latest"]
-                      and (ckpt_dir / "latest").read_text() == "iter_0000005")
+                ok = (
+                    left == ["iter_0000004", "iter_0000005", "latest"]
+                    and (ckpt_dir / "latest").read_text() == "iter_0000005"
+                )
                 report(f"non_finite:{what}", ok and needle in str(exc), f"left {left}: {exc}")
             else:
                 report(f"non_finite:{what}", False, "saved a state holding NaN/inf")
@@ -140,22 +165,24 @@ def main() -> None:
 
         prune_dir = work / "prune"
         for step in (1, 2):
-            checkpoint.save_checkpoint(prune_dir, step, model=student, optimizer=trainer.optimizer, meta=meta,
-                                       keep_last=2)
+            checkpoint.save_checkpoint(
+                prune_dir, step, model=student, optimizer=trainer.optimizer, meta=meta, keep_last=2
+            )
         checkpoint.shutil.rmtree = killed_midway
         try:
-            checkpoint.save_checkpoint(prune_dir, 3, model=student, optimizer=trainer.optimizer, meta=meta,
-                                       keep_last=2)
+            checkpoint.save_checkpoint(prune_dir, 3, model=student, optimizer=trainer.optimizer, meta=meta, keep_last=2)
             report("prune_killed", False, "the simulated kill did not happen")
         except Killed:
             left = sorted(p.name for p in prune_dir.iterdir())
             complete = [step for step, _ in checkpoint.complete_iterations(prune_dir)]
             checkpoint.shutil.rmtree = real_rmtree
-            checkpoint.save_checkpoint(prune_dir, 4, model=student, optimizer=trainer.optimizer, meta=meta,
-                                       keep_last=2)
+            checkpoint.save_checkpoint(prune_dir, 4, model=student, optimizer=trainer.optimizer, meta=meta, keep_last=2)
             after = sorted(p.name for p in prune_dir.iterdir())
-            ok = (left == [".trash_iter_0000001", "iter_0000002", "iter_0000003", "latest"] and complete == [3, 2]
-                  and after == ["iter_0000003", "iter_0000004", "latest"])
+            ok = (
+                left == [".trash_iter_0000001", "iter_0000002", "iter_0000003", "latest"]
+                and complete == [3, 2]
+                and after == ["iter_0000003", "iter_0000004", "latest"]
+            )
             report("prune_killed", ok, f"after the kill {left} (complete: {complete}); after the next save {after}")
         finally:
             checkpoint.shutil.rmtree = real_rmtree
@@ -169,6 +196,7 @@ def main() -> None:
                 size = target.stat().st_size
                 with open(target, "r+b") as f:
                     f.truncate(size // 2)
+
             return damage
 
         def delete_distcp(d: Path):
@@ -181,18 +209,34 @@ def main() -> None:
         def legacy_truncated(d: Path):  # format 1 without a manifest: the DCP index must still catch it
             meta_file = d / checkpoint.META_FILE
             data = json.loads(meta_file.read_text())
-            legacy = {k: data[k] for k in ("model", "padded_vocab_size", "trainer", "content_id", "saved_at",
-                                           "layout", "has_optimizer", "has_rng")}
+            legacy = {
+                k: data[k]
+                for k in (
+                    "model",
+                    "padded_vocab_size",
+                    "trainer",
+                    "content_id",
+                    "saved_at",
+                    "layout",
+                    "has_optimizer",
+                    "has_rng",
+                )
+            }
             meta_file.write_text(json.dumps({**legacy, "format_version": 1}))
             truncate("distcp")(d)
 
         def latest_missing(d: Path):
             shutil.rmtree(d)
 
-        cases = {"truncated_distcp": truncate("distcp"), "deleted_distcp": delete_distcp,
-                 "garbled_meta": garble_meta, "truncated_index": truncate(".metadata"),
-                 "deleted_common": lambda d: (d / "common.pt").unlink(), "legacy_truncated": legacy_truncated,
-                 "latest_missing_dir": latest_missing}
+        cases = {
+            "truncated_distcp": truncate("distcp"),
+            "deleted_distcp": delete_distcp,
+            "garbled_meta": garble_meta,
+            "truncated_index": truncate(".metadata"),
+            "deleted_common": lambda d: (d / "common.pt").unlink(),
+            "legacy_truncated": legacy_truncated,
+            "latest_missing_dir": latest_missing,
+        }
         before = weights(student)
         with torch.no_grad():
             for p in student.parameters():
@@ -220,8 +264,15 @@ def main() -> None:
         from taidtron.models import build_gpt
 
         other = load_config(None, TINY + ["student.hidden_size=96"])
-        wider = build_gpt(other.student, other.parallel, padded_vocab_size=256, max_seq_length=16, pp_rank=0,
-                          params_dtype=torch.float32, device=ctx.device)
+        wider = build_gpt(
+            other.student,
+            other.parallel,
+            padded_vocab_size=256,
+            max_seq_length=16,
+            pp_rank=0,
+            params_dtype=torch.float32,
+            device=ctx.device,
+        )
         try:
             checkpoint.load_model_weights(wider, good, group=ctx.dp_group)
         except checkpoint.CheckpointError as exc:

@@ -21,24 +21,45 @@ def teacher_overrides(ckpt: Path) -> list[str]:
 def train_args(run_dir: Path, teacher_ckpt: Path, *extra: str) -> list[str]:
     """A tiny distillation on the smoke corpus: 2-layer 64-wide student, imported Qwen2 teacher, fp32."""
     return [
-        "--config", "configs/smoke.yaml",
-        "student.num_layers=2", "student.hidden_size=64", "student.num_attention_heads=4",
-        "student.num_query_groups=2", "student.ffn_hidden_size=128", f"student.vocab_size={SMOKE_VOCAB}",
+        "--config",
+        "configs/smoke.yaml",
+        "student.num_layers=2",
+        "student.hidden_size=64",
+        "student.num_attention_heads=4",
+        "student.num_query_groups=2",
+        "student.ffn_hidden_size=128",
+        f"student.vocab_size={SMOKE_VOCAB}",
         *teacher_overrides(teacher_ckpt),
-        "precision=fp32", "data.seq_length=32", f"data.cache_dir={run_dir.parent / 'index_cache'}",
-        "parallel.micro_batch_size=2", "parallel.global_batch_size=4",
-        "optim.lr=3e-3", "optim.warmup_steps=1",
-        "logging.eval_interval=0", "logging.eval_iters=1", "logging.wandb_mode=disabled",
-        f"logging.run_dir={run_dir}", *extra,
+        "precision=fp32",
+        "data.seq_length=32",
+        f"data.cache_dir={run_dir.parent / 'index_cache'}",
+        "parallel.micro_batch_size=2",
+        "parallel.global_batch_size=4",
+        "optim.lr=3e-3",
+        "optim.warmup_steps=1",
+        "logging.eval_interval=0",
+        "logging.eval_iters=1",
+        "logging.wandb_mode=disabled",
+        f"logging.run_dir={run_dir}",
+        *extra,
     ]
 
 
-def run_train(args: list[str], nproc: int = 1, expect_ok: bool = True,
-              env: dict | None = None) -> subprocess.CompletedProcess:
+def run_train(
+    args: list[str], nproc: int = 1, expect_ok: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
     if nproc == 1:
         return run_cli("-m", "taidtron.train", *args, expect_ok=expect_ok, env=env)
-    launcher = ["-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--nnodes=1",
-                "--master-addr=127.0.0.1", f"--master-port={free_port()}", "-m", "taidtron.train"]
+    launcher = [
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        "--nnodes=1",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        "-m",
+        "taidtron.train",
+    ]
     return run_cli(*launcher, *args, expect_ok=expect_ok, env=env)
 
 

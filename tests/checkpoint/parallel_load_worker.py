@@ -29,8 +29,15 @@ from taidtron.models import build_gpt
 from taidtron.models.gpt import RMSNorm
 from tests import support
 
-MODEL = ModelConfig(family="qwen2", num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2,
-                    ffn_hidden_size=128, vocab_size=256)
+MODEL = ModelConfig(
+    family="qwen2",
+    num_layers=2,
+    hidden_size=64,
+    num_attention_heads=4,
+    num_query_groups=2,
+    ffn_hidden_size=128,
+    vocab_size=256,
+)
 
 
 class ExtraStateNorm(RMSNorm):
@@ -62,8 +69,15 @@ class NormWithBias(RMSNorm):
 
 
 def build(ctx):
-    return build_gpt(MODEL, ParallelConfig(), padded_vocab_size=256, max_seq_length=16, pp_rank=0,
-                     params_dtype=torch.float32, device=ctx.device)
+    return build_gpt(
+        MODEL,
+        ParallelConfig(),
+        padded_vocab_size=256,
+        max_seq_length=16,
+        pp_rank=0,
+        params_dtype=torch.float32,
+        device=ctx.device,
+    )
 
 
 def weights(model) -> dict[str, torch.Tensor]:
@@ -116,8 +130,11 @@ def main() -> None:
     try:
         saved = build(ctx)
         ckpt = work / "weights"
-        meta = checkpoint.CheckpointMeta(model=MODEL, padded_vocab_size=256,
-                                         source=checkpoint.WeightsSource(kind="init", description="parallel_load"))
+        meta = checkpoint.CheckpointMeta(
+            model=MODEL,
+            padded_vocab_size=256,
+            source=checkpoint.WeightsSource(kind="init", description="parallel_load"),
+        )
         checkpoint.save_model(ckpt, model=saved, meta=meta)
         want = weights(saved)
         total = sum(p.stat().st_size for p in ckpt.glob("*.distcp"))
@@ -138,14 +155,22 @@ def main() -> None:
         counts = [None, None]
         dist.all_gather_object(counts, (parallel_bytes, alone_bytes))
         split = [c[0] for c in counts]
-        report("parallel_read",
-               parallel_ok and alone_ok and all(c[1] >= total * 0.99 for c in counts)
-               and sum(split) <= total * 1.05 and max(split) <= 0.75 * total,
-               f"checkpoint tensor files {total} B; bytes read per rank with group=dp {split}, with group=None "
-               f"{[c[1] for c in counts]}; weights exact: {parallel_ok}, {alone_ok}")
+        report(
+            "parallel_read",
+            parallel_ok
+            and alone_ok
+            and all(c[1] >= total * 0.99 for c in counts)
+            and sum(split) <= total * 1.05
+            and max(split) <= 0.75 * total,
+            f"checkpoint tensor files {total} B; bytes read per rank with group=dp {split}, with group=None "
+            f"{[c[1] for c in counts]}; weights exact: {parallel_ok}, {alone_ok}",
+        )
         after = overrides.current_timeout(ctx.dp_group), overrides.current_timeout(None)
-        report("timeout", during == {(checkpoint.LOAD_TIMEOUT, checkpoint.LOAD_TIMEOUT)} and after == before,
-               f"before {before}, while reading {during}, after {after}")
+        report(
+            "timeout",
+            during == {(checkpoint.LOAD_TIMEOUT, checkpoint.LOAD_TIMEOUT)} and after == before,
+            f"before {before}, while reading {during}, after {after}",
+        )
 
         # extra_state -----------------------------------------------------------------------------------------
         seed_everything(4, ctx)
@@ -159,10 +184,16 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001 - any failure is the result being tested
             report("extra_state", False, f"{type(exc).__name__}: {exc}")
         else:
-            stand_ins = {"decoder.final_layernorm._extra_state", "decoder.layers.0.te_stand_in._extra_state",
-                         "decoder.layers.1.te_stand_in._extra_state"}
-            report("extra_state", same(weights(model), want) and stand_ins <= set(names),
-                   f"loaded exactly; the model's _extra_state entries: {names}")
+            stand_ins = {
+                "decoder.final_layernorm._extra_state",
+                "decoder.layers.0.te_stand_in._extra_state",
+                "decoder.layers.1.te_stand_in._extra_state",
+            }
+            report(
+                "extra_state",
+                same(weights(model), want) and stand_ins <= set(names),
+                f"loaded exactly; the model's _extra_state entries: {names}",
+            )
 
         # other_missing_key -----------------------------------------------------------------------------------
         seed_everything(5, ctx)
@@ -172,8 +203,11 @@ def main() -> None:
         try:
             checkpoint.load_model_weights(model, ckpt, group=ctx.dp_group)
         except checkpoint.CheckpointError as exc:
-            report("other_missing_key", "decoder.final_layernorm.bias" in str(exc)
-                   and same(weights(model), untouched), str(exc))
+            report(
+                "other_missing_key",
+                "decoder.final_layernorm.bias" in str(exc) and same(weights(model), untouched),
+                str(exc),
+            )
         except Exception as exc:  # noqa: BLE001
             report("other_missing_key", False, f"{type(exc).__name__} instead of CheckpointError: {exc}")
         else:

@@ -15,13 +15,19 @@ import pytest
 
 from taidtron import checkpoint
 from tests.support import run_cli
-
 from tests.train.test_training_run import TINY
 
 from .helpers import run_train
 
-ARGS = ["--config", "configs/smoke.yaml", *TINY, "checkpoint.save_interval=1", "checkpoint.keep_last=2",
-        "logging.eval_interval=0", "optim.warmup_steps=1"]
+ARGS = [
+    "--config",
+    "configs/smoke.yaml",
+    *TINY,
+    "checkpoint.save_interval=1",
+    "checkpoint.keep_last=2",
+    "logging.eval_interval=0",
+    "optim.warmup_steps=1",
+]
 
 
 def _mount_command() -> list[str] | None:

@@ -60,15 +60,18 @@ def test_gpu_cuda_rng_states_roundtrip(tmp_path):
     assert ok and message.startswith("on cuda"), message
 
 
-@pytest.mark.parametrize("case,needles", [
-    ("truncated_distcp", ("truncated", ".distcp")),
-    ("deleted_distcp", ("missing", ".distcp")),
-    ("garbled_meta", ("taidtron.json", "corrupted")),
-    ("truncated_index", (".metadata", "truncated")),
-    ("deleted_common", ("common.pt", "missing")),
-    ("legacy_truncated", ("truncated", "index")),
-    ("latest_missing_dir", ("latest", "missing")),
-])
+@pytest.mark.parametrize(
+    "case,needles",
+    [
+        ("truncated_distcp", ("truncated", ".distcp")),
+        ("deleted_distcp", ("missing", ".distcp")),
+        ("garbled_meta", ("taidtron.json", "corrupted")),
+        ("truncated_index", (".metadata", "truncated")),
+        ("deleted_common", ("common.pt", "missing")),
+        ("legacy_truncated", ("truncated", "index")),
+        ("latest_missing_dir", ("latest", "missing")),
+    ],
+)
 def test_damaged_checkpoint_raises_and_loads_nothing(results, case, needles):
     """CheckpointError names the damage, and the model's weights are untouched (never a partial load)."""
     _check(results, f"corrupt:{case}", "untouched", *needles)

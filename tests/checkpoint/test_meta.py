@@ -29,12 +29,22 @@ def saved_meta() -> dict:
     """A format 2 file as save_checkpoint writes it."""
     meta = CheckpointMeta(
         model=ModelConfig(family="qwen2", num_layers=2, hidden_size=64, vocab_size=1000),
-        padded_vocab_size=1024, source=WeightsSource(kind="training", description="a run"),
-        tokenizer=checkpoint.TokenizerRef(path="/data/tok.model", fingerprint="ab" * 32), seq_length=128,
+        padded_vocab_size=1024,
+        source=WeightsSource(kind="training", description="a run"),
+        tokenizer=checkpoint.TokenizerRef(path="/data/tok.model", fingerprint="ab" * 32),
+        seq_length=128,
         teacher=TeacherSource(path="/ckpt/teacher", hash="cd" * 32),
-        trainer={"step": 7, "consumed_samples": 28, "taid": {"t": 0.5}, "scheduler": {}}, config={"seed": 1},
-        step=7, content_id="0" * 32, saved_at="2025-01-01T00:00:00+0000", params_dtype="float32",
-        layout=Layout(tp=2, pp=1, dp=1), has_optimizer=True, has_rng=True, files={"common.pt": 10})
+        trainer={"step": 7, "consumed_samples": 28, "taid": {"t": 0.5}, "scheduler": {}},
+        config={"seed": 1},
+        step=7,
+        content_id="0" * 32,
+        saved_at="2025-01-01T00:00:00+0000",
+        params_dtype="float32",
+        layout=Layout(tp=2, pp=1, dp=1),
+        has_optimizer=True,
+        has_rng=True,
+        files={"common.pt": 10},
+    )
     return json.loads(meta.to_json())
 
 
@@ -52,20 +62,23 @@ def _broken(change) -> dict:
     return raw
 
 
-@pytest.mark.parametrize("change,needles", [
-    (lambda m: m.pop("padded_vocab_size"), ["`padded_vocab_size`", "is missing"]),
-    (lambda m: m["source"].pop("kind"), ["`source.kind`", "is missing"]),
-    (lambda m: m["model"].pop("hidden_size"), ["`model.hidden_size`", "is missing"]),
-    (lambda m: m.update(source="tools/smoke_test.py pretraining"), ["`source`", "must be an object", "str"]),
-    (lambda m: m.update(step="7"), ["`step`", "must be an integer", "str"]),
-    (lambda m: m.update(has_rng=1), ["`has_rng`", "must be true or false"]),
-    (lambda m: m["layout"].update(tp=2.0), ["`layout.tp`", "must be an integer", "float"]),
-    (lambda m: m["files"].update({"x.distcp": "10"}), ["`files.x.distcp`", "must be an integer"]),
-    (lambda m: m.update(teacher={"path": "/t"}), ["`teacher.hash`", "is missing"]),
-    (lambda m: m["model"].update(family="mistral"), ["`model`", "mistral"]),
-    (lambda m: m["source"].update(kind="download"), ["`source`", "download"]),
-    (lambda m: m.update(color="red"), ["`color`", "not a field"]),
-])
+@pytest.mark.parametrize(
+    "change,needles",
+    [
+        (lambda m: m.pop("padded_vocab_size"), ["`padded_vocab_size`", "is missing"]),
+        (lambda m: m["source"].pop("kind"), ["`source.kind`", "is missing"]),
+        (lambda m: m["model"].pop("hidden_size"), ["`model.hidden_size`", "is missing"]),
+        (lambda m: m.update(source="tools/smoke_test.py pretraining"), ["`source`", "must be an object", "str"]),
+        (lambda m: m.update(step="7"), ["`step`", "must be an integer", "str"]),
+        (lambda m: m.update(has_rng=1), ["`has_rng`", "must be true or false"]),
+        (lambda m: m["layout"].update(tp=2.0), ["`layout.tp`", "must be an integer", "float"]),
+        (lambda m: m["files"].update({"x.distcp": "10"}), ["`files.x.distcp`", "must be an integer"]),
+        (lambda m: m.update(teacher={"path": "/t"}), ["`teacher.hash`", "is missing"]),
+        (lambda m: m["model"].update(family="mistral"), ["`model`", "mistral"]),
+        (lambda m: m["source"].update(kind="download"), ["`source`", "download"]),
+        (lambda m: m.update(color="red"), ["`color`", "not a field"]),
+    ],
+)
 def test_malformed_metadata_names_file_field_and_problem(tmp_path, change, needles):
     directory = write_meta(tmp_path / "iter_0000007", _broken(change))
     with pytest.raises(CheckpointError) as info:
@@ -76,8 +89,10 @@ def test_malformed_metadata_names_file_field_and_problem(tmp_path, change, needl
         assert needle in message, message
 
 
-@pytest.mark.parametrize("version,needle", [(3, "upgrade taidtron"), (None, "no format_version"),
-                                            ("2", "format_version '2'"), (True, "format_version True")])
+@pytest.mark.parametrize(
+    "version,needle",
+    [(3, "upgrade taidtron"), (None, "no format_version"), ("2", "format_version '2'"), (True, "format_version True")],
+)
 def test_unknown_format_version_is_refused(tmp_path, version, needle):
     raw = saved_meta()
     raw["format_version"] = version
@@ -135,8 +150,9 @@ def test_format_1_smoke_teacher_with_a_string_source_is_migrated(tmp_path):
 
 
 def test_format_1_file_without_architecture_says_how_to_recreate_it(tmp_path):
-    directory = write_meta(tmp_path / "iter_0000000", {"has_optimizer": False, "format_version": 1,
-                                                       "layout": {"tp": 1, "pp": 1, "dp": 1}})
+    directory = write_meta(
+        tmp_path / "iter_0000000", {"has_optimizer": False, "format_version": 1, "layout": {"tp": 1, "pp": 1, "dp": 1}}
+    )
     with pytest.raises(CheckpointError, match="records no model architecture.*Re-create the checkpoint"):
         checkpoint.read_meta(directory)
 

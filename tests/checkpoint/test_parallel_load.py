@@ -17,8 +17,10 @@ WORKER = Path(__file__).with_name("parallel_load_worker.py")
 def results(tmp_path_factory) -> dict[str, dict]:
     work = tmp_path_factory.mktemp("parallel_load")
     ranks = run_torchrun(WORKER, 2, str(work))
-    return {case: {"ok": all(r[case]["ok"] for r in ranks), "message": " | ".join(r[case]["message"] for r in ranks)}
-            for case in ranks[0]}
+    return {
+        case: {"ok": all(r[case]["ok"] for r in ranks), "message": " | ".join(r[case]["message"] for r in ranks)}
+        for case in ranks[0]
+    }
 
 
 @pytest.mark.multiprocess

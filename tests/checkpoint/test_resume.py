@@ -22,8 +22,11 @@ EXACT_KEYS = ("step", "consumed_samples", "consumed_tokens", "loss", "taid_t", "
 def straight(teacher_ckpt, tmp_path_factory) -> Path:
     """STEPS steps in one go, a checkpoint after every step (keep_last=4)."""
     run = tmp_path_factory.mktemp("runs") / "straight"
-    run_train(train_args(run, teacher_ckpt, f"optim.train_steps={STEPS}", "checkpoint.save_interval=1",
-                         "checkpoint.keep_last=4"))
+    run_train(
+        train_args(
+            run, teacher_ckpt, f"optim.train_steps={STEPS}", "checkpoint.save_interval=1", "checkpoint.keep_last=4"
+        )
+    )
     return run
 
 
@@ -39,8 +42,11 @@ def test_restart_halfway_gives_identical_metrics(straight, teacher_ckpt, tmp_pat
     metrics.jsonl rows, every value equal (fp32 CPU), timings aside."""
     resumed = tmp_path / "resumed"
     restart_from(straight, STEPS // 2, resumed)
-    proc = run_train(train_args(resumed, teacher_ckpt, f"optim.train_steps={STEPS}",
-                                "checkpoint.save_interval=1", "checkpoint.keep_last=4"))
+    proc = run_train(
+        train_args(
+            resumed, teacher_ckpt, f"optim.train_steps={STEPS}", "checkpoint.save_interval=1", "checkpoint.keep_last=4"
+        )
+    )
     assert "RNG states not restored" not in proc.stderr  # same layout: the random streams are restored too
     assert f"resumed from {resumed / 'checkpoints' / 'iter_0000003'}" in proc.stdout + proc.stderr
     want = [{k: row[k] for k in EXACT_KEYS} for row in read_metrics(straight)]
@@ -70,8 +76,15 @@ def test_restart_halfway_at_dp2_gives_identical_metrics(teacher_ckpt, tmp_path):
 
 def test_resume_with_another_teacher_is_refused(straight, teacher_ckpt, tmp_path):
     other_teacher = tmp_path / "other_teacher"
-    run_cli(str(CONVERT), "import", "--hf", str(make_qwen2(tmp_path / "other_hf", seed=1)), "--out",
-            str(other_teacher), "--no-progress")
+    run_cli(
+        str(CONVERT),
+        "import",
+        "--hf",
+        str(make_qwen2(tmp_path / "other_hf", seed=1)),
+        "--out",
+        str(other_teacher),
+        "--no-progress",
+    )
     resumed = tmp_path / "other"
     restart_from(straight, STEPS // 2, resumed)
     proc = run_train(train_args(resumed, other_teacher, f"optim.train_steps={STEPS}"), expect_ok=False)
@@ -85,8 +98,13 @@ def test_exported_student_logits_match_transformers(straight, tmp_path):
     shipped tokenizer encodes like the run's sentencepiece model."""
     out = tmp_path / "student_hf"
     run_cli(str(CONVERT), "export", "--ckpt", str(straight / "checkpoints"), "--out", str(out), "--no-progress")
-    assert {"config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.model",
-            "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
+    assert {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors.index.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
+    } <= {p.name for p in out.iterdir()}
     (result,) = run_torchrun(PARITY_WORKER, 1, "1", "1", f"{out}:{straight / 'checkpoints'}")
     print(result["parity"])
     assert list(result["parity"].values())[0] <= 1e-4
@@ -106,12 +124,16 @@ def test_resume_at_another_layout_continues_with_same_loss(teacher_ckpt, tmp_pat
     """Saved at tp=2 pp=1, resumed at tp=1 pp=2: the first resumed step's loss equals the straight run's."""
     steps = 4
     straight = tmp_path / "tp2"
-    run_train(train_args(straight, teacher_ckpt, f"optim.train_steps={steps}", "checkpoint.save_interval=2",
-                         "parallel.tp=2"), nproc=2)
+    run_train(
+        train_args(straight, teacher_ckpt, f"optim.train_steps={steps}", "checkpoint.save_interval=2", "parallel.tp=2"),
+        nproc=2,
+    )
     resumed = tmp_path / "pp2"
     restart_from(straight, steps // 2, resumed)
-    proc = run_train(train_args(resumed, teacher_ckpt, f"optim.train_steps={steps}",
-                                "checkpoint.save_interval=2", "parallel.pp=2"), nproc=2)
+    proc = run_train(
+        train_args(resumed, teacher_ckpt, f"optim.train_steps={steps}", "checkpoint.save_interval=2", "parallel.pp=2"),
+        nproc=2,
+    )
     assert "RNG states not restored" in proc.stderr  # per-rank streams do not reshard; said so, not silently
     want, got = read_metrics(straight), read_metrics(resumed)
     first = steps // 2  # index of the first resumed step's row
@@ -120,8 +142,10 @@ def test_resume_at_another_layout_continues_with_same_loss(teacher_ckpt, tmp_pat
     assert got[first]["taid_t"] == pytest.approx(want[first]["taid_t"], rel=1e-6)
     assert got[first]["lr"] == pytest.approx(want[first]["lr"], rel=1e-6)
     assert got[-1]["loss"] == pytest.approx(want[-1]["loss"], rel=1e-3)
-    print(f"tp=2 straight vs tp=1 pp=2 resumed, step {steps // 2 + 1}: loss {want[first]['loss']!r} vs "
-          f"{got[first]['loss']!r}; step {steps}: {want[-1]['loss']!r} vs {got[-1]['loss']!r}")
+    print(
+        f"tp=2 straight vs tp=1 pp=2 resumed, step {steps // 2 + 1}: loss {want[first]['loss']!r} vs "
+        f"{got[first]['loss']!r}; step {steps}: {want[-1]['loss']!r} vs {got[-1]['loss']!r}"
+    )
 
     # The pp=2 checkpoint (tied student: its output layer lives on the last stage) exports like any other, and
     # transformers' logits match taidtron's forward of it at yet another layout (tp=2).
@@ -140,11 +164,22 @@ def test_gpu_restart_halfway_with_the_distributed_optimizer(tmp_path):
     require_gpu()
 
     def args(run_dir: Path) -> list[str]:
-        return ["--config", "configs/smoke.yaml", "teacher.init=null", "precision=bf16",
-                "parallel.distributed_optimizer=true", f"optim.train_steps={STEPS}", "optim.warmup_steps=1",
-                "checkpoint.save_interval=1", "checkpoint.keep_last=4", "logging.eval_interval=0",
-                "logging.eval_iters=1", "logging.wandb_mode=disabled", f"data.cache_dir={tmp_path / 'index_cache'}",
-                f"logging.run_dir={run_dir}"]
+        return [
+            "--config",
+            "configs/smoke.yaml",
+            "teacher.init=null",
+            "precision=bf16",
+            "parallel.distributed_optimizer=true",
+            f"optim.train_steps={STEPS}",
+            "optim.warmup_steps=1",
+            "checkpoint.save_interval=1",
+            "checkpoint.keep_last=4",
+            "logging.eval_interval=0",
+            "logging.eval_iters=1",
+            "logging.wandb_mode=disabled",
+            f"data.cache_dir={tmp_path / 'index_cache'}",
+            f"logging.run_dir={run_dir}",
+        ]
 
     straight, again, resumed = tmp_path / "straight", tmp_path / "again", tmp_path / "resumed"
     for run in (straight, again):
@@ -152,16 +187,20 @@ def test_gpu_restart_halfway_with_the_distributed_optimizer(tmp_path):
     restart_from(straight, STEPS // 2, resumed)
     proc = run_train(args(resumed), env=gpu_env())
     assert "RNG states not restored" not in proc.stderr
-    rows = {name: [{k: row[k] for k in EXACT_KEYS} for row in read_metrics(run)]
-            for name, run in (("straight", straight), ("again", again), ("resumed", resumed))}
+    rows = {
+        name: [{k: row[k] for k in EXACT_KEYS} for row in read_metrics(run)]
+        for name, run in (("straight", straight), ("again", again), ("resumed", resumed))
+    }
     assert [r["step"] for r in rows["resumed"]] == list(range(1, STEPS + 1))
 
     def max_rel_diff(a: list[dict], b: list[dict]) -> float:
         return max(abs(x[k] - y[k]) / max(abs(y[k]), 1e-12) for x, y in zip(a, b) for k in EXACT_KEYS)
 
     noise = max_rel_diff(rows["again"], rows["straight"])
-    print(f"GPU resume: straight vs again {noise:.3g}, straight vs resumed "
-          f"{max_rel_diff(rows['resumed'], rows['straight']):.3g} (max relative difference over {EXACT_KEYS})")
+    print(
+        f"GPU resume: straight vs again {noise:.3g}, straight vs resumed "
+        f"{max_rel_diff(rows['resumed'], rows['straight']):.3g} (max relative difference over {EXACT_KEYS})"
+    )
     if noise == 0:
         assert rows["resumed"] == rows["straight"]
     else:

@@ -16,7 +16,6 @@ import pytest
 
 from taidtron import checkpoint
 from taidtron.config import CheckpointConfig, load_config
-
 from tests.train.test_training_run import TINY
 
 from .helpers import read_metrics, restart_from, run_train
@@ -25,9 +24,19 @@ STEPS = 4
 
 
 def args_for(run: Path, *extra: str) -> list[str]:
-    return ["--config", "configs/smoke.yaml", *TINY, f"optim.train_steps={STEPS}", "optim.warmup_steps=1",
-            "checkpoint.save_interval=1", "checkpoint.keep_last=0", "logging.eval_interval=2",
-            "logging.eval_iters=1", f"logging.run_dir={run}", *extra]
+    return [
+        "--config",
+        "configs/smoke.yaml",
+        *TINY,
+        f"optim.train_steps={STEPS}",
+        "optim.warmup_steps=1",
+        "checkpoint.save_interval=1",
+        "checkpoint.keep_last=0",
+        "logging.eval_interval=2",
+        "logging.eval_iters=1",
+        f"logging.run_dir={run}",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +61,32 @@ def snapshot(run: Path) -> dict[str, bytes]:
 
 def test_compare_configs_classifies_every_difference():
     saved = load_config("configs/smoke.yaml").to_dict()
-    current = load_config("configs/smoke.yaml", [
-        "logging.eval_interval=10", "parallel.tp=2", "optim.train_steps=300", "optim.lr=1e-3", "taid.alpha=1e-3",
-        "data.seq_length=256", "student.hidden_size=256", "seed=7", "checkpoint.override=[optim.lr]"]).to_dict()
+    current = load_config(
+        "configs/smoke.yaml",
+        [
+            "logging.eval_interval=10",
+            "parallel.tp=2",
+            "optim.train_steps=300",
+            "optim.lr=1e-3",
+            "taid.alpha=1e-3",
+            "data.seq_length=256",
+            "student.hidden_size=256",
+            "seed=7",
+            "checkpoint.override=[optim.lr]",
+        ],
+    ).to_dict()
     kinds = {c.key: c.kind for c in checkpoint.compare_configs(saved, current, ["optim.lr"])}
-    assert kinds == {"logging.eval_interval": "free", "parallel.tp": "free", "checkpoint.override": "free",
-                     "optim.train_steps": "extended", "optim.lr": "override", "taid.alpha": "refused",
-                     "data.seq_length": "refused", "student.hidden_size": "frozen", "seed": "frozen"}
+    assert kinds == {
+        "logging.eval_interval": "free",
+        "parallel.tp": "free",
+        "checkpoint.override": "free",
+        "optim.train_steps": "extended",
+        "optim.lr": "override",
+        "taid.alpha": "refused",
+        "data.seq_length": "refused",
+        "student.hidden_size": "frozen",
+        "seed": "frozen",
+    }
     shorter = load_config("configs/smoke.yaml", ["optim.train_steps=100"]).to_dict()
     assert [c.kind for c in checkpoint.compare_configs(saved, shorter)] == ["refused"]  # shortening is not free
     # Without a teacher (taid.loss=lm) the teacher section is not part of the run.
@@ -78,8 +106,9 @@ def test_a_finished_run_is_neither_resumed_nor_rewritten(finished):
 def test_a_changed_key_is_refused_with_both_values_and_how_to_accept_it(finished, tmp_path):
     run = tmp_path / "run"
     restart_from(finished, 2, run)
-    line = error_line(run_train(args_for(run, "optim.lr=1e-3", "taid.alpha=1e-3", "student.hidden_size=96"),
-                                expect_ok=False))
+    line = error_line(
+        run_train(args_for(run, "optim.lr=1e-3", "taid.alpha=1e-3", "student.hidden_size=96"), expect_ok=False)
+    )
     assert "in keys the checkpoint fixes: optim.lr 0.003 -> 0.001, taid.alpha 0.0005 -> 0.001" in line
     assert "resume with checkpoint.override=[optim.lr,taid.alpha]" in line
     assert "student.hidden_size 64 -> 96, which no resume can change" in line
@@ -91,8 +120,13 @@ def other_tokenizer(tmp_path_factory) -> Path:
     """Another 1024-piece sentencepiece model (BPE on a sample of the smoke corpus)."""
     from taidtron.data.tokenizer_training import train_sentencepiece
 
-    return train_sentencepiece(["data/smoke/corpus.jsonl"], tmp_path_factory.mktemp("tok") / "other",
-                               vocab_size=1024, model_type="bpe", max_sentences=1000)
+    return train_sentencepiece(
+        ["data/smoke/corpus.jsonl"],
+        tmp_path_factory.mktemp("tok") / "other",
+        vocab_size=1024,
+        model_type="bpe",
+        max_sentences=1000,
+    )
 
 
 def test_another_tokenizer_is_refused_on_resume_and_for_init_checkpoints(finished, other_tokenizer, tmp_path):
@@ -130,8 +164,11 @@ def test_a_damaged_latest_names_the_complete_checkpoints_and_load_iteration_resu
 
     cfg = load_config(None, [f"logging.run_dir={run}"])
     ref = checkpoint.read_meta(ckpts / "iter_0000001").tokenizer
-    with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint.load_iteration=9: .*iter_0000009 does not "
-                                                         r"exist.*Complete checkpoints there: iter_0000003"):
+    with pytest.raises(
+        checkpoint.CheckpointError,
+        match=r"checkpoint.load_iteration=9: .*iter_0000009 does not "
+        r"exist.*Complete checkpoints there: iter_0000003",
+    ):
         checkpoint.plan_resume(dataclasses.replace(cfg.checkpoint, load_iteration=9), ckpts, cfg.to_dict(), ref)
     with pytest.raises(checkpoint.CheckpointError, match="checkpoint.resume=false, but .* holds checkpoints"):
         checkpoint.plan_resume(CheckpointConfig(resume=False), ckpts, cfg.to_dict(), ref)
@@ -164,8 +201,11 @@ def test_extending_a_run_keeps_the_schedule_horizon_unless_overridden(finished, 
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert rows[:4] == read_metrics(finished)
     horizon = 6 if stretch else 4
-    note = ("schedules stretched to 6 steps" if stretch else
-            "the LR and t schedules keep their 4-step horizon: later steps run at optim.min_lr and t_end")
+    note = (
+        "schedules stretched to 6 steps"
+        if stretch
+        else "the LR and t schedules keep their 4-step horizon: later steps run at optim.min_lr and t_end"
+    )
     assert f"optim.train_steps 4 -> 6 (run extended; {'the LR and t ' if stretch else ''}" in proc.stdout
     assert note in proc.stdout
     for row in rows[4:]:  # smoke.yaml: lr 3e-3, min_lr 3e-4

@@ -12,5 +12,6 @@ from .helpers import Models, import_cli, make_llama, make_qwen2
 def models(tmp_path_factory) -> Models:
     root = tmp_path_factory.mktemp("hf")
     llama_hf, qwen2_hf = make_llama(root / "llama"), make_qwen2(root / "qwen2")
-    return Models(llama_hf, qwen2_hf, import_cli(llama_hf, root / "llama_ckpt"),
-                  import_cli(qwen2_hf, root / "qwen2_ckpt"))
+    return Models(
+        llama_hf, qwen2_hf, import_cli(llama_hf, root / "llama_ckpt"), import_cli(qwen2_hf, root / "qwen2_ckpt")
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import sys
+
 import torch
 import torch.distributed as dist
 
@@ -32,8 +33,15 @@ def taidtron_logits(ckpt: str, parallel: ParallelConfig, ctx, tokens: torch.Tens
     model_cfg = checkpoint.read_meta(ckpt).model
     multiple = 128 * parallel.tp
     padded = math.ceil(model_cfg.vocab_size / multiple) * multiple
-    model = build_gpt(model_cfg, parallel, padded_vocab_size=padded, max_seq_length=SEQ, pp_rank=ctx.pp_rank,
-                      params_dtype=torch.float32, device=ctx.device)
+    model = build_gpt(
+        model_cfg,
+        parallel,
+        padded_vocab_size=padded,
+        max_seq_length=SEQ,
+        pp_rank=ctx.pp_rank,
+        params_dtype=torch.float32,
+        device=ctx.device,
+    )
     checkpoint.load_model_weights(model, ckpt, group=ctx.dp_group)
     model.eval()
     positions = torch.arange(SEQ).expand(BATCH, -1)

@@ -10,9 +10,7 @@ import pytest
 import torch
 
 from taidtron import checkpoint
-from tests.support import run_torchrun
-
-from tests.support import run_cli
+from tests.support import run_cli, run_torchrun
 
 from .helpers import CONVERT, make_qwen2
 
@@ -33,8 +31,17 @@ def exported(models, tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name, ckpt in (("llama", models.llama_ckpt), ("qwen2", models.qwen2_ckpt)):
         out[name] = root / f"{name}_roundtrip"
-        run_cli(str(CONVERT), "export", "--ckpt", str(ckpt), "--out", str(out[name]), "--max-shard-size", "150KB",
-                "--no-progress")
+        run_cli(
+            str(CONVERT),
+            "export",
+            "--ckpt",
+            str(ckpt),
+            "--out",
+            str(out[name]),
+            "--max-shard-size",
+            "150KB",
+            "--no-progress",
+        )
     return out
 
 
@@ -51,21 +58,43 @@ def test_import_records_architecture_and_source(models):
     meta = checkpoint.read_meta(models.qwen2_ckpt)
     assert meta.has_optimizer is False and meta.trainer is None and meta.step == 0
     assert dataclasses.asdict(meta.model) == {
-        "family": "qwen2", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "num_query_groups": 2,
-        "ffn_hidden_size": 160, "vocab_size": 1024, "rotary_base": 1e6, "norm_epsilon": 1e-6, "add_qkv_bias": True,
-        "tie_embeddings": True, "attention": "auto", "init": None}
+        "family": "qwen2",
+        "num_layers": 2,
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "num_query_groups": 2,
+        "ffn_hidden_size": 160,
+        "vocab_size": 1024,
+        "rotary_base": 1e6,
+        "norm_epsilon": 1e-6,
+        "add_qkv_bias": True,
+        "tie_embeddings": True,
+        "attention": "auto",
+        "init": None,
+    }
     assert meta.source.kind == "hf_import" and meta.source.path == str(models.qwen2_hf.resolve())
     assert meta.source.hf_config == json.loads((models.qwen2_hf / "config.json").read_text())
     assert meta.params_dtype == "float32" and meta.padded_vocab_size == 1024
     llama = checkpoint.read_meta(models.llama_ckpt).model
-    assert (llama.num_query_groups, llama.tie_embeddings, llama.rotary_base, llama.add_qkv_bias) == \
-        (2, False, 500000.0, False)
+    assert (llama.num_query_groups, llama.tie_embeddings, llama.rotary_base, llama.add_qkv_bias) == (
+        2,
+        False,
+        500000.0,
+        False,
+    )
 
 
 def test_import_logits_match_transformers_tp1(models, exported):
-    out = run_torchrun(WORKER, 1, "1", "1", f"{models.llama_hf}:{models.llama_ckpt}",
-                       f"{models.qwen2_hf}:{models.qwen2_ckpt}",
-                       f"{exported['llama']}:{models.llama_ckpt}", f"{exported['qwen2']}:{models.qwen2_ckpt}")
+    out = run_torchrun(
+        WORKER,
+        1,
+        "1",
+        "1",
+        f"{models.llama_hf}:{models.llama_ckpt}",
+        f"{models.qwen2_hf}:{models.qwen2_ckpt}",
+        f"{exported['llama']}:{models.llama_ckpt}",
+        f"{exported['qwen2']}:{models.qwen2_ckpt}",
+    )
     diffs = parity(out)
     print(diffs)
     assert set(diffs) == {"llama", "qwen2", "llama_roundtrip", "qwen2_roundtrip"}
@@ -75,8 +104,14 @@ def test_import_logits_match_transformers_tp1(models, exported):
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)])
 def test_import_logits_match_transformers_resharded(models, tp, pp):
-    out = run_torchrun(WORKER, tp * pp, str(tp), str(pp), f"{models.llama_hf}:{models.llama_ckpt}",
-                       f"{models.qwen2_hf}:{models.qwen2_ckpt}")
+    out = run_torchrun(
+        WORKER,
+        tp * pp,
+        str(tp),
+        str(pp),
+        f"{models.llama_hf}:{models.llama_ckpt}",
+        f"{models.qwen2_hf}:{models.qwen2_ckpt}",
+    )
     diffs = parity(out)
     print(diffs)
     assert set(diffs) == {"llama", "qwen2"}
@@ -107,21 +142,22 @@ def test_import_refuses_unsupported_architectures(tmp_path):
     cases = {
         "mistral": ({**base, "model_type": "mistral", "architectures": ["MistralForCausalLM"]}, "mistral"),
         "window": ({**base, "use_sliding_window": True, "sliding_window": 4096}, "sliding_window"),
-        "rope_scaling": ({**base, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}},
-                         "yarn"),
+        "rope_scaling": ({**base, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}}, "yarn"),
     }
     for name, (config, needle) in cases.items():
         (tmp_path / "q" / "config.json").write_text(json.dumps(config))
-        proc = run_cli(str(CONVERT), "import", "--hf", str(tmp_path / "q"), "--out", str(tmp_path / name),
-                       expect_ok=False)
+        proc = run_cli(
+            str(CONVERT), "import", "--hf", str(tmp_path / "q"), "--out", str(tmp_path / name), expect_ok=False
+        )
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert needle in proc.stderr and "supported" in proc.stderr.lower(), proc.stderr[-2000:]
         assert not (tmp_path / name).exists()
 
 
 def test_import_errors_for_missing_files_and_nonempty_output(models, tmp_path):
-    proc = run_cli(str(CONVERT), "import", "--hf", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"),
-                   expect_ok=False)
+    proc = run_cli(
+        str(CONVERT), "import", "--hf", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), expect_ok=False
+    )
     assert proc.returncode == 2 and "not a directory" in proc.stderr
     empty = tmp_path / "no_weights"
     empty.mkdir()

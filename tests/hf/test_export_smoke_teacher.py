@@ -31,9 +31,14 @@ def make_smoke_teacher(run_dir: Path) -> Path:
     overrides tools/smoke_test.py derives from the config's teacher section; `run_dir`/teacher holds `latest`."""
     teacher = run_dir / "teacher"
     pretraining_overrides = runpy.run_path(str(REPO_ROOT / "tools" / "smoke_test.py"))["teacher_pretraining_overrides"]
-    overrides = pretraining_overrides(REPO_ROOT / "configs" / "smoke.yaml", [f"data.cache_dir={run_dir / 'index_cache'}",
-                                      "logging.wandb_mode=disabled"], teacher, run_dir / "teacher_run",
-                                      TEACHER_STEPS, 3e-3)
+    overrides = pretraining_overrides(
+        REPO_ROOT / "configs" / "smoke.yaml",
+        [f"data.cache_dir={run_dir / 'index_cache'}", "logging.wandb_mode=disabled"],
+        teacher,
+        run_dir / "teacher_run",
+        TEACHER_STEPS,
+        3e-3,
+    )
     run_cli("-m", "taidtron.train", "--config", "configs/smoke.yaml", *overrides)
     return teacher
 
@@ -45,8 +50,9 @@ def smoke_teacher(tmp_path_factory) -> Path:
 
 def export_command(workdir: Path, *extra: str, expect_ok: bool = True):
     """The command as a user types it, from the directory holding runs/smoke/teacher."""
-    return run_cli(str(CONVERT), "export", "--ckpt", "runs/smoke/teacher", "--out", "X", *extra,
-                   expect_ok=expect_ok, cwd=workdir)
+    return run_cli(
+        str(CONVERT), "export", "--ckpt", "runs/smoke/teacher", "--out", "X", *extra, expect_ok=expect_ok, cwd=workdir
+    )
 
 
 def copy_workdir(smoke_teacher: Path, workdir: Path) -> Path:
@@ -59,8 +65,13 @@ def test_export_of_the_smoke_teacher_ships_its_tokenizer_and_matches_transformer
     export_command(workdir)
     out = workdir / "X"
     assert sorted(p.name for p in workdir.iterdir()) == ["X", "runs"]  # no .tmp_X
-    assert {"config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.model",
-            "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
+    assert {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors.index.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
+    } <= {p.name for p in out.iterdir()}
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "qwen2" and config["num_hidden_layers"] == 4 and config["vocab_size"] == 1024
 
@@ -86,10 +97,19 @@ def test_export_of_the_smoke_teacher_ships_its_tokenizer_and_matches_transformer
 def as_format_1(meta: dict) -> dict:
     """taidtron.json of the smoke teacher as the previous taidtron wrote it (format 1): `source` a string, only the
     tokenizer's fingerprint, no step."""
-    return {"format_version": 1, "has_optimizer": False, "has_rng": meta["has_rng"], "layout": meta["layout"],
-            "model": meta["model"], "padded_vocab_size": meta["padded_vocab_size"],
-            "tokenizer_fingerprint": meta["tokenizer"]["fingerprint"], "source": "tools/smoke_test.py pretraining",
-            "content_id": meta["content_id"], "saved_at": meta["saved_at"], "files": meta["files"]}
+    return {
+        "format_version": 1,
+        "has_optimizer": False,
+        "has_rng": meta["has_rng"],
+        "layout": meta["layout"],
+        "model": meta["model"],
+        "padded_vocab_size": meta["padded_vocab_size"],
+        "tokenizer_fingerprint": meta["tokenizer"]["fingerprint"],
+        "source": "tools/smoke_test.py pretraining",
+        "content_id": meta["content_id"],
+        "saved_at": meta["saved_at"],
+        "files": meta["files"],
+    }
 
 
 def test_export_of_a_format_1_smoke_teacher_works_and_leaves_no_temporary_directory(smoke_teacher, tmp_path):

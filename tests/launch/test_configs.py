@@ -16,9 +16,9 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 # The world size each config is laid out for (nodes x GPUs per node; the YAML header says which cluster).
 WORLD_SIZES = {
-    "smoke.yaml": 2,                                      # launch/slurm/smoke.sbatch: 2 tasks
-    "qwen2_7b_to_1.5b.yaml": 32,                          # 4 nodes x 8 GPUs
-    "qwen2_72b_instruct_to_1.5b_instruct.yaml": 128,      # 16 nodes x 8 GPUs
+    "smoke.yaml": 2,  # launch/slurm/smoke.sbatch: 2 tasks
+    "qwen2_7b_to_1.5b.yaml": 32,  # 4 nodes x 8 GPUs
+    "qwen2_72b_instruct_to_1.5b_instruct.yaml": 128,  # 16 nodes x 8 GPUs
 }
 
 # Parameter counts of the published checkpoints (Hugging Face model cards: 1.54B, 7.62B, 72.7B), to the precision
@@ -72,17 +72,38 @@ def test_1_5b_students_are_qwen2_1_5b():
     """Both 1.5B configs distil into the same published architecture (Qwen2-1.5B and its Instruct share it)."""
     a = load_config(REPO / "configs/qwen2_7b_to_1.5b.yaml").student
     b = load_config(REPO / "configs/qwen2_72b_instruct_to_1.5b_instruct.yaml").student
-    shape = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
-             "vocab_size", "rotary_base", "norm_epsilon", "add_qkv_bias", "tie_embeddings")
+    shape = (
+        "num_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "num_query_groups",
+        "ffn_hidden_size",
+        "vocab_size",
+        "rotary_base",
+        "norm_epsilon",
+        "add_qkv_bias",
+        "tie_embeddings",
+    )
     assert [getattr(a, k) for k in shape] == [getattr(b, k) for k in shape]
-    assert (a.num_layers, a.hidden_size, a.num_attention_heads, a.num_query_groups, a.ffn_hidden_size) == \
-        (28, 1536, 12, 2, 8960)
+    assert (a.num_layers, a.hidden_size, a.num_attention_heads, a.num_query_groups, a.ffn_hidden_size) == (
+        28,
+        1536,
+        12,
+        2,
+        8960,
+    )
 
 
 # ---- launch scripts ----------------------------------------------------------------------------------------------
 
-SCRIPTS = sorted([*(REPO / "launch").glob("*.sh"), *(REPO / "launch/slurm").glob("*.sbatch"),
-                  *(REPO / "tests/slurm").glob("*.sh"), *(REPO / "tests/multinode").glob("*.sh")])
+SCRIPTS = sorted(
+    [
+        *(REPO / "launch").glob("*.sh"),
+        *(REPO / "launch/slurm").glob("*.sbatch"),
+        *(REPO / "tests/slurm").glob("*.sh"),
+        *(REPO / "tests/multinode").glob("*.sh"),
+    ]
+)
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[p.name for p in SCRIPTS])

@@ -54,10 +54,21 @@ SBATCH_STAND_IN = textwrap.dedent("""\
 def run(cmd: str | list[str], cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run like a user whose shell has no venv activated: PATH without the venv, no PYTHON, no SLURM job."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PYTHON", "VIRTUAL_ENV"))}
-    base["PATH"] = os.pathsep.join(p for p in base.get("PATH", "").split(os.pathsep) if not Path(p, "activate").exists())
+    base["PATH"] = os.pathsep.join(
+        p for p in base.get("PATH", "").split(os.pathsep) if not Path(p, "activate").exists()
+    )
     base.update(env or {})
-    return subprocess.run(cmd, cwd=cwd, env=base, capture_output=True, text=True, timeout=120, check=False,
-                          shell=isinstance(cmd, str), executable="/bin/bash" if isinstance(cmd, str) else None)
+    return subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        shell=isinstance(cmd, str),
+        executable="/bin/bash" if isinstance(cmd, str) else None,
+    )
 
 
 def dry_run_command(stdout: str) -> list[str]:
@@ -68,12 +79,16 @@ def dry_run_command(stdout: str) -> list[str]:
 
 # ---- one way to take the config -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("launcher", LAUNCHERS)
-@pytest.mark.parametrize("args, says", [
-    ([], "missing CONFIG"),
-    (["configs/no_such.yaml"], "configs/no_such.yaml does not exist"),
-    (["optim.lr=1e-4", "configs/smoke.yaml"], "the first argument must be the config file"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        ([], "missing CONFIG"),
+        (["configs/no_such.yaml"], "configs/no_such.yaml does not exist"),
+        (["optim.lr=1e-4", "configs/smoke.yaml"], "the first argument must be the config file"),
+    ],
+)
 def test_a_bad_config_argument_is_one_line_and_exit_2(launcher, args, says):
     proc = run(["bash", launcher, *args], env={"DRY_RUN": "1"})
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -95,6 +110,7 @@ def test_sbatch_scripts_outside_a_job_say_to_submit_them():
 
 # ---- the project's Python --------------------------------------------------------------------------------------
 
+
 def test_launchers_use_the_repo_venv_when_no_python_is_given(tmp_path):
     """Without an activated venv, `python` on PATH lacks torch; the launchers must pick <repo>/.venv/bin/python (and
     torchrun.sh runs it to count GPUs, so this also shows that interpreter imports torch)."""
@@ -103,10 +119,13 @@ def test_launchers_use_the_repo_venv_when_no_python_is_given(tmp_path):
     (tmp_path / "hostfile").write_text("localhost slots=1\n")
     venv_python = str(REPO / ".venv/bin/python")
     torchrun = run(["launch/torchrun.sh", "configs/smoke.yaml"], env={"DRY_RUN": "1"})
-    deepspeed = run(["launch/deepspeed.sh", "configs/smoke.yaml"],
-                    env={"DRY_RUN": "1", "HOSTFILE": str(tmp_path / "hostfile")})
-    sbatch = run(["bash", "launch/slurm/smoke.sbatch", "configs/smoke.yaml"],
-                 env={"DRY_RUN": "1", "SLURM_JOB_ID": "1", "SLURM_JOB_NAME": "smoke"})
+    deepspeed = run(
+        ["launch/deepspeed.sh", "configs/smoke.yaml"], env={"DRY_RUN": "1", "HOSTFILE": str(tmp_path / "hostfile")}
+    )
+    sbatch = run(
+        ["bash", "launch/slurm/smoke.sbatch", "configs/smoke.yaml"],
+        env={"DRY_RUN": "1", "SLURM_JOB_ID": "1", "SLURM_JOB_NAME": "smoke"},
+    )
     for proc in (torchrun, deepspeed, sbatch):
         assert proc.returncode == 0, proc.stderr
     assert dry_run_command(torchrun.stdout)[0] == venv_python
@@ -115,8 +134,9 @@ def test_launchers_use_the_repo_venv_when_no_python_is_given(tmp_path):
 
 
 def test_python_from_the_environment_wins_and_python3_is_the_last_resort(tmp_path):
-    given = run(["launch/torchrun.sh", "configs/smoke.yaml"],
-                env={"DRY_RUN": "1", "NPROC": "1", "PYTHON": "/opt/py/bin/python"})
+    given = run(
+        ["launch/torchrun.sh", "configs/smoke.yaml"], env={"DRY_RUN": "1", "NPROC": "1", "PYTHON": "/opt/py/bin/python"}
+    )
     assert given.returncode == 0, given.stderr
     assert dry_run_command(given.stdout)[0] == "/opt/py/bin/python"
     # A checkout without .venv: the launchers fall back to python3 from PATH.
@@ -132,6 +152,7 @@ def test_python_from_the_environment_wins_and_python3_is_the_last_resort(tmp_pat
 
 # ---- torchrun.sh on several nodes ------------------------------------------------------------------------------
 
+
 def test_torchrun_on_several_nodes_meets_at_a_c10d_store_hosted_by_node_rank_0():
     env = {"DRY_RUN": "1", "NPROC": "2", "NNODES": "2", "MASTER_ADDR": "node-a", "MASTER_PORT": "29411"}
     host = dry_run_command(run(["launch/torchrun.sh", "configs/smoke.yaml"], env={**env, "NODE_RANK": "0"}).stdout)
@@ -145,6 +166,7 @@ def test_torchrun_on_several_nodes_meets_at_a_c10d_store_hosted_by_node_rank_0()
 
 
 # ---- every documented launch command -----------------------------------------------------------------------------
+
 
 def documented_launch_commands() -> list:
     """Every line of a ```bash block in README.md / docs/*.md that runs a launch/ script."""
@@ -176,7 +198,7 @@ def test_documented_launch_command_runs_as_written(doc, command, tmp_path):
     cmd = dry_run_command(proc.stdout)
 
     config = cmd[cmd.index("--config") + 1]
-    overrides = cmd[cmd.index("--config") + 2:]
+    overrides = cmd[cmd.index("--config") + 2 :]
     world = world_size(cmd, command)
     cfg = load_config(tmp_path / config, overrides)
     cfg.validate_layout(world)
@@ -184,6 +206,7 @@ def test_documented_launch_command_runs_as_written(doc, command, tmp_path):
 
 def world_size(cmd: list[str], command: str) -> int:
     """The ranks the printed command would start."""
+
     def flag(name: str) -> int:
         return int(next(a.split("=", 1)[1] for a in cmd if a.startswith(f"--{name}=")))
 
@@ -201,21 +224,60 @@ def world_size(cmd: list[str], command: str) -> int:
 
 # ---- where each rank says it runs ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("environ, launcher", [
-    ({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_NODEID": "2", "SLURM_JOB_ID": "7",
-      "MASTER_ADDR": "head"}, "slurm"),
-    ({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "GROUP_RANK": "2", "MASTER_ADDR": "head",
-      "MASTER_PORT": "29500"}, "torchrun"),
-    ({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "CROSS_RANK": "2", "MASTER_ADDR": "head",
-      "MASTER_PORT": "29500"}, "deepspeed"),
-])
+
+@pytest.mark.parametrize(
+    "environ, launcher",
+    [
+        (
+            {
+                "SLURM_PROCID": "5",
+                "SLURM_NTASKS": "8",
+                "SLURM_LOCALID": "1",
+                "SLURM_NODEID": "2",
+                "SLURM_JOB_ID": "7",
+                "MASTER_ADDR": "head",
+            },
+            "slurm",
+        ),
+        (
+            {
+                "RANK": "5",
+                "WORLD_SIZE": "8",
+                "LOCAL_RANK": "1",
+                "GROUP_RANK": "2",
+                "MASTER_ADDR": "head",
+                "MASTER_PORT": "29500",
+            },
+            "torchrun",
+        ),
+        (
+            {
+                "RANK": "5",
+                "WORLD_SIZE": "8",
+                "LOCAL_RANK": "1",
+                "CROSS_RANK": "2",
+                "MASTER_ADDR": "head",
+                "MASTER_PORT": "29500",
+            },
+            "deepspeed",
+        ),
+    ],
+)
 def test_each_launcher_gives_the_rank_its_node(environ, launcher, capfd):
     from taidtron.distributed import log_placement, read_launch_env
 
     launch = read_launch_env(environ)
-    assert (launch.rank, launch.world_size, launch.local_rank, launch.node_rank, launch.launcher) == \
-        (5, 8, 1, 2, launcher)
+    assert (launch.rank, launch.world_size, launch.local_rank, launch.node_rank, launch.launcher) == (
+        5,
+        8,
+        1,
+        2,
+        launcher,
+    )
     log_placement(launch)
     line = capfd.readouterr().err
-    assert re.fullmatch(r"taidtron rank 5/8: host=\S+ node=2 local_rank=1 rendezvous=head:\d+ \(\S+\) "
-                        rf"launcher={launcher}\n", line), line
+    assert re.fullmatch(
+        r"taidtron rank 5/8: host=\S+ node=2 local_rank=1 rendezvous=head:\d+ \(\S+\) "
+        rf"launcher={launcher}\n",
+        line,
+    ), line

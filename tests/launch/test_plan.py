@@ -49,8 +49,17 @@ def test_table_output_shows_every_stage_and_the_verdict():
 
 
 def test_rejects_72b_teacher_on_one_gpu_with_a_clear_message():
-    proc = plan(DOCUMENTED[1][0], "parallel.tp=1", "parallel.pp=1", "parallel.sequence_parallel=false",
-                "parallel.global_batch_size=8", "--nodes", "1", "--gpus-per-node", "1")
+    proc = plan(
+        DOCUMENTED[1][0],
+        "parallel.tp=1",
+        "parallel.pp=1",
+        "parallel.sequence_parallel=false",
+        "parallel.global_batch_size=8",
+        "--nodes",
+        "1",
+        "--gpus-per-node",
+        "1",
+    )
     assert proc.returncode == 1
     assert "DOES NOT FIT" in proc.stderr
     needed = float(re.search(r"needs ([\d.]+) GiB per GPU, 80 GiB available", proc.stderr).group(1))
@@ -74,16 +83,32 @@ def test_rejects_too_small_gpus():
 TINY = {
     # student: tied embeddings and q/k/v bias (like Qwen2-1.5B); teacher: untied, no bias; vocabularies differ and
     # need padding, so the shared padded vocabulary is exercised too.
-    "student": {"family": "qwen2", "num_layers": 4, "hidden_size": 64, "num_attention_heads": 4,
-                "num_query_groups": 2, "ffn_hidden_size": 96, "vocab_size": 250, "tie_embeddings": True},
-    "teacher": {"family": "llama", "num_layers": 4, "hidden_size": 96, "num_attention_heads": 6,
-                "num_query_groups": 2, "ffn_hidden_size": 160, "vocab_size": 300, "tie_embeddings": False},
+    "student": {
+        "family": "qwen2",
+        "num_layers": 4,
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "num_query_groups": 2,
+        "ffn_hidden_size": 96,
+        "vocab_size": 250,
+        "tie_embeddings": True,
+    },
+    "teacher": {
+        "family": "llama",
+        "num_layers": 4,
+        "hidden_size": 96,
+        "num_attention_heads": 6,
+        "num_query_groups": 2,
+        "ffn_hidden_size": 160,
+        "vocab_size": 300,
+        "tie_embeddings": False,
+    },
     "parallel": {"micro_batch_size": 1, "global_batch_size": 2},
     "data": {"seq_length": 16},
     "precision": "fp32",
 }
 
-WORKER = '''
+WORKER = """
 import sys
 import torch
 from taidtron.config import load_config
@@ -101,7 +126,7 @@ for role in ("student", "teacher"):
     counts[role] = sum(p.numel() for p in model.parameters())
 report(rank=ctx.rank, tp_rank=ctx.tp_rank, pp_rank=ctx.pp_rank, **counts)
 destroy_distributed()
-'''
+"""
 
 
 @pytest.mark.multiprocess
@@ -126,13 +151,13 @@ def test_weight_memory_equals_built_model_parameters_times_bytes(tmp_path, tp, p
         assert stage["student_params"] == rank["student"], (rank, stage)
         assert stage["teacher_params"] == rank["teacher"], (rank, stage)
         assert stage["student_weights"] == 2 * rank["student"]  # bf16
-        assert stage["student_grads"] == 4 * rank["student"]    # fp32 main gradients
+        assert stage["student_grads"] == 4 * rank["student"]  # fp32 main gradients
         assert stage["teacher_weights"] == 2 * rank["teacher"]  # bf16, frozen
 
 
 # ---- activation memory against what megatron-core layers keep for the backward pass --------------------------------
 
-SAVED_WORKER = '''
+SAVED_WORKER = """
 import json, sys
 import torch
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
@@ -168,7 +193,7 @@ for attention in ("local", "sdpa"):
                      "core": type(layer.self_attention.core_attention).__name__})
 report(rows=rows)
 destroy_distributed()
-'''
+"""
 
 
 @pytest.mark.multiprocess
@@ -179,8 +204,14 @@ def test_attention_memory_follows_what_the_layers_keep_for_backward(tmp_path):
     spec = importlib.util.spec_from_file_location("tools_plan", PLAN)
     planner = sys.modules.setdefault("tools_plan", importlib.util.module_from_spec(spec))  # dataclasses need it
     spec.loader.exec_module(planner)
-    model = {"family": "qwen2", "num_layers": 1, "hidden_size": 256, "num_attention_heads": 8, "num_query_groups": 2,
-             "ffn_hidden_size": 704}
+    model = {
+        "family": "qwen2",
+        "num_layers": 1,
+        "hidden_size": 256,
+        "num_attention_heads": 8,
+        "num_query_groups": 2,
+        "ffn_hidden_size": 704,
+    }
     worker = tmp_path / "saved_worker.py"
     worker.write_text(SAVED_WORKER)
     (result,) = run_torchrun(worker, 1, json.dumps(model))
@@ -207,10 +238,21 @@ def test_attention_memory_follows_what_the_layers_keep_for_backward(tmp_path):
 def test_plan_reads_each_models_attention_setting():
     config = DOCUMENTED[1][0]
     flash = json.loads(plan(config, "--nodes", "16", "--gpus-per-node", "8", "--json").stdout)
-    local = json.loads(plan(config, "student.attention=local", "teacher.attention=local", "--nodes", "16",
-                            "--gpus-per-node", "8", "--json").stdout)
-    teacher_only = json.loads(plan(config, "teacher.attention=local", "--nodes", "16", "--gpus-per-node", "8",
-                                   "--json").stdout)
+    local = json.loads(
+        plan(
+            config,
+            "student.attention=local",
+            "teacher.attention=local",
+            "--nodes",
+            "16",
+            "--gpus-per-node",
+            "8",
+            "--json",
+        ).stdout
+    )
+    teacher_only = json.loads(
+        plan(config, "teacher.attention=local", "--nodes", "16", "--gpus-per-node", "8", "--json").stdout
+    )
     assert flash["attention"] == {"student": "auto", "teacher": "auto"}
     assert local["attention"] == {"student": "local", "teacher": "local"}
     for a, b in zip(flash["stages"], local["stages"]):

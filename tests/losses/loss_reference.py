@@ -49,7 +49,8 @@ def _pad(grad: torch.Tensor, padded: int) -> torch.Tensor:
 
 
 def taid_reference(student, teacher, t: float, vocab: int):
-    """(loss [...], d loss / d student [..., padded]) for -sum p_t log q, p_t = softmax((1-t) s + t T), q = softmax(s)."""
+    """(loss [...], d loss / d student [..., padded]) for -sum p_t log q,
+    p_t = softmax((1-t) s + t T), q = softmax(s)."""
     s, T = _valid(student, vocab), _valid(teacher, vocab)
     p_t = torch.softmax((1 - t) * s + t * T, dim=-1)
     log_q = torch.log_softmax(s, dim=-1)

@@ -14,6 +14,8 @@ from .loss_reference import OPTIONS, REFERENCE_OPTION, VOCAB, divergence_referen
 
 SEQ, BATCH = 7, 3
 BASELINES = ["fkl", "rkl", "tvd", "skew_fkl", "skew_rkl", "js"]
+
+
 def _upstream() -> torch.Tensor:
     return upstream_grad(SEQ, BATCH, seed=31)
 
@@ -56,8 +58,9 @@ def test_baseline_result_does_not_depend_on_chunk_size(name):
     results = []
     for chunk in (1, 8, 21, None):
         s = student.clone().requires_grad_(True)
-        loss = LOSSES[name](s, teacher, t=0.0, vocab_size=VOCAB, group=None, chunk_tokens=chunk,
-                              **OPTIONS.get(name, {}))
+        loss = LOSSES[name](
+            s, teacher, t=0.0, vocab_size=VOCAB, group=None, chunk_tokens=chunk, **OPTIONS.get(name, {})
+        )
         (loss * g.float()).sum().backward()
         results.append((loss.detach(), s.grad))
     for loss, grad in results[1:]:
@@ -94,8 +97,9 @@ def test_no_grad_baseline_forward_works_for_validation():
     student, teacher = make_logits((SEQ, BATCH), "unit", seed=37)
     for name in BASELINES:
         with torch.no_grad():
-            loss = LOSSES[name](student.requires_grad_(True), teacher, t=0.4, vocab_size=VOCAB, group=None,
-                                  **OPTIONS.get(name, {}))
+            loss = LOSSES[name](
+                student.requires_grad_(True), teacher, t=0.4, vocab_size=VOCAB, group=None, **OPTIONS.get(name, {})
+            )
         ref_loss, _ = divergence_reference(name, student, teacher, VOCAB, REFERENCE_OPTION.get(name))
         assert loss.grad_fn is None
         torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=5e-5)
@@ -145,7 +149,15 @@ def test_invalid_baseline_weights_raise_value_error(name, options, match):
 def test_skew_zero_reduces_to_plain_kl():
     student, teacher = make_logits((SEQ, BATCH), "wide", seed=41)
     kw = dict(t=0.4, vocab_size=VOCAB, group=None)
-    torch.testing.assert_close(LOSSES["skew_fkl"](student, teacher, skew=0.0, **kw), LOSSES["fkl"](student, teacher, **kw),
-                               rtol=1e-5, atol=5e-5)
-    torch.testing.assert_close(LOSSES["skew_rkl"](student, teacher, skew=0.0, **kw), LOSSES["rkl"](student, teacher, **kw),
-                               rtol=1e-5, atol=5e-5)
+    torch.testing.assert_close(
+        LOSSES["skew_fkl"](student, teacher, skew=0.0, **kw),
+        LOSSES["fkl"](student, teacher, **kw),
+        rtol=1e-5,
+        atol=5e-5,
+    )
+    torch.testing.assert_close(
+        LOSSES["skew_rkl"](student, teacher, skew=0.0, **kw),
+        LOSSES["rkl"](student, teacher, **kw),
+        rtol=1e-5,
+        atol=5e-5,
+    )

@@ -27,8 +27,9 @@ def test_config_accepts_exactly_the_objectives_of_the_registry():
         objective_needs_teacher("kl")
 
 
-@pytest.mark.parametrize("name, options", [("skew_fkl", {"skew": 0.3}), ("skew_rkl", {"skew": 0.2}),
-                                           ("js", {"beta": 0.7}), ("rkl", {})])
+@pytest.mark.parametrize(
+    "name, options", [("skew_fkl", {"skew": 0.3}), ("skew_rkl", {"skew": 0.2}), ("js", {"beta": 0.7}), ("rkl", {})]
+)
 def test_options_of_the_section_are_bound(name, options):
     cfg = TAIDConfig(loss=name, skew=options.get("skew", 0.1), js_beta=options.get("beta", 0.5), chunk_tokens=3)
     student, teacher, labels = _inputs(1)

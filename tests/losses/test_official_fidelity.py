@@ -71,8 +71,12 @@ def test_js_default_teacher_weight_is_the_official_one():
     assert inspect.signature(vocab_parallel_js_loss).parameters["beta"].default == W
     assert TAIDConfig().js_beta == W
     student, teacher = make_logits((SEQ, BATCH), "wide", seed=62)
-    torch.testing.assert_close(LOSSES["js"](student, teacher, t=0.4, vocab_size=VOCAB, group=None).double(),
-                               _official("js", student, teacher), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        LOSSES["js"](student, teacher, t=0.4, vocab_size=VOCAB, group=None).double(),
+        _official("js", student, teacher),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def _official_t_trajectory(losses: list[float], total: int, t_start=0.4, t_end=1.0, alpha=5e-4, beta=0.99):

@@ -34,8 +34,9 @@ def rule(losses, t_start=0.4, t_end=1.0, alpha=5e-4, beta=0.99, first_step=1, to
 def loss_curve(seed: int, n: int = TOTAL) -> list[float]:
     """A noisy decaying loss with occasional spikes, so delta takes both signs."""
     rng = random.Random(seed)
-    return [3.0 * math.exp(-i / 60) + 0.5 + rng.uniform(-0.2, 0.2) + (1.5 if rng.random() < 0.05 else 0.0)
-            for i in range(n)]
+    return [
+        3.0 * math.exp(-i / 60) + 0.5 + rng.uniform(-0.2, 0.2) + (1.5 if rng.random() < 0.05 else 0.0) for i in range(n)
+    ]
 
 
 def run(schedule: TAIDSchedule, losses, first_step=1, total=TOTAL):

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support import REPO_ROOT, run_torchrun
 from taidtron.losses import LOSSES, vocab_parallel_fkl_loss, vocab_parallel_taid_loss
 from taidtron.losses import vocab_parallel as vp
+from tests.support import REPO_ROOT, run_torchrun
 
 from .loss_reference import PADDED_VOCAB, VOCAB, divergence_reference, make_logits, taid_reference, upstream_grad
 
@@ -174,10 +174,13 @@ def test_triton_and_torch_paths_agree_and_strided_rows_are_read_in_place(kernels
 def test_registry_passes_impl_to_the_fused_losses(kernels):
     student, teacher = make_logits((SEQ, BATCH), "unit", seed=12)
     for name in ("taid", "fkl"):
-        loss = LOSSES[name](student.to(DEVICE), teacher.to(DEVICE), t=0.4, vocab_size=VOCAB, group=None,
-                              impl="triton")
-        torch.testing.assert_close(loss.cpu(), LOSSES[name](student, teacher, t=0.4, vocab_size=VOCAB, group=None,
-                                                              impl="torch"), rtol=1e-6, atol=1e-5)
+        loss = LOSSES[name](student.to(DEVICE), teacher.to(DEVICE), t=0.4, vocab_size=VOCAB, group=None, impl="triton")
+        torch.testing.assert_close(
+            loss.cpu(),
+            LOSSES[name](student, teacher, t=0.4, vocab_size=VOCAB, group=None, impl="torch"),
+            rtol=1e-6,
+            atol=1e-5,
+        )
 
 
 @pytest.mark.triton
@@ -187,20 +190,22 @@ def test_backward_saves_only_inputs_and_per_token_statistics(kernels):
     te = teacher.to(DEVICE)
     loss = vocab_parallel_taid_loss(s, te, 0.4, vocab_size=VOCAB, impl="triton")
     saved = loss.grad_fn.next_functions[0][0].saved_tensors
-    assert sorted(tuple(x.shape) for x in saved) == [(SEQ * BATCH, 2), (SEQ * BATCH, PADDED_VOCAB),
-                                                      (SEQ * BATCH, PADDED_VOCAB)]
-    assert {x.data_ptr() for x in saved if x.dim() == 2 and x.shape[1] == PADDED_VOCAB} == {s.data_ptr(),
-                                                                                            te.data_ptr()}
+    assert sorted(tuple(x.shape) for x in saved) == [
+        (SEQ * BATCH, 2),
+        (SEQ * BATCH, PADDED_VOCAB),
+        (SEQ * BATCH, PADDED_VOCAB),
+    ]
+    assert {x.data_ptr() for x in saved if x.dim() == 2 and x.shape[1] == PADDED_VOCAB} == {s.data_ptr(), te.data_ptr()}
 
 
 @pytest.mark.triton
 def test_no_grad_forward_and_zero_tokens(kernels):
     student, teacher = make_logits((SEQ, BATCH), "wide", seed=14)
     with torch.no_grad():
-        loss = vocab_parallel_taid_loss(student.to(DEVICE), teacher.to(DEVICE), 0.4, vocab_size=VOCAB,
-                                        impl="triton")
-    torch.testing.assert_close(loss.cpu().double(), taid_reference(student, teacher, 0.4, VOCAB)[0], rtol=2e-6,
-                               atol=2e-5)
+        loss = vocab_parallel_taid_loss(student.to(DEVICE), teacher.to(DEVICE), 0.4, vocab_size=VOCAB, impl="triton")
+    torch.testing.assert_close(
+        loss.cpu().double(), taid_reference(student, teacher, 0.4, VOCAB)[0], rtol=2e-6, atol=2e-5
+    )
     empty = torch.zeros(0, BATCH, PADDED_VOCAB, device=DEVICE, requires_grad=True)
     loss = vocab_parallel_taid_loss(empty, empty.detach(), 0.4, vocab_size=VOCAB, impl="triton")
     loss.sum().backward()
@@ -247,8 +252,24 @@ def test_bench_loss_runs_the_triton_variant(kernels, tmp_path):
     """Only the code path: timing under the interpreter means nothing."""
     out = tmp_path / "bench.json"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    cmd = [sys.executable, str(REPO_ROOT / "tools" / "bench_loss.py"), "--tokens", "8", "--vocab", "300",
-           "--device", DEVICE, "--repeats", "1", "--warmup", "1", "--variants", "chunked,triton", "--json", str(out)]
+    cmd = [
+        sys.executable,
+        str(REPO_ROOT / "tools" / "bench_loss.py"),
+        "--tokens",
+        "8",
+        "--vocab",
+        "300",
+        "--device",
+        DEVICE,
+        "--repeats",
+        "1",
+        "--warmup",
+        "1",
+        "--variants",
+        "chunked,triton",
+        "--json",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     import json
@@ -272,8 +293,14 @@ def test_kernels_compile_for_h100_h200_without_spills_and_with_vector_loads():
     if isinstance(vp._triton_kernels(), ImportError):
         pytest.fail("Triton does not import: `make test-triton` installs the extra and runs these tests")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("triton_compile_check.py")), "sm_90a"],
-                          capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("triton_compile_check.py")), "sm_90a"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
     import json
 
@@ -315,9 +342,10 @@ def test_gpu_kernel_matches_torch_path_and_float64_on_sampled_rows(tokens, vocab
     rows = torch.randperm(tokens, generator=torch.Generator().manual_seed(1))[:16].cuda()
     ref_loss, ref_grad = taid_reference(student[rows].cpu(), teacher[rows].cpu(), 0.4, vocab - 7)
     torch.testing.assert_close(results["triton"][0][rows].cpu().double(), ref_loss, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(results["triton"][1][rows].cpu().double(), ref_grad * g[rows].cpu().double()[:, None],
-                               rtol=1e-2, atol=2e-4)
-    assert torch.all(results["triton"][1][:, vocab - 7:] == 0)
+    torch.testing.assert_close(
+        results["triton"][1][rows].cpu().double(), ref_grad * g[rows].cpu().double()[:, None], rtol=1e-2, atol=2e-4
+    )
+    assert torch.all(results["triton"][1][:, vocab - 7 :] == 0)
 
 
 # ---- the impl choice (no Triton needed) ----------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import sys
 
 import torch
 import torch.distributed as dist
-
 from loss_reference import (  # noqa: E402
     OPTIONS,
     REFERENCE_OPTION,
@@ -27,6 +26,7 @@ from loss_reference import (  # noqa: E402
     taid_reference,
     upstream_grad,
 )
+
 from taidtron.losses import LOSSES, vocab_parallel_lm_loss, vocab_parallel_taid_loss  # noqa: E402
 from tests.support import report  # noqa: E402
 
@@ -55,8 +55,9 @@ def run_loss(name, student, teacher, *, t, vocab_size, group, g):
 def check(name, student, teacher, *, t, vocab_size, group, rank, world, tol):
     """Sharded loss/grad == unsharded loss/grad slice == float64 reference (loss, grad slice)."""
     g = upstream()
-    loss, grad = run_loss(name, shard(student, rank, world), shard(teacher, rank, world),
-                          t=t, vocab_size=vocab_size, group=group, g=g)
+    loss, grad = run_loss(
+        name, shard(student, rank, world), shard(teacher, rank, world), t=t, vocab_size=vocab_size, group=group, g=g
+    )
     full_loss, full_grad = run_loss(name, student, teacher, t=t, vocab_size=vocab_size, group=None, g=g)
     if name == "taid":
         ref_loss, ref_grad = taid_reference(student, teacher, t, vocab_size)
@@ -65,15 +66,17 @@ def check(name, student, teacher, *, t, vocab_size, group, rank, world, tol):
         ref_loss, ref_grad = divergence_reference(name, student, teacher, vocab_size, REFERENCE_OPTION.get(name), g)
     ctx = f"{name} t={t} dtype={student.dtype} rank={rank}/{world} vocab={vocab_size}"
     torch.testing.assert_close(loss, full_loss, rtol=tol["same"], atol=tol["same"], msg=lambda m: f"{ctx}: {m}")
-    torch.testing.assert_close(grad, shard(full_grad, rank, world), rtol=tol["same"], atol=tol["same"],
-                               msg=lambda m: f"{ctx}: {m}")
+    torch.testing.assert_close(
+        grad, shard(full_grad, rank, world), rtol=tol["same"], atol=tol["same"], msg=lambda m: f"{ctx}: {m}"
+    )
     torch.testing.assert_close(loss.double(), ref_loss, rtol=tol["loss"], atol=tol["loss"], msg=lambda m: f"{ctx}: {m}")
-    torch.testing.assert_close(grad.double(), shard(ref_grad, rank, world), rtol=tol["grad"], atol=tol["grad"],
-                               msg=lambda m: f"{ctx}: {m}")
+    torch.testing.assert_close(
+        grad.double(), shard(ref_grad, rank, world), rtol=tol["grad"], atol=tol["grad"], msg=lambda m: f"{ctx}: {m}"
+    )
     padding = grad.new_zeros(grad.shape, dtype=torch.bool)
     width = grad.shape[-1]
     first = rank * width
-    padding[..., max(0, vocab_size - first):] = True
+    padding[..., max(0, vocab_size - first) :] = True
     assert torch.all(grad[padding] == 0), f"{ctx}: non-zero gradient in padding columns"
 
 
@@ -98,8 +101,17 @@ def main(mode: str) -> None:
         s16, t16 = make_logits((SEQ, BATCH), "wide", seed=22, dtype=torch.bfloat16)
         check("taid", s16, t16, t=0.4, vocab_size=VOCAB, group=group, rank=rank, world=world, tol=BF16)
         for name in names:  # every baseline under TP too
-            check(name, student.div(4), teacher.div(4), t=0.4, vocab_size=VOCAB, group=group, rank=rank,
-                  world=world, tol=FP32)
+            check(
+                name,
+                student.div(4),
+                teacher.div(4),
+                t=0.4,
+                vocab_size=VOCAB,
+                group=group,
+                rank=rank,
+                world=world,
+                tol=FP32,
+            )
         report(taid="ok")
 
         if world == 4:
@@ -112,8 +124,7 @@ def main(mode: str) -> None:
             pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
             pair = pairs[rank // 2]
             for name in [n for n in ("taid", "tvd") if n in names]:
-                check(name, student, teacher, t=0.93, vocab_size=VOCAB, group=pair, rank=rank % 2, world=2,
-                      tol=FP32)
+                check(name, student, teacher, t=0.93, vocab_size=VOCAB, group=pair, rank=rank % 2, world=2, tol=FP32)
             report(tp2_subgroups="ok")
 
     elif mode == "lm":
@@ -127,11 +138,15 @@ def main(mode: str) -> None:
                 x = shard(logits.to(dtype), rank, world).requires_grad_(True)
                 loss = vocab_parallel_lm_loss(x, labels, vocab_size=vocab_size, group=group, chunk_tokens=CHUNK)
                 (loss * g.to(loss.dtype)).sum().backward()
-                full_ref_loss, full_ref_grad = (ref_loss, ref_grad) if dtype == torch.float32 else \
-                    lm_reference(logits.to(dtype), labels, vocab_size, g)
+                full_ref_loss, full_ref_grad = (
+                    (ref_loss, ref_grad)
+                    if dtype == torch.float32
+                    else lm_reference(logits.to(dtype), labels, vocab_size, g)
+                )
                 torch.testing.assert_close(loss.double(), full_ref_loss, rtol=tol["loss"], atol=tol["loss"])
-                torch.testing.assert_close(x.grad.double(), shard(full_ref_grad, rank, world), rtol=tol["grad"],
-                                           atol=tol["grad"])
+                torch.testing.assert_close(
+                    x.grad.double(), shard(full_ref_grad, rank, world), rtol=tol["grad"], atol=tol["grad"]
+                )
         report(lm="ok")
 
     elif mode == "count":
@@ -158,21 +173,29 @@ def main(mode: str) -> None:
 
         torch.distributed.all_reduce = counting_all_reduce
         try:
-            forward, backward = count(lambda s, te: vocab_parallel_taid_loss(
-                s, te, 0.4, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK, impl=IMPL))
-            fkl_forward, fkl_backward = count(lambda s, te: LOSSES["fkl"](
-                s, te, t=0.4, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK, impl=IMPL))
-            rkl_forward, rkl_backward = count(lambda s, te: LOSSES["rkl"](
-                s, te, t=0.4, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK))
+            forward, backward = count(
+                lambda s, te: vocab_parallel_taid_loss(
+                    s, te, 0.4, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK, impl=IMPL
+                )
+            )
+            fkl_forward, fkl_backward = count(
+                lambda s, te: LOSSES["fkl"](s, te, t=0.4, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK, impl=IMPL)
+            )
+            rkl_forward, rkl_backward = count(
+                lambda s, te: LOSSES["rkl"](s, te, t=0.4, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK)
+            )
             labels = make_labels((SEQ, BATCH), seed=26)
-            lm_forward, lm_backward = count(lambda s, _: vocab_parallel_lm_loss(
-                s, labels, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK))
+            lm_forward, lm_backward = count(
+                lambda s, _: vocab_parallel_lm_loss(s, labels, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK)
+            )
         finally:
             torch.distributed.all_reduce = original
-        report(taid_collectives={"forward": forward, "backward": backward},
-               fkl_collectives={"forward": fkl_forward, "backward": fkl_backward},
-               rkl_collectives={"forward": len(rkl_forward), "backward": len(rkl_backward)},
-               lm_collectives={"forward": lm_forward, "backward": lm_backward})
+        report(
+            taid_collectives={"forward": forward, "backward": backward},
+            fkl_collectives={"forward": fkl_forward, "backward": fkl_backward},
+            rkl_collectives={"forward": len(rkl_forward), "backward": len(rkl_backward)},
+            lm_collectives={"forward": lm_forward, "backward": lm_backward},
+        )
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 

@@ -30,13 +30,34 @@ from taidtron.losses import triton_taid as kernels  # noqa: E402
 DTYPES = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
 # Arguments Triton specializes as multiples of 16 at a launch on real logits (pointers, row strides and n_full for
 # a vocabulary slice padded to a multiple of 16, as megatron pads it).
-ALIGNED = ("s_ptr", "t_ptr", "grad_ptr", "maxes_ptr", "sums_ptr", "lse_ptr", "g_ptr", "n_full", "n_cols",
-           "stride_s", "stride_t", "stride_grad")
+ALIGNED = (
+    "s_ptr",
+    "t_ptr",
+    "grad_ptr",
+    "maxes_ptr",
+    "sums_ptr",
+    "lse_ptr",
+    "g_ptr",
+    "n_full",
+    "n_cols",
+    "stride_s",
+    "stride_t",
+    "stride_grad",
+)
 
 
 def _signature(fn, dtype: str) -> dict[str, str]:
-    types = {"s_ptr": f"*{dtype}", "t_ptr": f"*{dtype}", "grad_ptr": f"*{dtype}", "maxes_ptr": "*fp32",
-             "sums_ptr": "*fp32", "lse_ptr": "*fp32", "g_ptr": "*fp32", "coef_s": "fp32", "coef_t": "fp32"}
+    types = {
+        "s_ptr": f"*{dtype}",
+        "t_ptr": f"*{dtype}",
+        "grad_ptr": f"*{dtype}",
+        "maxes_ptr": "*fp32",
+        "sums_ptr": "*fp32",
+        "lse_ptr": "*fp32",
+        "g_ptr": "*fp32",
+        "coef_s": "fp32",
+        "coef_t": "fp32",
+    }
     return {name: ("constexpr" if name.isupper() else types.get(name, "i32")) for name in fn.arg_names}
 
 
@@ -55,11 +76,20 @@ def compile_one(fn, dtype: str, constants: dict, arch: str) -> dict:
         src = Path(tmp) / "kernel.ptx"
         src.write_text(ptx)
         arch_flag = re.search(r"^\.target\s+(\S+)", ptx, re.M).group(1)
-        report = subprocess.run([str(ptxas), "-v", f"-arch={arch_flag}", str(src), "-o", str(Path(tmp) / "k.cubin")],
-                                capture_output=True, text=True, check=True).stderr
+        report = subprocess.run(
+            [str(ptxas), "-v", f"-arch={arch_flag}", str(src), "-o", str(Path(tmp) / "k.cubin")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr
     return {
-        "kernel": fn.__name__, "dtype": dtype, "arch": arch_flag, **{k: v for k, v in constants.items()},
-        "block_m": block_m, "block_v": block_v, "num_warps": options["num_warps"],
+        "kernel": fn.__name__,
+        "dtype": dtype,
+        "arch": arch_flag,
+        **{k: v for k, v in constants.items()},
+        "block_m": block_m,
+        "block_v": block_v,
+        "num_warps": options["num_warps"],
         "registers": int(re.search(r"Used (\d+) registers", report).group(1)),
         "spill_bytes": sum(int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)),
         "vector_loads": len(re.findall(r"ld\.global(?:\.nc)?\.v4\.", ptx)),

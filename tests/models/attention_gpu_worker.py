@@ -19,8 +19,11 @@ from tests.support import report
 SEQ, BATCH = 4096, 1
 # (name, query heads, key/value groups, head dim) per GPU: Qwen2-1.5B; Qwen2-72B at tp=2 (its cluster layout).
 LAYOUTS = [("qwen2-1.5b", 12, 2, 128), ("qwen2-72b tp=2", 32, 4, 128)]
-FUSED = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-         "efficient": SDPBackend.EFFICIENT_ATTENTION}
+FUSED = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+}
 
 
 def main() -> None:
@@ -31,15 +34,21 @@ def main() -> None:
     seed_everything(7, ctx)
     results = []
     for name, heads, groups, dim in LAYOUTS:
-        model = ModelConfig(num_layers=1, hidden_size=heads * dim, num_attention_heads=heads, num_query_groups=groups,
-                            ffn_hidden_size=128)
+        model = ModelConfig(
+            num_layers=1,
+            hidden_size=heads * dim,
+            num_attention_heads=heads,
+            num_query_groups=groups,
+            ffn_hidden_size=128,
+        )
         config = transformer_config(model, ParallelConfig(), params_dtype=torch.bfloat16, use_cpu_initialization=False)
         kwargs = dict(layer_number=1, attn_mask_type=AttnMaskType.causal, attention_type="self")
         modules = {"sdpa": SDPAttention(config, **kwargs), "local": DotProductAttention(config, **kwargs)}
         g = torch.Generator(device="cuda").manual_seed(0)
         q0 = torch.randn(SEQ, BATCH, heads, dim, device="cuda", generator=g, dtype=torch.bfloat16)
-        k0, v0 = (torch.randn(SEQ, BATCH, groups, dim, device="cuda", generator=g, dtype=torch.bfloat16)
-                  for _ in range(2))
+        k0, v0 = (
+            torch.randn(SEQ, BATCH, groups, dim, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(2)
+        )
         upstream = torch.randn(SEQ, BATCH, heads * dim, device="cuda", generator=g, dtype=torch.bfloat16)
 
         def run(module, backends=None, q0=q0, k0=k0, v0=v0, upstream=upstream):
@@ -69,9 +78,18 @@ def main() -> None:
         errors = {}
         for part, a, b in zip(("out", "dq", "dk", "dv"), got, want):
             errors[part] = ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
-        results.append({"layout": name, "heads": heads, "groups": groups, "head_dim": dim, "seq": SEQ,
-                        "fused_kernels": accepted, "max_error_relative_to_max": errors,
-                        "peak_mib": {"sdpa": sdpa_mib, "local": local_mib}})
+        results.append(
+            {
+                "layout": name,
+                "heads": heads,
+                "groups": groups,
+                "head_dim": dim,
+                "seq": SEQ,
+                "fused_kernels": accepted,
+                "max_error_relative_to_max": errors,
+                "peak_mib": {"sdpa": sdpa_mib, "local": local_mib},
+            }
+        )
         report(layouts=results)
     destroy_distributed()
 

@@ -55,8 +55,13 @@ def check_core(ctx, heads: int, groups: int, mask_kind: str) -> None:
     from megatron.core.transformer.enums import AttnMaskType
 
     tp, r = ctx.tp, ctx.tp_rank
-    model = ModelConfig(num_layers=1, hidden_size=heads * HEAD_DIM, num_attention_heads=heads,
-                        num_query_groups=groups, ffn_hidden_size=32)
+    model = ModelConfig(
+        num_layers=1,
+        hidden_size=heads * HEAD_DIM,
+        num_attention_heads=heads,
+        num_query_groups=groups,
+        ffn_hidden_size=32,
+    )
     config = transformer_config(model, ParallelConfig(tp=tp), params_dtype=torch.float32, use_cpu_initialization=True)
     local = DotProductAttention(config, layer_number=1, attn_mask_type=AttnMaskType.causal, attention_type="self")
     sdpa = SDPAttention(config, layer_number=1, attn_mask_type=AttnMaskType.causal, attention_type="self")
@@ -68,8 +73,12 @@ def check_core(ctx, heads: int, groups: int, mask_kind: str) -> None:
     v_full = torch.randn(SEQ, BATCH, groups, HEAD_DIM, generator=g)
     upstream = torch.randn(SEQ, BATCH, heads * HEAD_DIM, generator=g)
     hp, gp = heads // tp, groups // tp
-    q0, k0, v0 = q_full[:, :, r * hp:(r + 1) * hp], k_full[:, :, r * gp:(r + 1) * gp], v_full[:, :, r * gp:(r + 1) * gp]
-    upstream = upstream[..., r * hp * HEAD_DIM:(r + 1) * hp * HEAD_DIM]
+    q0, k0, v0 = (
+        q_full[:, :, r * hp : (r + 1) * hp],
+        k_full[:, :, r * gp : (r + 1) * gp],
+        v_full[:, :, r * gp : (r + 1) * gp],
+    )
+    upstream = upstream[..., r * hp * HEAD_DIM : (r + 1) * hp * HEAD_DIM]
 
     causal = torch.ones(SEQ, SEQ, dtype=torch.bool).triu(1)  # True above the diagonal: the future is forbidden
     if mask_kind == "causal":  # no mask tensor: both build the causal mask themselves
@@ -94,9 +103,13 @@ def check_core(ctx, heads: int, groups: int, mask_kind: str) -> None:
     what = f"heads={heads} groups={groups} tp={tp} rank={r} mask={mask_kind}"
     for name, a, b, c in zip(("out", "dq", "dk", "dv"), got, want, ref):
         assert a.shape == b.shape == c.shape, (what, name, a.shape, b.shape, c.shape)
-        torch.testing.assert_close(a, b, **FP32, msg=lambda m: f"sdpa vs local {name} {what}: {m}")
-        torch.testing.assert_close(a.double(), c, **FP32, msg=lambda m: f"sdpa vs float64 {name} {what}: {m}")
-        torch.testing.assert_close(b.double(), c, **FP32, msg=lambda m: f"local vs float64 {name} {what}: {m}")
+        torch.testing.assert_close(a, b, **FP32, msg=lambda m, name=name: f"sdpa vs local {name} {what}: {m}")
+        torch.testing.assert_close(
+            a.double(), c, **FP32, msg=lambda m, name=name: f"sdpa vs float64 {name} {what}: {m}"
+        )
+        torch.testing.assert_close(
+            b.double(), c, **FP32, msg=lambda m, name=name: f"local vs float64 {name} {what}: {m}"
+        )
     # float64 through SDPA itself: the module's math (scale, GQA mapping, mask convention) exactly
     q, k, v = (t.double() for t in (q0, k0, v0))
     exact = sdpa(q, k, v, mask, attn_mask_type=AttnMaskType.causal)
@@ -108,19 +121,34 @@ def check_model(ctx, heads: int, groups: int, sequence_parallel: bool) -> None:
     from megatron.core import parallel_state  # noqa: F401  (groups already initialised by init_distributed)
 
     parallel = ParallelConfig(tp=ctx.tp, sequence_parallel=sequence_parallel)
-    base = dict(family="qwen2", num_layers=2, hidden_size=heads * HEAD_DIM, num_attention_heads=heads,
-                num_query_groups=groups, ffn_hidden_size=64, vocab_size=500)
+    base = dict(
+        family="qwen2",
+        num_layers=2,
+        hidden_size=heads * HEAD_DIM,
+        num_attention_heads=heads,
+        num_query_groups=groups,
+        ffn_hidden_size=64,
+        vocab_size=500,
+    )
     padded = 512  # divisible by 128 * tp
     models = {}
     for attention in ("local", "sdpa"):
         seed_everything(7, ctx)
-        models[attention] = build_gpt(ModelConfig(**base, attention=attention), parallel, padded_vocab_size=padded,
-                                      max_seq_length=SEQ, pp_rank=0, params_dtype=torch.float32, device=ctx.device)
+        models[attention] = build_gpt(
+            ModelConfig(**base, attention=attention),
+            parallel,
+            padded_vocab_size=padded,
+            max_seq_length=SEQ,
+            pp_rank=0,
+            params_dtype=torch.float32,
+            device=ctx.device,
+        )
     local, sdpa = models["local"], models["sdpa"]
     core = {type(layer.self_attention.core_attention).__name__ for layer in sdpa.decoder.layers}
     assert core == {"SDPAttention"}, core
-    assert {type(layer.self_attention.core_attention).__name__ for layer in local.decoder.layers} == \
-        {"DotProductAttention"}
+    assert {type(layer.self_attention.core_attention).__name__ for layer in local.decoder.layers} == {
+        "DotProductAttention"
+    }
     sdpa.load_state_dict(local.state_dict(), strict=True)  # same keys: the SDPA module adds no state
 
     g = torch.Generator().manual_seed(3)
@@ -138,7 +166,7 @@ def check_model(ctx, heads: int, groups: int, sequence_parallel: bool) -> None:
     assert grads["sdpa"].keys() == grads["local"].keys()
     for n, grad in grads["local"].items():
         assert grad is not None and grad.abs().sum() > 0, f"{n} has no gradient ({what})"
-        torch.testing.assert_close(grads["sdpa"][n], grad, **FP32, msg=lambda m: f"grad {n} {what}: {m}")
+        torch.testing.assert_close(grads["sdpa"][n], grad, **FP32, msg=lambda m, n=n: f"grad {n} {what}: {m}")
     say("model", f"{what} params={len(grads['local'])}")
 
 

@@ -39,12 +39,20 @@ def test_training_run_with_sdpa_matches_local_step_by_step(tmp_path):
     rows, evals = {}, {}
     for attention in ("local", "sdpa"):
         run_dir = tmp_path / attention
-        proc = run_train(*TINY, f"student.attention={attention}", f"teacher.attention={attention}",
-                         # as in tests/train/step_worker.py: a larger Adam eps keeps rounding noise in near-zero
-                         # gradients from becoming full-size updates, so the runs compare gradients, not noise
-                         "optim.train_steps=6", "optim.warmup_steps=1", "optim.lr=2e-2", "optim.adam_eps=1e-3",
-                         "logging.eval_interval=0",
-                         "logging.eval_iters=1", f"logging.run_dir={run_dir}")
+        proc = run_train(
+            *TINY,
+            f"student.attention={attention}",
+            f"teacher.attention={attention}",
+            # as in tests/train/step_worker.py: a larger Adam eps keeps rounding noise in near-zero
+            # gradients from becoming full-size updates, so the runs compare gradients, not noise
+            "optim.train_steps=6",
+            "optim.warmup_steps=1",
+            "optim.lr=2e-2",
+            "optim.adam_eps=1e-3",
+            "logging.eval_interval=0",
+            "logging.eval_iters=1",
+            f"logging.run_dir={run_dir}",
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         rows[attention] = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         evals[attention] = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
@@ -54,7 +62,7 @@ def test_training_run_with_sdpa_matches_local_step_by_step(tmp_path):
     for key in ("loss", "grad_norm", "taid_t"):
         got = torch.tensor([r[key] for r in rows["sdpa"]], dtype=torch.float64)
         want = torch.tensor([r[key] for r in rows["local"]], dtype=torch.float64)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
     for key in ("valid_distill_loss", "valid_student_lm_loss", "valid_teacher_lm_loss"):
         assert evals["sdpa"][-1][key] == pytest.approx(evals["local"][-1][key], rel=1e-5), key
 
@@ -64,8 +72,12 @@ def test_auto_takes_transformer_engine_only_when_megatron_core_has_it_and_a_gpu_
 
     from taidtron.models import resolve_attention
 
-    for have_te, cuda, expected in [(False, False, "sdpa"), (True, False, "sdpa"), (False, True, "sdpa"),
-                                    (True, True, "te")]:
+    for have_te, cuda, expected in [
+        (False, False, "sdpa"),
+        (True, False, "sdpa"),
+        (False, True, "sdpa"),
+        (True, True, "te"),
+    ]:
         monkeypatch.setattr(mcore_te, "HAVE_TE", have_te)
         monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
         assert resolve_attention("auto") == expected, (have_te, cuda)
@@ -81,10 +93,17 @@ def test_broken_transformer_engine_stops_with_the_fix_before_megatron_core_crash
     (package / "pytorch" / "__init__.py").write_text("import transformer_engine_torch\n")
     (tmp_path / "transformer_engine-2.10.0.dist-info").mkdir()
     (tmp_path / "transformer_engine-2.10.0.dist-info" / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: transformer-engine\nVersion: 2.10.0\n")
+        "Metadata-Version: 2.1\nName: transformer-engine\nVersion: 2.10.0\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)]), "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-c", "import transformer_engine; import taidtron.models"],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import transformer_engine; import taidtron.models"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: Transformer Engine is installed but does not import"), proc.stderr[-2000:]
@@ -100,8 +119,9 @@ def test_attention_setting_is_validated_and_listed_in_help():
     proc = run_train(*TINY, "student.attention=flash")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "student,teacher}.attention='flash' is not supported" in proc.stderr
-    help_text = subprocess.run([sys.executable, "-m", "taidtron.train", "--help"], cwd=REPO_ROOT, capture_output=True,
-                               text=True, timeout=120).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "taidtron.train", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    ).stdout
     assert "student.attention='auto'" in help_text and "teacher.attention='auto'" in help_text
     assert "scaled_dot_product_attention" in help_text
 
@@ -114,8 +134,9 @@ def test_sdpa_module_refuses_what_it_does_not_compute():
     model = ModelConfig(num_layers=1, hidden_size=32, num_attention_heads=4, num_query_groups=2, ffn_hidden_size=32)
     config = transformer_config(model, ParallelConfig(), params_dtype=torch.float32, use_cpu_initialization=True)
     with pytest.raises(ValueError, match="attention dropout"):
-        SDPAttention(config, layer_number=1, attn_mask_type=AttnMaskType.causal, attention_type="self",
-                     attention_dropout=0.1)
+        SDPAttention(
+            config, layer_number=1, attn_mask_type=AttnMaskType.causal, attention_type="self", attention_dropout=0.1
+        )
     module = SDPAttention(config, layer_number=1, attn_mask_type=AttnMaskType.causal, attention_type="self")
     q, kv = torch.randn(5, 1, 4, 8), torch.randn(5, 1, 2, 8)
     with pytest.raises(ValueError, match="attention bias"):

@@ -20,8 +20,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-PLACEMENT = re.compile(r"taidtron rank (\d+)/(\d+): host=(\S+) node=(\d+) local_rank=(\d+) "
-                       r"rendezvous=(\S+):(\d+) \((\S+)\) launcher=(\S+)")
+PLACEMENT = re.compile(
+    r"taidtron rank (\d+)/(\d+): host=(\S+) node=(\d+) local_rank=(\d+) "
+    r"rendezvous=(\S+):(\d+) \((\S+)\) launcher=(\S+)"
+)
 COMPARED = ("loss", "grad_norm", "taid_t", "lr", "consumed_tokens")
 
 
@@ -32,8 +34,17 @@ def read_placements(logs: list[str]) -> dict[int, list[dict]]:
         for line in Path(log).read_text(errors="replace").splitlines():
             if match := PLACEMENT.search(line):
                 rank, size, host, node, local, addr, port, ip, launcher = match.groups()
-                seen[int(rank)].append({"world": int(size), "host": host, "node": int(node), "local_rank": int(local),
-                                        "rendezvous": f"{addr}:{port}", "ip": ip, "launcher": launcher})
+                seen[int(rank)].append(
+                    {
+                        "world": int(size),
+                        "host": host,
+                        "node": int(node),
+                        "local_rank": int(local),
+                        "rendezvous": f"{addr}:{port}",
+                        "ip": ip,
+                        "launcher": launcher,
+                    }
+                )
     return seen
 
 
@@ -43,8 +54,13 @@ def placement(args: argparse.Namespace) -> list[str]:
     seen = read_placements(args.logs)
     errors = []
     for rank in range(world):
-        want = {"world": world, "host": hosts[rank // args.per_node], "node": rank // args.per_node,
-                "local_rank": rank % args.per_node, "ip": args.rendezvous_ip}
+        want = {
+            "world": world,
+            "host": hosts[rank // args.per_node],
+            "node": rank // args.per_node,
+            "local_rank": rank % args.per_node,
+            "ip": args.rendezvous_ip,
+        }
         lines = seen.get(rank, [])
         if len(lines) != args.starts:
             errors.append(f"rank {rank}: {len(lines)} placement lines, expected {args.starts} (one per start)")
@@ -56,9 +72,14 @@ def placement(args: argparse.Namespace) -> list[str]:
         errors.append(f"unexpected ranks {extra} in a world of {world}")
     if not errors:
         first = {rank: lines[0] for rank, lines in seen.items()}
-        print("placement: " + "; ".join(f"rank {r} on {v['host']} (node {v['node']}, local rank {v['local_rank']})"
-                                        for r, v in sorted(first.items()))
-              + f"; rendezvous {first[0]['rendezvous']} = {first[0]['ip']}, launcher {first[0]['launcher']}")
+        print(
+            "placement: "
+            + "; ".join(
+                f"rank {r} on {v['host']} (node {v['node']}, local rank {v['local_rank']})"
+                for r, v in sorted(first.items())
+            )
+            + f"; rendezvous {first[0]['rendezvous']} = {first[0]['ip']}, launcher {first[0]['launcher']}"
+        )
     return errors
 
 
@@ -70,12 +91,18 @@ def same_metrics(args: argparse.Namespace) -> list[str]:
     run, ref = rows(args.run_dir), rows(args.reference)
     if not run or [r["step"] for r in run] != [r["step"] for r in ref]:
         return [f"steps {[r['step'] for r in run]} vs the reference's {[r['step'] for r in ref]}"]
-    errors = [f"step {a['step']} {key}: {a[key]!r} vs the reference's {b[key]!r}"
-              for a, b in zip(run, ref) for key in COMPARED if a[key] != b[key]]
+    errors = [
+        f"step {a['step']} {key}: {a[key]!r} vs the reference's {b[key]!r}"
+        for a, b in zip(run, ref)
+        for key in COMPARED
+        if a[key] != b[key]
+    ]
     if not errors:
         last = run[-1]
-        print(f"identical to the reference at steps 1..{last['step']} (last: loss {last['loss']}, "
-              f"grad_norm {last['grad_norm']}, t {last['taid_t']})")
+        print(
+            f"identical to the reference at steps 1..{last['step']} (last: loss {last['loss']}, "
+            f"grad_norm {last['grad_norm']}, t {last['taid_t']})"
+        )
     return errors
 
 

@@ -30,11 +30,19 @@ def main() -> None:
         return from_prev, from_next, reqs
 
     communicator._communicate = recording
-    step = trainer.train_step(synthetic_batches(ctx, cfg.parallel.global_batch_size, cfg.parallel.micro_batch_size,
-                                                cfg.data.seq_length))
-    report(pp_rank=ctx.pp_rank, loss=step.loss, micro_batches=trainer.accumulation_steps,
-           student_hidden=cfg.student.hidden_size, teacher_hidden=cfg.teacher.hidden_size,
-           seq_length=cfg.data.seq_length, micro_batch_size=cfg.parallel.micro_batch_size, **seen)
+    step = trainer.train_step(
+        synthetic_batches(ctx, cfg.parallel.global_batch_size, cfg.parallel.micro_batch_size, cfg.data.seq_length)
+    )
+    report(
+        pp_rank=ctx.pp_rank,
+        loss=step.loss,
+        micro_batches=trainer.accumulation_steps,
+        student_hidden=cfg.student.hidden_size,
+        teacher_hidden=cfg.teacher.hidden_size,
+        seq_length=cfg.data.seq_length,
+        micro_batch_size=cfg.parallel.micro_batch_size,
+        **seen,
+    )
     destroy_distributed()
 
 

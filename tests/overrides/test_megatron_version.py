@@ -9,9 +9,17 @@ from pathlib import Path
 from taidtron import overrides
 
 REPO = Path(overrides.__file__).resolve().parents[2]
-KNOWN_PRIVATE_NAMES = ("_results_queue", "_set_main_param_and_optimizer_states",
-                       "_init_optimizer_states_with_dummy_values", "helpers_cpp", "_get_cuda_rng_state",
-                       "_set_cuda_rng_state", "_set_pg_timeout", "options._timeout", "_get_backend")
+KNOWN_PRIVATE_NAMES = (
+    "_results_queue",
+    "_set_main_param_and_optimizer_states",
+    "_init_optimizer_states_with_dummy_values",
+    "helpers_cpp",
+    "_get_cuda_rng_state",
+    "_set_cuda_rng_state",
+    "_set_pg_timeout",
+    "options._timeout",
+    "_get_backend",
+)
 """The private names the workarounds touch (see taidtron/overrides/__init__.py)."""
 
 
@@ -37,9 +45,15 @@ def _private_megatron_accesses(path: Path) -> list[str]:
             megatron_names.update(alias.asname or alias.name for alias in node.names)
         elif isinstance(node, ast.Import):
             megatron_names.update(a.asname or a.name for a in node.names if a.name.startswith("megatron"))
-    return [f"{path.name}:{node.lineno} {node.value.id}.{node.attr}" for node in ast.walk(tree)
-            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
-            and isinstance(node.value, ast.Name) and node.value.id in megatron_names]
+    return [
+        f"{path.name}:{node.lineno} {node.value.id}.{node.attr}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+        and isinstance(node.value, ast.Name)
+        and node.value.id in megatron_names
+    ]
 
 
 def test_no_module_outside_overrides_reaches_into_megatron_internals():

@@ -25,16 +25,17 @@ def reference(cfg, ctx) -> dict:
     tokenizer = load_shared_tokenizer(cfg.data)
     pair = build_trainer(cfg, ctx, tokenizer.vocab_size).model.module.eval()
     gbs = cfg.parallel.global_batch_size
-    batches, num_batches = build_test_iterator(cfg.data, tokenizer, micro_batch_size=gbs, global_batch_size=gbs,
-                                               dp_rank=0, dp_size=1)
+    batches, num_batches = build_test_iterator(
+        cfg.data, tokenizer, micro_batch_size=gbs, global_batch_size=gbs, dp_rank=0, dp_size=1
+    )
     sums = {"student_lm_loss": 0.0, "teacher_lm_loss": 0.0, "kl_teacher_student": 0.0}
     tokens = 0.0
     with torch.no_grad():
         for _ in range(num_batches):
             batch = next(batches)
             student, teacher = pair(batch["tokens"], batch["position_ids"])  # [b, s, V_padded] each
-            log_q = torch.log_softmax(student[..., :tokenizer.vocab_size].double(), -1)
-            log_p = torch.log_softmax(teacher[..., :tokenizer.vocab_size].double(), -1)
+            log_q = torch.log_softmax(student[..., : tokenizer.vocab_size].double(), -1)
+            log_p = torch.log_softmax(teacher[..., : tokenizer.vocab_size].double(), -1)
             labels, mask = batch["labels"].unsqueeze(-1), batch["loss_mask"].double()
             sums["student_lm_loss"] += float((-log_q.gather(-1, labels).squeeze(-1) * mask).sum())
             sums["teacher_lm_loss"] += float((-log_p.gather(-1, labels).squeeze(-1) * mask).sum())

@@ -6,23 +6,29 @@ import json
 
 import pytest
 
+from taidtron.plots import read_jsonl
 from tests.results.conftest import COMMON, STUDENT, TEACHER
 from tests.support import REPO_ROOT, run_cli, run_torchrun
-from taidtron.plots import read_jsonl
 
 WORKER = REPO_ROOT / "tests" / "results" / "eval_worker.py"
 
 
 def pair_overrides(tiny_runs) -> list[str]:
     """The tiny student measured against the tiny teacher (fkl: a distillation objective, so the teacher is built)."""
-    return [*STUDENT, *TEACHER, "taid.loss=fkl", f"student.init={tiny_runs['student'] / 'checkpoints'}",
-            f"teacher.init={tiny_runs['teacher'] / 'checkpoints'}"]
+    return [
+        *STUDENT,
+        *TEACHER,
+        "taid.loss=fkl",
+        f"student.init={tiny_runs['student'] / 'checkpoints'}",
+        f"teacher.init={tiny_runs['teacher'] / 'checkpoints'}",
+    ]
 
 
 @pytest.mark.multiprocess
 def test_test_split_metrics_on_two_data_parallel_ranks_equal_a_float64_reference(tiny_runs):
-    results = run_torchrun(WORKER, 2, *COMMON[2:], *pair_overrides(tiny_runs), "parallel.micro_batch_size=2",
-                           timeout=600)
+    results = run_torchrun(
+        WORKER, 2, *COMMON[2:], *pair_overrides(tiny_runs), "parallel.micro_batch_size=2", timeout=600
+    )
     for rank in results:
         assert rank["dp"] == 2
         result, ref = rank["result"], rank["reference"]
@@ -37,8 +43,19 @@ def test_test_split_metrics_on_two_data_parallel_ranks_equal_a_float64_reference
 
 def test_valid_split_reproduces_the_runs_final_validation_and_the_json_lands_in_out(tiny_runs, tmp_path):
     out = tmp_path / "valid.json"
-    proc = run_cli("-m", "taidtron.evaluate", *COMMON, *STUDENT, "taid.loss=lm", "--split", "valid", "--out", str(out),
-                   f"student.init={tiny_runs['student'] / 'checkpoints'}", timeout=600)
+    proc = run_cli(
+        "-m",
+        "taidtron.evaluate",
+        *COMMON,
+        *STUDENT,
+        "taid.loss=lm",
+        "--split",
+        "valid",
+        "--out",
+        str(out),
+        f"student.init={tiny_runs['student'] / 'checkpoints'}",
+        timeout=600,
+    )
     printed = json.loads(proc.stdout.strip().splitlines()[-1])
     assert json.loads(out.read_text()) == printed
     final = [row for row in read_jsonl(tiny_runs["student"] / "eval.jsonl") if row.get("final")][-1]
@@ -48,20 +65,22 @@ def test_valid_split_reproduces_the_runs_final_validation_and_the_json_lands_in_
 
 def test_a_trained_teacher_scores_below_an_untrained_student_on_the_test_split(tiny_runs):
     """The held-out numbers move with training: the teacher (30 steps) beats the student (10 steps)."""
-    proc = run_cli("-m", "taidtron.evaluate", *COMMON, *pair_overrides(tiny_runs), "--max-batches", "2",
-                   timeout=600)
+    proc = run_cli("-m", "taidtron.evaluate", *COMMON, *pair_overrides(tiny_runs), "--max-batches", "2", timeout=600)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["batches"] == 2
     assert result["test_teacher_lm_loss"] < result["test_student_lm_loss"]
     assert result["test_kl_teacher_student"] > 0
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["taid.loss=lm"], "student.init"),
-    (["taid.loss=lm", "student.init=/nonexistent/ckpt"], "/nonexistent/ckpt"),
-    (["taid.loss=lm", "data.split=95,5,0", "student.init={student}"], "no test share"),
-    (["taid.loss=fkl", "teacher.init=null", "student.init={student}"], "teacher.init"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["taid.loss=lm"], "student.init"),
+        (["taid.loss=lm", "student.init=/nonexistent/ckpt"], "/nonexistent/ckpt"),
+        (["taid.loss=lm", "data.split=95,5,0", "student.init={student}"], "no test share"),
+        (["taid.loss=fkl", "teacher.init=null", "student.init={student}"], "teacher.init"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(tiny_runs, overrides, message):
     overrides = [o.format(student=tiny_runs["student"] / "checkpoints") for o in overrides]
     proc = run_cli("-m", "taidtron.evaluate", *COMMON, *STUDENT, *overrides, expect_ok=False, timeout=600)

@@ -9,18 +9,36 @@ import sys
 
 import pytest
 
-from tests.support import REPO_ROOT, run_cli
 from taidtron.plots import read_jsonl
+from tests.support import REPO_ROOT, run_cli
 
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 import paper_mini  # noqa: E402
 
-SMOKE = ["data.blend=[data/smoke/smoke_text_document]", "data.tokenizer=data/smoke/tokenizer.model",
-         "student.vocab_size=1024", "teacher.vocab_size=1024", "data.seq_length=64", "parallel.micro_batch_size=4",
-         "parallel.global_batch_size=8", "optim.train_steps=6", "optim.warmup_steps=1", "logging.eval_interval=3",
-         "logging.eval_iters=2", "logging.wandb_mode=disabled", "checkpoint.save_interval=0", "data.split=90,5,5"]
-TEACHER = ["teacher.num_layers=2", "teacher.hidden_size=64", "teacher.num_attention_heads=4",
-           "teacher.num_query_groups=2", "teacher.ffn_hidden_size=128", "teacher.init=null"]
+SMOKE = [
+    "data.blend=[data/smoke/smoke_text_document]",
+    "data.tokenizer=data/smoke/tokenizer.model",
+    "student.vocab_size=1024",
+    "teacher.vocab_size=1024",
+    "data.seq_length=64",
+    "parallel.micro_batch_size=4",
+    "parallel.global_batch_size=8",
+    "optim.train_steps=6",
+    "optim.warmup_steps=1",
+    "logging.eval_interval=3",
+    "logging.eval_iters=2",
+    "logging.wandb_mode=disabled",
+    "checkpoint.save_interval=0",
+    "data.split=90,5,5",
+]
+TEACHER = [
+    "teacher.num_layers=2",
+    "teacher.hidden_size=64",
+    "teacher.num_attention_heads=4",
+    "teacher.num_query_groups=2",
+    "teacher.ffn_hidden_size=128",
+    "teacher.init=null",
+]
 
 
 def test_runs_in_one_reused_process_equal_fresh_processes(tmp_path):
@@ -29,19 +47,37 @@ def test_runs_in_one_reused_process_equal_fresh_processes(tmp_path):
     lm = [*SMOKE, "taid.loss=lm", "seed=3"]
     taid = [*SMOKE, *TEACHER, "taid.loss=taid", "seed=5", "data.seed=7"]
     order = [("lm_first", lm), ("taid", taid), ("lm_again", lm)]
-    jobs = [{"name": name, "kind": "train", "overrides": [*o, f"logging.run_dir={tmp_path / name}"],
-             "marker": str(tmp_path / name / "job.json"), "log": str(tmp_path / f"{name}.log")} for name, o in order]
+    jobs = [
+        {
+            "name": name,
+            "kind": "train",
+            "overrides": [*o, f"logging.run_dir={tmp_path / name}"],
+            "marker": str(tmp_path / name / "job.json"),
+            "log": str(tmp_path / f"{name}.log"),
+        }
+        for name, o in order
+    ]
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
-    proc = run_cli(str(REPO_ROOT / "tests" / "results" / "inprocess_worker.py"), str(tmp_path / "jobs.json"),
-                   timeout=900)
+    proc = run_cli(
+        str(REPO_ROOT / "tests" / "results" / "inprocess_worker.py"), str(tmp_path / "jobs.json"), timeout=900
+    )
     assert all(r["ok"] for r in json.loads(proc.stdout.strip().splitlines()[-1])), proc.stdout[-3000:]
     for name, overrides in (("fresh_lm", lm), ("fresh_taid", taid)):
-        run_cli("-m", "taidtron.train", "--config", str(paper_mini.CONFIG), *overrides,
-                f"logging.run_dir={tmp_path / name}", timeout=900)
+        run_cli(
+            "-m",
+            "taidtron.train",
+            "--config",
+            str(paper_mini.CONFIG),
+            *overrides,
+            f"logging.run_dir={tmp_path / name}",
+            timeout=900,
+        )
 
     def curves(name):
-        steps = [{k: r[k] for k in ("step", "loss", "grad_norm", "lr", "taid_t") if k in r}
-                 for r in read_jsonl(tmp_path / name / "metrics.jsonl")]
+        steps = [
+            {k: r[k] for k in ("step", "loss", "grad_norm", "lr", "taid_t") if k in r}
+            for r in read_jsonl(tmp_path / name / "metrics.jsonl")
+        ]
         return steps, read_jsonl(tmp_path / name / "eval.jsonl")
 
     assert curves("lm_first") == curves("fresh_lm") == curves("lm_again")
@@ -56,12 +92,24 @@ def raw_results(gaps: dict[str, list[float]], noise: float = 0.0) -> dict:
         for seed, gap in enumerate(per_seed, 1):
             base = 5.0 + seed * noise
             for method, value in (("taid", base), ("skew_fkl", base + gap), ("lm", 5.5)):
-                runs.append({"method": method, "teacher": size, "seed": seed, "ok": True, "taid_t": [],
-                             "test": {"student_lm_loss": value, "kl_teacher_student": value / 10}})
+                runs.append(
+                    {
+                        "method": method,
+                        "teacher": size,
+                        "seed": seed,
+                        "ok": True,
+                        "taid_t": [],
+                        "test": {"student_lm_loss": value, "kl_teacher_student": value / 10},
+                    }
+                )
     sizes = list(gaps)
-    return {"sweep": {"teachers": sizes, "methods": ["taid", "skew_fkl"], "seeds": [1, 2], "student_steps": 10},
-            "labels": paper_mini.LABELS, "runs": runs, "config": {"taid": {}},
-            "teachers": {s: {"params": 1e6 * (i + 1)} for i, s in enumerate(sizes)}}
+    return {
+        "sweep": {"teachers": sizes, "methods": ["taid", "skew_fkl"], "seeds": [1, 2], "student_steps": 10},
+        "labels": paper_mini.LABELS,
+        "runs": runs,
+        "config": {"taid": {}},
+        "teachers": {s: {"params": 1e6 * (i + 1)} for i, s in enumerate(sizes)},
+    }
 
 
 def test_reading_says_the_advantage_grows_only_when_it_does_beyond_the_seed_noise():
@@ -88,19 +136,24 @@ def test_table_marks_the_best_distillation_method_and_reports_mean_and_sample_st
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path):
-    for args, message in ((["--jobs", "0"], "--jobs 0"), (["--deb", str(tmp_path / "none.deb")], "does not exist"),
-                          (["--report-only", "--out", str(tmp_path)], "run the experiment first")):
+    for args, message in (
+        (["--jobs", "0"], "--jobs 0"),
+        (["--deb", str(tmp_path / "none.deb")], "does not exist"),
+        (["--report-only", "--out", str(tmp_path)], "run the experiment first"),
+    ):
         proc = run_cli("tools/paper_mini.py", *args, expect_ok=False)
-        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, \
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (
             proc.stderr
+        )
 
 
 @pytest.mark.paper_mini
 def test_quick_pipeline_writes_the_table_the_plots_and_the_raw_results(tmp_path):
     """`python tools/paper_mini.py --quick` end to end (fetches python3.11-doc with apt-get unless cached)."""
     out = tmp_path / "results"
-    proc = run_cli("tools/paper_mini.py", "--quick", "--work-dir", str(tmp_path / "work"), "--out", str(out),
-                   timeout=1200)
+    proc = run_cli(
+        "tools/paper_mini.py", "--quick", "--work-dir", str(tmp_path / "work"), "--out", str(out), timeout=1200
+    )
     assert "13 to run" in proc.stdout
     page = (out / "paper_mini.md").read_text()
     raw = json.loads((out / "paper_mini.json").read_text())
@@ -116,8 +169,9 @@ def test_quick_pipeline_writes_the_table_the_plots_and_the_raw_results(tmp_path)
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in page
     assert "Quick mode" in page and "python tools/paper_mini.py --quick" in page
     # rerun: every run is reused; --report-only rewrites the same page from the raw JSON
-    again = run_cli("tools/paper_mini.py", "--quick", "--work-dir", str(tmp_path / "work"), "--out", str(out),
-                    timeout=600)
+    again = run_cli(
+        "tools/paper_mini.py", "--quick", "--work-dir", str(tmp_path / "work"), "--out", str(out), timeout=600
+    )
     assert "13 of 13 runs already done" in again.stdout
     (out / "paper_mini.md").unlink()
     run_cli("tools/paper_mini.py", "--report-only", "--out", str(out))

@@ -13,8 +13,19 @@ SCRIPT = REPO_ROOT / "tools" / "bench_step.py"
 
 def test_smoke_pair_reports_the_three_timings_and_their_ratio(tmp_path):
     out = tmp_path / "bench_step.json"
-    proc = run_cli(str(SCRIPT), "--pairs", "smoke", "--repeats", "1", "--warmup", "0", "--json", str(out),
-                   "parallel.global_batch_size=8", timeout=600)
+    proc = run_cli(
+        str(SCRIPT),
+        "--pairs",
+        "smoke",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+        str(out),
+        "parallel.global_batch_size=8",
+        timeout=600,
+    )
     (result,) = json.loads(out.read_text())["results"]
     assert result["pair"] == "smoke" and result["device"] == "cpu" and result["precision"] == "float32"
     assert result["micro_batches"] == 2 and result["tokens_per_step"] == 8 * 128
@@ -35,8 +46,9 @@ def test_smoke_pair_reports_the_three_timings_and_their_ratio(tmp_path):
 
 def test_unknown_pair_and_a_layout_it_cannot_run_exit_2_with_one_line():
     proc = run_cli(str(SCRIPT), "--pairs", "smoke,huge", expect_ok=False)
-    assert proc.returncode == 2 and proc.stderr.strip() == ("error: unknown pair(s) huge; choose from smoke, x4, "
-                                                           "1.5b-7b, 1.5b-72bw2")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "error: unknown pair(s) huge; choose from smoke, x4, 1.5b-7b, 1.5b-72bw2"
+    )
     proc = run_cli(str(SCRIPT), "--pairs", "smoke", "parallel.tp=2", expect_ok=False, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")

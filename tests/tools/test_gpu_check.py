@@ -26,8 +26,19 @@ def gpu_check():
 def test_dry_run_lists_every_check_with_budget_and_command(gpu_check, tmp_path):
     proc = run_cli(str(SCRIPT), "--dry-run", "--out", str(tmp_path / "report.json"))
     names = [c.name for c in gpu_check["CHECKS"]]
-    assert {"versions", "gpu_tests", "loss_bench", "smoke", "throughput_72b_width", "host_syncs", "inf_gradient",
-            "step_overhead", "throughput_7b", "te_vs_local", "dp_overlap"} == set(names)
+    assert {
+        "versions",
+        "gpu_tests",
+        "loss_bench",
+        "smoke",
+        "throughput_72b_width",
+        "host_syncs",
+        "inf_gradient",
+        "step_overhead",
+        "throughput_7b",
+        "te_vs_local",
+        "dp_overlap",
+    } == set(names)
     for name in names:
         assert f"  {name} " in proc.stdout
     assert "tools/bench_loss.py --tokens 8192 --vocab 151936 --dtype bf16 --device cuda --compile" in proc.stdout
@@ -45,7 +56,7 @@ def test_without_a_gpu_the_report_says_so_check_by_check(tmp_path):
     assert versions["status"] == "fail" and "no CUDA device" in versions["summary"]
     assert versions["metrics"]["megatron_core"] == "0.16.1" and versions["metrics"]["gloo_side_groups"] is True
     assert (tests["status"], tests["summary"]) == ("not_run", "no CUDA device visible")
-    table = proc.stdout[proc.stdout.index("check "):]
+    table = proc.stdout[proc.stdout.index("check ") :]
     assert "versions" in table and "gpu_tests" in table and "0/2 checks pass" in proc.stdout
 
 
@@ -57,8 +68,13 @@ def test_deadline_leaves_checks_not_run(tmp_path):
     assert record["status"] == "not_run" and record["summary"].startswith("deadline")
 
 
-@pytest.mark.parametrize("args, message", [(["--only", "versions,warp_drive"], "unknown check(s) warp_drive"),
-                                           (["--deadline", "0"], "--deadline must be positive")])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--only", "versions,warp_drive"], "unknown check(s) warp_drive"),
+        (["--deadline", "0"], "--deadline must be positive"),
+    ],
+)
 def test_bad_arguments_exit_2_with_one_line(args, message):
     proc = run_cli(str(SCRIPT), *args, expect_ok=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -67,8 +83,10 @@ def test_bad_arguments_exit_2_with_one_line(args, message):
 
 def test_a_hung_check_is_killed_with_its_children_at_its_budget(gpu_check, tmp_path):
     marker = tmp_path / "child.pid"
-    code = (f"import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; "
-            f"time.sleep(60)']); open({str(marker)!r}, 'w').write(str(c.pid)); time.sleep(60)")
+    code = (
+        f"import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; "
+        f"time.sleep(60)']); open({str(marker)!r}, 'w').write(str(c.pid)); time.sleep(60)"
+    )
     check = gpu_check["Check"]("hung", "sleeps", 60, ["-c", code], needs_gpu=False)
     start = time.monotonic()
     record = gpu_check["run_check"](check, 3.0, tmp_path)
@@ -82,8 +100,21 @@ def test_a_hung_check_is_killed_with_its_children_at_its_budget(gpu_check, tmp_p
 def test_pytest_results_are_read_test_by_test(gpu_check, tmp_path):
     (tmp_path / "test_sample.py").write_text("def test_good():\n    pass\n\ndef test_bad():\n    assert False\n")
     xml = tmp_path / "junit.xml"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", str(tmp_path / "test_sample.py"), "-p",
-                           "no:cacheprovider", f"--junitxml={xml}"], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            str(tmp_path / "test_sample.py"),
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={xml}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     metrics, status, summary = gpu_check["PARSERS"]["pytest"](xml, proc.stdout, proc.returncode)
     assert status == "fail" and (metrics["passed"], metrics["failed"]) == (1, 1)
     assert "test_bad" in summary

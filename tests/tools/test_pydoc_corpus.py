@@ -13,8 +13,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-import pytest
-
 from tests.support import REPO_ROOT, run_cli
 
 sys.path.insert(0, str(REPO_ROOT / "tools"))
@@ -61,16 +59,27 @@ def make_deb(path: Path, pages: dict[str, str], package: str = "python3.11-doc")
     root = "./usr/share/doc/python3.11/html/"
     data = {root + name: html.encode() for name, html in pages.items()}
     data["./usr/share/doc/python3.11-doc/copyright"] = b"PSF"
-    path.write_bytes(ar_archive({"debian-binary": b"2.0\n", "control.tar.xz": tar_xz({"./control": control.encode()}),
-                                 "data.tar.xz": tar_xz(data)}))
+    path.write_bytes(
+        ar_archive(
+            {
+                "debian-binary": b"2.0\n",
+                "control.tar.xz": tar_xz({"./control": control.encode()}),
+                "data.tar.xz": tar_xz(data),
+            }
+        )
+    )
     return path
 
 
-PAGES = {"library/spam.html": PAGE.format(title="spam - Spam things"),
-         "tutorial/eggs.html": PAGE.format(title="Eggs tutorial"),
-         "whatsnew/3.11.html": PAGE.format(title="What is new"),
-         "genindex-A.html": PAGE.format(title="Index A"), "contents.html": PAGE.format(title="Contents"),
-         "search.html": PAGE.format(title="Search"), "_static/x.html": PAGE.format(title="static")}
+PAGES = {
+    "library/spam.html": PAGE.format(title="spam - Spam things"),
+    "tutorial/eggs.html": PAGE.format(title="Eggs tutorial"),
+    "whatsnew/3.11.html": PAGE.format(title="What is new"),
+    "genindex-A.html": PAGE.format(title="Index A"),
+    "contents.html": PAGE.format(title="Contents"),
+    "search.html": PAGE.format(title="Search"),
+    "_static/x.html": PAGE.format(title="static"),
+}
 
 
 def test_page_text_keeps_the_main_body_prose_one_line_per_block():
@@ -91,8 +100,10 @@ def test_corpus_has_one_document_per_prose_page_in_hashed_order_with_its_checksu
     meta = pydoc_corpus.build_corpus(deb, tmp_path / "out")
     corpus = tmp_path / "out" / "pydoc.jsonl"
     docs = [json.loads(line) for line in corpus.read_text().splitlines()]
-    expected = sorted(["library/spam.html", "tutorial/eggs.html", "whatsnew/3.11.html"],
-                      key=lambda p: hashlib.sha256(p.encode()).hexdigest())
+    expected = sorted(
+        ["library/spam.html", "tutorial/eggs.html", "whatsnew/3.11.html"],
+        key=lambda p: hashlib.sha256(p.encode()).hexdigest(),
+    )
     assert [d["page"] for d in docs] == expected  # indices, contents, search and _static are left out
     assert meta["documents"] == 3 and meta["version"] == "3.11.2-6+test1" and not meta["matches_reference"]
     assert meta["text_sha256"] == hashlib.sha256(corpus.read_bytes()).hexdigest()
@@ -103,8 +114,9 @@ def test_corpus_has_one_document_per_prose_page_in_hashed_order_with_its_checksu
     again = pydoc_corpus.build_corpus(deb, tmp_path / "again")
     assert again["text_sha256"] == meta["text_sha256"]
     two = pydoc_corpus.build_corpus(deb, tmp_path / "two", max_pages=2)
-    assert [json.loads(x)["page"] for x in (tmp_path / "two" / "pydoc.jsonl").read_text().splitlines()] == \
-        expected[:2] and two["max_pages"] == 2
+    assert [json.loads(x)["page"] for x in (tmp_path / "two" / "pydoc.jsonl").read_text().splitlines()] == expected[
+        :2
+    ] and two["max_pages"] == 2
 
 
 def test_cli_builds_from_a_given_deb_and_rejects_bad_input_with_exit_2(tmp_path):
@@ -114,10 +126,13 @@ def test_cli_builds_from_a_given_deb_and_rejects_bad_input_with_exit_2(tmp_path)
     not_a_deb = tmp_path / "junk.deb"
     not_a_deb.write_bytes(b"hello")
     other = make_deb(tmp_path / "other.deb", PAGES, package="python3-foo")
-    for args, message in ((["--deb", str(tmp_path / "missing.deb")], "does not exist"),
-                          (["--deb", str(not_a_deb)], "not a .deb"),
-                          (["--deb", str(other)], "not python3.11-doc"),
-                          (["--deb", str(deb), "--max-pages", "0"], "must be >= 1")):
+    for args, message in (
+        (["--deb", str(tmp_path / "missing.deb")], "does not exist"),
+        (["--deb", str(not_a_deb)], "not a .deb"),
+        (["--deb", str(other)], "not python3.11-doc"),
+        (["--deb", str(deb), "--max-pages", "0"], "must be >= 1"),
+    ):
         proc = run_cli("tools/pydoc_corpus.py", "--out", str(tmp_path / "bad"), *args, expect_ok=False)
-        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, \
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (
             proc.stderr
+        )

@@ -25,12 +25,28 @@ from tests.support import report
 
 VOCAB = 250  # true vocabulary; both models pad to 256 (128 * tp), so padded columns take part in every test
 BASE = [
-    "student.num_layers=4", "student.hidden_size=64", "student.num_attention_heads=4", "student.num_query_groups=2",
-    "student.ffn_hidden_size=128", "student.vocab_size=250", "student.tie_embeddings=true",
-    "teacher.family=qwen2", "teacher.num_layers=4", "teacher.hidden_size=96", "teacher.num_attention_heads=4",
-    "teacher.num_query_groups=2", "teacher.ffn_hidden_size=160", "teacher.vocab_size=250",
-    "data.seq_length=32", "parallel.micro_batch_size=2", "parallel.global_batch_size=8",
-    "optim.lr=1e-2", "optim.min_lr=1e-3", "optim.warmup_steps=0", "optim.train_steps=20", "optim.clip_grad=1.0",
+    "student.num_layers=4",
+    "student.hidden_size=64",
+    "student.num_attention_heads=4",
+    "student.num_query_groups=2",
+    "student.ffn_hidden_size=128",
+    "student.vocab_size=250",
+    "student.tie_embeddings=true",
+    "teacher.family=qwen2",
+    "teacher.num_layers=4",
+    "teacher.hidden_size=96",
+    "teacher.num_attention_heads=4",
+    "teacher.num_query_groups=2",
+    "teacher.ffn_hidden_size=160",
+    "teacher.vocab_size=250",
+    "data.seq_length=32",
+    "parallel.micro_batch_size=2",
+    "parallel.global_batch_size=8",
+    "optim.lr=1e-2",
+    "optim.min_lr=1e-3",
+    "optim.warmup_steps=0",
+    "optim.train_steps=20",
+    "optim.clip_grad=1.0",
     # Adam turns rounding noise in near-zero gradients into full-size updates (g / sqrt(v) ~ sign(g)); a larger
     # eps keeps updates proportional to small gradients, so the weight comparison tests the gradients themselves.
     "optim.adam_eps=1e-3",
@@ -48,14 +64,21 @@ def synthetic_batches(ctx, global_batch: int, micro_batch: int, seq: int, seed: 
         part = slice(ctx.dp_rank * global_batch // ctx.dp, (ctx.dp_rank + 1) * global_batch // ctx.dp)
         tokens, loss_mask = tokens[part], loss_mask[part]
         for start in range(0, tokens.shape[0], micro_batch):
-            chunk = tokens[start:start + micro_batch]
-            yield {"tokens": chunk[:, :-1], "labels": chunk[:, 1:], "loss_mask": loss_mask[start:start + micro_batch],
-                   "position_ids": torch.arange(seq).expand(chunk.shape[0], -1)}
+            chunk = tokens[start : start + micro_batch]
+            yield {
+                "tokens": chunk[:, :-1],
+                "labels": chunk[:, 1:],
+                "loss_mask": loss_mask[start : start + micro_batch],
+                "position_ids": torch.arange(seq).expand(chunk.shape[0], -1),
+            }
 
 
 def weights_meta(cfg, role: str, trainer: Trainer, kind: str) -> checkpoint.CheckpointMeta:
-    return checkpoint.CheckpointMeta(model=getattr(cfg, role), padded_vocab_size=trainer.padded_vocab_size,
-                                     source=checkpoint.WeightsSource(kind=kind, description=f"step_worker {role}"))
+    return checkpoint.CheckpointMeta(
+        model=getattr(cfg, role),
+        padded_vocab_size=trainer.padded_vocab_size,
+        source=checkpoint.WeightsSource(kind=kind, description=f"step_worker {role}"),
+    )
 
 
 def main() -> None:
@@ -78,8 +101,7 @@ def main() -> None:
 
     teacher_before = {k: v.detach().clone() for k, v in pair.teacher.state_dict().items() if torch.is_tensor(v)}
     optimizer_params = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
-    batches = synthetic_batches(ctx, cfg.parallel.global_batch_size, cfg.parallel.micro_batch_size,
-                                cfg.data.seq_length)
+    batches = synthetic_batches(ctx, cfg.parallel.global_batch_size, cfg.parallel.micro_batch_size, cfg.data.seq_length)
     results = {"loss": [], "taid_t": [], "grad_norm": []}
     for _ in range(STEPS):
         step = trainer.train_step(batches)
@@ -95,8 +117,9 @@ def main() -> None:
     assert not any(p.requires_grad for p in pair.teacher.parameters()), "teacher parameters require grad"
     assert not any(id(p) in optimizer_params for p in pair.teacher.parameters()), "teacher is in the optimizer"
     trainer.sync_weights()
-    checkpoint.save_checkpoint(out_dir / "student", trainer.step, model=pair.student,
-                               meta=weights_meta(cfg, "student", trainer, "training"))
+    checkpoint.save_checkpoint(
+        out_dir / "student", trainer.step, model=pair.student, meta=weights_meta(cfg, "student", trainer, "training")
+    )
     report(world_size=ctx.world_size, **results)
     destroy_distributed()
 

@@ -21,8 +21,10 @@ BASE = ["--config", "configs/smoke.yaml", *TINY, "logging.eval_interval=0", "che
 
 def strict_rows(path: Path) -> list[dict]:
     """The rows of a JSONL file, refusing the non-standard NaN / Infinity tokens."""
+
     def refuse(token):
         raise AssertionError(f"{path.name} holds a bare {token}")
+
     return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
 
 
@@ -41,6 +43,7 @@ def checkpoint_tensors(directory: Path) -> dict[str, torch.Tensor]:
                 yield from leaves(value, f"{prefix}{key}.")
             elif isinstance(value, torch.Tensor) and value.is_floating_point():
                 yield f"{prefix}{key}", value
+
     return dict(leaves(state))
 
 
@@ -53,8 +56,14 @@ def test_non_finite_steps_are_skipped_logged_and_change_nothing_then_the_streak_
     weights to ~1e6, later gradients are NaN. Those steps are skipped and the run ends; every checkpoint is finite;
     the final one, written at a skipped step, equals the last applied step's bit for bit."""
     run = tmp_path / "lr1e6"
-    args = [*BASE, "optim.lr=1e6", "optim.min_lr=0", "optim.warmup_steps=0", "checkpoint.save_interval=1",
-            f"logging.run_dir={run}"]
+    args = [
+        *BASE,
+        "optim.lr=1e6",
+        "optim.min_lr=0",
+        "optim.warmup_steps=0",
+        "checkpoint.save_interval=1",
+        f"logging.run_dir={run}",
+    ]
     proc = run_train([*args, "optim.train_steps=6"])
     rows = strict_rows(run / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 7))
@@ -69,7 +78,7 @@ def test_non_finite_steps_are_skipped_logged_and_change_nothing_then_the_streak_
             assert r["loss"] is None or r["grad_norm"] is None  # written as null, never NaN
             assert f"step {r['step']} skipped: loss" in proc.stdout
     # No LR or t change across skipped steps.
-    tail = rows[first - 1:]
+    tail = rows[first - 1 :]
     assert len({r["lr"] for r in tail}) == 1 and len({r["taid_t"] for r in tail}) == 1
 
     # Periodic saves wait for an applied step; the last step always saves. Every checkpoint is finite.
@@ -102,8 +111,9 @@ def test_non_finite_steps_are_skipped_logged_and_change_nothing_then_the_streak_
 def straight(tmp_path_factory) -> Path:
     """Six healthy steps, a checkpoint after each."""
     run = tmp_path_factory.mktemp("divergence") / "straight"
-    run_train([*BASE, "optim.train_steps=6", "optim.warmup_steps=1", "checkpoint.save_interval=1",
-               f"logging.run_dir={run}"])
+    run_train(
+        [*BASE, "optim.train_steps=6", "optim.warmup_steps=1", "checkpoint.save_interval=1", f"logging.run_dir={run}"]
+    )
     return run
 
 
@@ -123,8 +133,17 @@ def test_a_blow_up_between_saves_stops_before_it_is_saved_and_a_lower_lr_resumes
     # lr 1e38 from step 4 on: step 4's loss and gradients are finite, so it is applied and throws the weights to
     # ~1e38 (finite: Adam moves each weight by about lr); from step 5 the gradients are NaN and the steps skipped.
     # The streak stops the run before anything is saved, so `latest` stays the last good checkpoint.
-    proc = run_train([*common, "checkpoint.save_interval=0", "optim.max_skipped_steps=2", "optim.lr=1e38",
-                      "optim.min_lr=1e38", "checkpoint.override=[optim.lr,optim.min_lr]"], expect_ok=False)
+    proc = run_train(
+        [
+            *common,
+            "checkpoint.save_interval=0",
+            "optim.max_skipped_steps=2",
+            "optim.lr=1e38",
+            "optim.min_lr=1e38",
+            "checkpoint.override=[optim.lr,optim.min_lr]",
+        ],
+        expect_ok=False,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     (message,) = [line for line in proc.stderr.splitlines() if line.startswith("taidtron: error:")]
     print(message)
@@ -152,8 +171,9 @@ def test_a_blow_up_between_saves_stops_before_it_is_saved_and_a_lower_lr_resumes
     straight_rows = read_metrics(straight)
     assert [r["lr"] for r in rows[:3]] == [r["lr"] for r in straight_rows[:3]]
     for row in rows[3:]:  # the LR scheduler had done row["step"] - 1 steps when this one ran
-        assert row["lr"] == pytest.approx(cosine_lr(row["step"] - 1, max_lr=1e-3, min_lr=1e-4, warmup=1, horizon=6),
-                                          rel=1e-12)
+        assert row["lr"] == pytest.approx(
+            cosine_lr(row["step"] - 1, max_lr=1e-3, min_lr=1e-4, warmup=1, horizon=6), rel=1e-12
+        )
     assert rows[3]["lr"] < straight_rows[3]["lr"] / 2
 
     # The run directory keeps what each start ran with.

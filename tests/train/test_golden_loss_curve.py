@@ -26,9 +26,25 @@ def test_tiny_run_reproduces_the_recorded_loss_curve(tmp_path):
     # the smoke test's two stages in miniature: a teacher pretrained for 30 steps, then 12 TAID steps
     overrides = [o for o in TINY if o != "teacher.init=null"]
     proc = subprocess.run(
-        [sys.executable, "tools/smoke_test.py", "--run-dir", str(tmp_path), "--teacher-steps", "30", *overrides,
-         f"optim.train_steps={STEPS}", "optim.warmup_steps=2", "optim.lr=1e-2", "logging.eval_interval=0"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=subprocess_env())
+        [
+            sys.executable,
+            "tools/smoke_test.py",
+            "--run-dir",
+            str(tmp_path),
+            "--teacher-steps",
+            "30",
+            *overrides,
+            f"optim.train_steps={STEPS}",
+            "optim.warmup_steps=2",
+            "optim.lr=1e-2",
+            "logging.eval_interval=0",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=subprocess_env(),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "distill" / "metrics.jsonl").read_text().splitlines()]
     curve = [(r["step"], r["loss"], r["taid_t"]) for r in rows]

@@ -53,8 +53,9 @@ def test_layout_matches_single_process_loss_t_and_updated_student(layout, refere
     nproc, overrides = LAYOUTS[layout]
     out = root / layout
     out.mkdir()
-    results = run_torchrun(WORKER, nproc, str(out), "train", str(root / "student_init"), str(root / "teacher_init"),
-                           *overrides)
+    results = run_torchrun(
+        WORKER, nproc, str(out), "train", str(root / "student_init"), str(root / "teacher_init"), *overrides
+    )
     assert all(r["world_size"] == nproc for r in results)
     assert all(r["taid_t"] == results[0]["taid_t"] for r in results), "t differs across ranks"
     got = results[0]
@@ -69,7 +70,9 @@ def test_layout_matches_single_process_loss_t_and_updated_student(layout, refere
     moved = max((expected[k] - initial[k]).abs().max().item() for k in expected)
     assert moved > 1e-3, "the reference run did not move the weights; the comparison would be vacuous"
     for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], rtol=1e-4, atol=2e-5, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(
+            actual[key], expected[key], rtol=1e-4, atol=2e-5, msg=lambda m, key=key: f"{key}: {m}"
+        )
 
 
 @pytest.mark.multiprocess
@@ -92,13 +95,23 @@ def test_gpu_three_steps_match_the_cpu_run(precision, reference, tmp_path):
     root, ref, ref_dir = reference
     out = root / f"gpu_{precision}"
     out.mkdir()
-    (got,) = run_torchrun(WORKER, 1, str(out), "train", str(root / "student_init"), str(root / "teacher_init"),
-                          f"precision={precision}", env=gpu_env(NVIDIA_TF32_OVERRIDE="0"))
+    (got,) = run_torchrun(
+        WORKER,
+        1,
+        str(out),
+        "train",
+        str(root / "student_init"),
+        str(root / "teacher_init"),
+        f"precision={precision}",
+        env=gpu_env(NVIDIA_TF32_OVERRIDE="0"),
+    )
     loose = precision == "bf16"
     loss_tol = {"rtol": 2e-2, "atol": 1e-3} if loose else {"rtol": 1e-5, "atol": 1e-6}
     norm_tol = {"rtol": 5e-2, "atol": 1e-4} if loose else {"rtol": 1e-4, "atol": 1e-7}
-    print(f"GPU {precision} vs CPU fp32: loss {got['loss']} vs {ref['loss']}, grad norm {got['grad_norm']} vs "
-          f"{ref['grad_norm']}, t {got['taid_t']} vs {ref['taid_t']}")
+    print(
+        f"GPU {precision} vs CPU fp32: loss {got['loss']} vs {ref['loss']}, grad norm {got['grad_norm']} vs "
+        f"{ref['grad_norm']}, t {got['taid_t']} vs {ref['taid_t']}"
+    )
     torch.testing.assert_close(torch.tensor(got["loss"]), torch.tensor(ref["loss"]), **loss_tol)
     torch.testing.assert_close(torch.tensor(got["grad_norm"]), torch.tensor(ref["grad_norm"]), **norm_tol)
     assert got["taid_t"] == pytest.approx(ref["taid_t"], abs=1e-3 if loose else 1e-9)

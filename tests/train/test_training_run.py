@@ -14,20 +14,47 @@ import pytest
 from tests.support import REPO_ROOT, free_port, subprocess_env
 
 TINY = [
-    "student.num_layers=2", "student.hidden_size=64", "student.num_attention_heads=4", "student.num_query_groups=2",
-    "student.ffn_hidden_size=128", "teacher.num_layers=2", "teacher.hidden_size=96", "teacher.num_attention_heads=4",
-    "teacher.num_query_groups=2", "teacher.ffn_hidden_size=192", "teacher.init=null", "data.seq_length=64",
-    "parallel.micro_batch_size=4", "parallel.global_batch_size=8", "logging.wandb_mode=disabled",
+    "student.num_layers=2",
+    "student.hidden_size=64",
+    "student.num_attention_heads=4",
+    "student.num_query_groups=2",
+    "student.ffn_hidden_size=128",
+    "teacher.num_layers=2",
+    "teacher.hidden_size=96",
+    "teacher.num_attention_heads=4",
+    "teacher.num_query_groups=2",
+    "teacher.ffn_hidden_size=192",
+    "teacher.init=null",
+    "data.seq_length=64",
+    "parallel.micro_batch_size=4",
+    "parallel.global_batch_size=8",
+    "logging.wandb_mode=disabled",
 ]
 
 
 def run_train(*args: str, nproc: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
     env = subprocess_env()
-    launcher = [sys.executable, "-m", "taidtron.train"] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
-        "-m", "taidtron.train"]
-    return subprocess.run([*launcher, "--config", "configs/smoke.yaml", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    launcher = (
+        [sys.executable, "-m", "taidtron.train"]
+        if nproc == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={nproc}",
+            f"--master-port={free_port()}",
+            "-m",
+            "taidtron.train",
+        ]
+    )
+    return subprocess.run(
+        [*launcher, "--config", "configs/smoke.yaml", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +64,29 @@ def short_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("short_run")
     overrides = [o for o in TINY if o != "teacher.init=null"]
     proc = subprocess.run(
-        [sys.executable, "tools/smoke_test.py", "--run-dir", str(root), "--teacher-steps", "60", "--nproc", "2",
-         *overrides, "optim.train_steps=40", "optim.warmup_steps=4", "optim.lr=5e-3", "checkpoint.save_interval=20",
-         "logging.eval_interval=20", "logging.eval_iters=2"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=subprocess_env())
+        [
+            sys.executable,
+            "tools/smoke_test.py",
+            "--run-dir",
+            str(root),
+            "--teacher-steps",
+            "60",
+            "--nproc",
+            "2",
+            *overrides,
+            "optim.train_steps=40",
+            "optim.warmup_steps=4",
+            "optim.lr=5e-3",
+            "checkpoint.save_interval=20",
+            "logging.eval_interval=20",
+            "logging.eval_iters=2",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=subprocess_env(),
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "[PASS] distillation loss falls" in proc.stdout
     run_dir = root / "distill"
@@ -80,27 +126,36 @@ def test_run_writes_config_validation_and_periodic_checkpoints(short_run):
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("iter_*")) == ["iter_0000020", "iter_0000040"]
 
 
-@pytest.mark.parametrize("override, message", [
-    (["optim.lrr=1"], "unknown config key(s) optim.lrr"),
-    (["foo.bar=1"], "unknown config key(s) foo; valid keys under the root"),
-    (["parallel.tp=3"], "parallel.tp * parallel.pp"),
-    (["taid.loss=kl"], "taid.loss='kl' is unknown"),
-    (["taid.t_start=0.9", "taid.t_end=0.5"], "taid.t_start"),
-    (["parallel.global_batch_size=6"], "parallel.global_batch_size (6) must be a multiple"),
-    (["optim.lr=[1"], "override optim.lr=[1 is not a valid YAML value"),
-    (["optim.lr=fast"], "optim.lr must be of type float, got 'fast'"),
-    (["parallel.tp=true"], "parallel.tp must be a number, got True"),
-    (["student.family=gpt"], "student.family='gpt' is not supported"),
-    (["teacher.num_attention_heads=5"], "teacher.hidden_size (96) must be a multiple of teacher.num_attention_heads"),
-    (["--config", "configs"], "config file configs is a directory"),
-    (["--config", "configs/missing.yaml"], "config file configs/missing.yaml does not exist"),
-    (["logging.run_dir=configs/smoke.yaml/run"], "logging.run_dir=configs/smoke.yaml/run is not a writable directory"),
-    (["data.tokenizer=missing.model"], "missing.model"),
-    (["data.tokenizer=configs/smoke.yaml"], "unknown tokenizer format for configs/smoke.yaml"),
-    (["data.tokenizer=configs"], "directory configs holds neither tokenizer.json nor tokenizer.model"),
-    (["data.blend=[data/smoke/missing]"], "data/smoke/missing.bin and data/smoke/missing.idx not found"),
-    (["teacher.init=configs"], "configs is not a taidtron checkpoint"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["optim.lrr=1"], "unknown config key(s) optim.lrr"),
+        (["foo.bar=1"], "unknown config key(s) foo; valid keys under the root"),
+        (["parallel.tp=3"], "parallel.tp * parallel.pp"),
+        (["taid.loss=kl"], "taid.loss='kl' is unknown"),
+        (["taid.t_start=0.9", "taid.t_end=0.5"], "taid.t_start"),
+        (["parallel.global_batch_size=6"], "parallel.global_batch_size (6) must be a multiple"),
+        (["optim.lr=[1"], "override optim.lr=[1 is not a valid YAML value"),
+        (["optim.lr=fast"], "optim.lr must be of type float, got 'fast'"),
+        (["parallel.tp=true"], "parallel.tp must be a number, got True"),
+        (["student.family=gpt"], "student.family='gpt' is not supported"),
+        (
+            ["teacher.num_attention_heads=5"],
+            "teacher.hidden_size (96) must be a multiple of teacher.num_attention_heads",
+        ),
+        (["--config", "configs"], "config file configs is a directory"),
+        (["--config", "configs/missing.yaml"], "config file configs/missing.yaml does not exist"),
+        (
+            ["logging.run_dir=configs/smoke.yaml/run"],
+            "logging.run_dir=configs/smoke.yaml/run is not a writable directory",
+        ),
+        (["data.tokenizer=missing.model"], "missing.model"),
+        (["data.tokenizer=configs/smoke.yaml"], "unknown tokenizer format for configs/smoke.yaml"),
+        (["data.tokenizer=configs"], "directory configs holds neither tokenizer.json nor tokenizer.model"),
+        (["data.blend=[data/smoke/missing]"], "data/smoke/missing.bin and data/smoke/missing.idx not found"),
+        (["teacher.init=configs"], "configs is not a taidtron checkpoint"),
+    ],
+)
 def test_invalid_configuration_stops_with_one_clear_message(override, message):
     proc = run_train(*TINY, *override)
     assert proc.returncode == 2, proc.stderr[-3000:]
@@ -118,13 +173,20 @@ def test_a_yaml_syntax_error_in_the_config_file_is_one_line_naming_where(tmp_pat
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines() == [
         f"taidtron: configuration error: config file {bad} is not valid YAML: expected ',' or ']', but got ':' at "
-        f"line {opened + 1}, column 9, while parsing a flow sequence at line {opened}."], proc.stderr
+        f"line {opened + 1}, column 9, while parsing a flow sequence at line {opened}."
+    ], proc.stderr
 
 
 @pytest.mark.parametrize("loss", ["fkl", "skew_rkl", "js"])
 def test_baseline_objectives_train_through_the_same_loop(loss, tmp_path):
-    proc = run_train(*TINY, f"taid.loss={loss}", "optim.train_steps=3", "optim.warmup_steps=1",
-                     "logging.eval_interval=0", f"logging.run_dir={tmp_path}")
+    proc = run_train(
+        *TINY,
+        f"taid.loss={loss}",
+        "optim.train_steps=3",
+        "optim.warmup_steps=1",
+        "logging.eval_interval=0",
+        f"logging.run_dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["loss"] >= 0 and r["grad_norm"] > 0 for r in rows)
@@ -135,17 +197,30 @@ def test_baseline_objectives_train_through_the_same_loop(loss, tmp_path):
     assert f"objective   taid.loss={loss}" in proc.stdout
     assert f"data/smoke/smoke_text_document: {meta['documents']:,} documents, {meta['tokens']:,} tokens" in proc.stdout
     assert f"plan        3 steps = {3 * 8 * 64 / 1e3:.2f}K tokens ({3 * 8 * 64:,}); new run" in proc.stdout
-    assert [line.split(" | ")[0] for line in proc.stdout.splitlines() if line.startswith("step ")] == \
-        ["step 1/3", "step 2/3", "step 3/3"]
+    assert [line.split(" | ")[0] for line in proc.stdout.splitlines() if line.startswith("step ")] == [
+        "step 1/3",
+        "step 2/3",
+        "step 3/3",
+    ]
     assert "\r" not in proc.stdout and "Warning" not in proc.stderr, proc.stderr[-3000:]
 
 
 @pytest.mark.multiprocess
 def test_lm_objective_trains_the_student_alone_and_reports_its_lm_loss(tmp_path):
     # the teacher section is ignored: 3 layers would not even split into the 2 stages of parallel.pp=2
-    proc = run_train(*TINY, "taid.loss=lm", "teacher.num_layers=3", "parallel.pp=2", "parallel.micro_batch_size=2", "optim.train_steps=4",
-                     "optim.warmup_steps=1", "logging.eval_interval=2", "logging.eval_iters=1",
-                     f"logging.run_dir={tmp_path}", nproc=2)
+    proc = run_train(
+        *TINY,
+        "taid.loss=lm",
+        "teacher.num_layers=3",
+        "parallel.pp=2",
+        "parallel.micro_batch_size=2",
+        "optim.train_steps=4",
+        "optim.warmup_steps=1",
+        "logging.eval_interval=2",
+        "logging.eval_iters=1",
+        f"logging.run_dir={tmp_path}",
+        nproc=2,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and not any("taid_t" in r for r in rows)
@@ -155,8 +230,18 @@ def test_lm_objective_trains_the_student_alone_and_reports_its_lm_loss(tmp_path)
 
 def test_sigusr1_during_start_up_saves_after_one_step_exits_75_and_the_rerun_resumes(tmp_path):
     env = subprocess_env()
-    args = [sys.executable, "-m", "taidtron.train", "--config", "configs/smoke.yaml", *TINY, "optim.train_steps=4",
-            "optim.warmup_steps=1", "logging.eval_interval=0", f"logging.run_dir={tmp_path}"]
+    args = [
+        sys.executable,
+        "-m",
+        "taidtron.train",
+        "--config",
+        "configs/smoke.yaml",
+        *TINY,
+        "optim.train_steps=4",
+        "optim.warmup_steps=1",
+        "logging.eval_interval=0",
+        f"logging.run_dir={tmp_path}",
+    ]
     proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.5)  # still importing torch and megatron: the handler must already be there
     proc.send_signal(signal.SIGUSR1)
@@ -174,8 +259,15 @@ def test_sigusr1_during_start_up_saves_after_one_step_exits_75_and_the_rerun_res
 def test_lm_loss_weight_logs_both_terms_and_t_follows_the_distillation_loss_alone(tmp_path):
     from taidtron.losses import TAIDSchedule
 
-    proc = run_train(*TINY, "taid.lm_loss_weight=0.5", "taid.alpha=0.05", "optim.train_steps=5",
-                     "optim.warmup_steps=1", "logging.eval_interval=0", f"logging.run_dir={tmp_path}")
+    proc = run_train(
+        *TINY,
+        "taid.lm_loss_weight=0.5",
+        "taid.alpha=0.05",
+        "optim.train_steps=5",
+        "optim.warmup_steps=1",
+        "logging.eval_interval=0",
+        f"logging.run_dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(r["lm_loss"] > 0 and r["loss"] > 0 for r in rows)
