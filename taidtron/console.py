@@ -115,7 +115,9 @@ def banner(cfg, ctx, trainer, *, datasets: list, resumed: str | None = None, wan
         f"parameters (precision={cfg.precision}); layer spec "
         f"{'Transformer Engine' if _has_transformer_engine() else 'local (no Transformer Engine)'}",
     ]
-    models = cfg.models()
+    from taidtron.trainer import run_models
+
+    models = run_models(cfg)
     for role, model in models.items():
         params = trainer.student_params if role == "student" else trainer.teacher_params
         source = f"init {model.init}" if model.init else "random init"

@@ -416,6 +416,11 @@ def model_roles(taid: TAIDConfig) -> tuple[str, ...]:
     return ("student", "teacher") if objective_needs_teacher(taid.loss) else ("student",)
 
 
+def run_models(cfg: TrainConfig) -> dict[str, ModelConfig]:
+    """The model sections a run builds, by role (`model_roles`)."""
+    return {role: getattr(cfg, role) for role in model_roles(cfg.taid)}
+
+
 def build_trainer(cfg: TrainConfig, ctx: ParallelContext, vocab_size: int) -> Trainer:
     """The Trainer of an experiment: hands it the config sections it uses."""
     teacher = cfg.teacher if "teacher" in model_roles(cfg.taid) else None
@@ -446,7 +451,7 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     tokenizer = load_shared_tokenizer(cfg.data)
     datasets = check_blend(cfg.data, tokenizer)  # files, index, sizes and tokenizer, before any model is built
     tokenizer_ref = checkpoint.TokenizerRef.of(cfg.data.tokenizer, tokenizer.fingerprint())
-    for role, model_cfg in cfg.models().items():
+    for role, model_cfg in run_models(cfg).items():
         if model_cfg.init:
             checkpoint.check_tokenizer(
                 checkpoint.read_meta(model_cfg.init), f"{role}.init {model_cfg.init}", tokenizer_ref
