@@ -151,7 +151,7 @@ def banner(cfg, ctx, trainer, *, datasets: list, resumed: str | None = None, wan
         f"plan        {optim.train_steps:,} steps = {_count(planned_tokens)} tokens ({planned_tokens:,}); {resume}",
         f"optimizer   AdamW lr {optim.lr:g} -> {optim.min_lr:g} (warm-up {optim.warmup_steps} steps, cosine), "
         f"weight decay {optim.weight_decay:g}, clip {optim.clip_grad:g}",
-        f"objective   {_objective(taid, uses_t)}",
+        f"objective   {_objective(taid, trainer.objective)}",
         f"outputs     {cfg.logging.run_dir}: metrics.jsonl; validation {_every(cfg.logging.eval_interval)}, "
         f"checkpoints {_every(cfg.checkpoint.save_interval)}"
         f"{'; wandb ' + wandb_run if wandb_run else ''}"
@@ -165,15 +165,14 @@ def _every(interval: int) -> str:
     return f"every {interval} steps and at the end" if interval else "at the end"
 
 
-def _objective(taid, uses_t: bool) -> str:
+def _objective(taid, objective) -> str:
+    """`objective` is the trainer's `taidtron.losses.Objective`: what the loss uses is its to say."""
     text = f"taid.loss={taid.loss}"
-    if uses_t:
+    if objective.uses_t:
         schedule = f"adaptive (alpha {taid.alpha:g}, beta {taid.beta:g})" if taid.adaptive else "linear"
         text += f", t {taid.t_start:g} -> {taid.t_end:g} {schedule}"
-    if taid.loss in ("skew_fkl", "skew_rkl"):
-        text += f", skew {taid.skew:g}"
-    if taid.loss == "js":
-        text += f", js_beta {taid.js_beta:g}"
-    if taid.lm_loss_weight:
+    for key, value in objective.options.items():
+        text += f", {key} {value:g}"
+    if objective.needs_teacher and taid.lm_loss_weight:
         text += f", + {taid.lm_loss_weight:g} x next-token loss"
     return text

@@ -15,7 +15,7 @@ pretraining, the no-teacher floor of comparisons).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -52,6 +52,8 @@ class Objective:
     impl: str
     """Implementation of the fused losses (taid, fkl; `taid.loss_impl`), also for validation's KL."""
     distill_fn: Callable[..., torch.Tensor] | None
+    options: dict[str, float] = field(default_factory=dict)
+    """The `taid` keys that parametrise this loss and their values (e.g. {"skew": 0.1}), for the start-up banner."""
 
     def __call__(
         self,
@@ -106,10 +108,11 @@ def get_loss(taid: TAIDConfig) -> Objective:
     options: dict = {"chunk_tokens": taid.chunk_tokens}
     if taid.loss in FUSED:
         options["impl"] = taid.loss_impl
+    shown: dict[str, float] = {}
     if taid.loss in ("skew_fkl", "skew_rkl"):
-        options["skew"] = taid.skew
+        options["skew"] = shown["skew"] = taid.skew
     elif taid.loss == "js":
-        options["beta"] = taid.js_beta
+        options["beta"] = shown["js_beta"] = taid.js_beta
     return Objective(
         name=taid.loss,
         needs_teacher=True,
@@ -118,6 +121,7 @@ def get_loss(taid: TAIDConfig) -> Objective:
         chunk_tokens=taid.chunk_tokens,
         impl=taid.loss_impl,
         distill_fn=partial(LOSSES[taid.loss], **options),
+        options=shown,
     )
 
 
