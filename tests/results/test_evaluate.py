@@ -7,7 +7,7 @@ import json
 import pytest
 
 from taidtron.plots import read_jsonl
-from tests.results.conftest import COMMON, STUDENT, TEACHER
+from tests.results.helpers import COMMON, STUDENT, TEACHER
 from tests.support import REPO_ROOT, run_cli, run_torchrun
 
 WORKER = REPO_ROOT / "tests" / "results" / "eval_worker.py"
