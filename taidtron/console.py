@@ -97,7 +97,8 @@ def banner(cfg, ctx, trainer, *, datasets: list, resumed: str | None = None, wan
     objective, and where the outputs go. `datasets` are `taidtron.data.validate.DatasetSummary`s; `trainer` is the
     built (and resumed) `taidtron.trainer.Trainer`."""
     from taidtron.data.validate import parse_blend, parse_split
-    from taidtron.models.gpt import _has_transformer_engine
+    from taidtron.models.gpt import resolve_attention
+    from taidtron.trainer import run_models
 
     par, optim, data, taid = cfg.parallel, cfg.optim, cfg.data, cfg.taid
     device = ctx.device.type
@@ -112,18 +113,16 @@ def banner(cfg, ctx, trainer, *, datasets: list, resumed: str | None = None, wan
         f"layout      world {ctx.world_size} = tp {par.tp} x pp {par.pp} x dp {ctx.dp}, sequence parallel "
         f"{'on' if par.sequence_parallel else 'off'}, distributed optimizer "
         f"{'on' if par.distributed_optimizer else 'off'}; {device}, {str(trainer.params_dtype).removeprefix('torch.')} "
-        f"parameters (precision={cfg.precision}); layer spec "
-        f"{'Transformer Engine' if _has_transformer_engine() else 'local (no Transformer Engine)'}",
+        f"parameters (precision={cfg.precision})",
     ]
-    from taidtron.trainer import run_models
-
     models = run_models(cfg)
     for role, model in models.items():
         params = trainer.student_params if role == "student" else trainer.teacher_params
         source = f"init {model.init}" if model.init else "random init"
         lines.append(
             f"{role:<11} {model.family}, {model.num_layers} layers, hidden {model.hidden_size}, "
-            f"{_count(params)} parameters ({params:,}); {source}"
+            f"{_count(params)} parameters ({params:,}); attention {_ATTENTION[resolve_attention(model.attention)]}; "
+            f"{source}"
         )
     if "teacher" not in models:
         lines.append(f"teacher     none (taid.loss={taid.loss} trains the student alone)")
@@ -159,6 +158,13 @@ def banner(cfg, ctx, trainer, *, datasets: list, resumed: str | None = None, wan
         "=" * 100,
     ]
     return "\n".join(lines)
+
+
+_ATTENTION = {
+    "te": "Transformer Engine",
+    "sdpa": "torch SDPA (local layers)",
+    "local": "megatron local (unfused)",
+}
 
 
 def _every(interval: int) -> str:
