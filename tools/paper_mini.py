@@ -111,8 +111,8 @@ FULL = Sweep(
     teachers=("S", "M", "L"),
     methods=METHODS,
     seeds=(1, 2),
-    student_steps=200,
-    student_warmup=20,
+    student_steps=100,
+    student_warmup=10,
     teacher_steps=1000,
     teacher_lr=2e-3,
     eval_interval=25,
@@ -249,9 +249,8 @@ def _arch(prefix: str, arch: dict) -> list[str]:
 
 
 def _matmul_params(arch: dict, vocab: int) -> int:
-    from plan import matmul_params_per_token
-
     from taidtron.config import ModelConfig
+    from taidtron.flops import matmul_params_per_token
 
     return matmul_params_per_token(ModelConfig(**arch, vocab_size=vocab), vocab)
 

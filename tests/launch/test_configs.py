@@ -19,6 +19,7 @@ WORLD_SIZES = {
     "smoke.yaml": 2,  # launch/slurm/smoke.sbatch: 2 tasks
     "qwen2_7b_to_1.5b.yaml": 32,  # 4 nodes x 8 GPUs
     "qwen2_72b_instruct_to_1.5b_instruct.yaml": 128,  # 16 nodes x 8 GPUs
+    "paper_mini.yaml": 1,  # tools/paper_mini.py: each run in a world of one
 }
 
 # Parameter counts of the published checkpoints (Hugging Face model cards: 1.54B, 7.62B, 72.7B), to the precision
