@@ -20,7 +20,7 @@ help:
 	@echo "make bench       time the fused TAID loss against the reference formula"
 	@echo "make bench-step  time a distillation step against a student step plus a teacher forward (docs/performance.md)"
 	@echo "make gpu-check   on a machine with an NVIDIA GPU: every GPU check in one call, one JSON, one table (wheels from .whl/)"
-	@echo "make paper-mini  TAID vs the baselines across 3 teacher sizes on the Python docs (~1 h on 2 cores) ->"
+	@echo "make paper-mini  TAID vs the baselines across 3 teacher sizes on the Python docs (~1.5 h on 2 cores) ->"
 	@echo "                 docs/results/paper_mini.md; ARGS=... passes options (e.g. ARGS=--report-only)"
 	@echo "make paper-mini-quick  the same pipeline in 1-3 minutes (a check, not a result) -> runs/paper_mini_quick/"
 

@@ -1,5 +1,5 @@
 """`make paper-mini`: TAID against the baselines across teacher sizes (the paper's capacity-gap experiment), at a
-scale a 2-core CPU finishes in about an hour, with the results page written from the runs' raw numbers.
+scale a 2-core CPU finishes in about an hour and a half, with the results page written from the runs' raw numbers.
 
     python tools/paper_mini.py                 # the full experiment -> docs/results/paper_mini.md (+ .json, PNGs)
     python tools/paper_mini.py --quick         # a 1-2 minute pipeline check -> runs/paper_mini_quick/results/
@@ -435,6 +435,12 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 
 
+# A destroyed gloo process group does not release all its threads: after ~12 runs in one worker it held ~1,900
+# threads, dozens of them spinning, and each further run took 3-5x longer. So a worker retires after a few jobs and
+# a fresh one takes its place (one torch import per JOBS_PER_WORKER runs instead of per run).
+JOBS_PER_WORKER = 4
+
+
 def worker_main(jobs: mp.Queue, results: mp.Queue, threads: int, cache_dir: str) -> None:
     _die_with_parent()
     # Processes this worker forks (the checkpoint writer's queue manager) die with it too.
@@ -442,12 +448,15 @@ def worker_main(jobs: mp.Queue, results: mp.Queue, threads: int, cache_dir: str)
     import torch
 
     torch.set_num_threads(threads)
-    while (job := jobs.get()) is not None:
+    for _ in range(JOBS_PER_WORKER):
+        if (job := jobs.get()) is None:
+            return
         results.put({"started": job["name"], "pid": os.getpid()})
         try:
             results.put(execute(job, cache_dir))
         except BaseException as exc:  # keep serving: the orchestrator decides
             results.put({"name": job["name"], "ok": False, "error": repr(exc), "log": job["log"]})
+    results.put({"retired": os.getpid()})
 
 
 def run_jobs(jobs: list[Job], work: Path, workers: int, threads: int) -> dict[str, dict]:
@@ -519,6 +528,12 @@ def run_jobs(jobs: list[Job], work: Path, workers: int, threads: int) -> dict[st
                 continue
             if "started" in message:
                 in_flight[message["started"]] = message["pid"]
+                continue
+            if "retired" in message:  # replace it (its last result came before this message)
+                (process,) = [p for p in pool if p.pid == message["retired"]]
+                process.join(timeout=60)
+                slot = pool.index(process)
+                pool[slot] = spawn(slot)  # same slot, same index cache: it had exited
                 continue
             name = message["name"]
             in_flight.pop(name, None)
