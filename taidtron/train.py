@@ -7,7 +7,6 @@ the rank environment that `taidtron.distributed` reads.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -72,8 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     # helper process forked from here on dies with this one.
     stop = StopSignal()
     lifetime.install()
-    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun rank ends with its launcher, also when it is SIGKILLed
-        lifetime.die_with_parent(os.getppid(), forked_from_main_thread=False)  # polls: we cannot know its thread
     from taidtron.config import ConfigError, load_config
 
     args = parse_args(argv)
