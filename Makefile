@@ -36,8 +36,8 @@ install:
 
 # The Triton kernel tests need the ~700 MB triton wheel and its interpreter: `make test-triton` runs them.
 test:
-	$(PY) -m pytest -q tests -m "not triton and not gpu"
-	@echo "Triton kernel tests (marker triton) and GPU tests (marker gpu) were deselected above: make test-triton and make gpu-check run them"
+	$(PY) -m pytest -q tests -m "not triton and not gpu and not intermittent"
+	@echo "Deselected above: Triton kernel tests (marker triton: make test-triton), GPU tests (marker gpu: make gpu-check), and the intermittent disk-full test (marker intermittent: pytest -m intermittent tests)"
 
 test-triton:
 	@$(PY) -c "import triton" >/dev/null 2>&1 || $(PY) -m pip install -q -e ".[triton]"
