@@ -10,6 +10,7 @@ import pytest
 from taidtron.config import ModelConfig
 from taidtron.flops import distillation_flops_per_token, matmul_params_per_token, peak_flops
 from tests.support import run_torchrun
+from tests.test_config import QWEN2_1_5B
 
 WORKER = Path(__file__).with_name("flops_worker.py")
 
@@ -45,16 +46,7 @@ def test_devices_outside_the_table_get_no_peak(name):
 def test_model_flops_per_token_counts_every_matmul_once():
     """Qwen2-1.5B by hand: 28 layers of q/k/v (1536 -> 1536 + 2 * 256), o (1536 -> 1536) and the SwiGLU MLP
     (3 * 1536 * 8960), plus the output layer (tied, but it is a matmul: counted once); the embedding lookup is not."""
-    student = ModelConfig(
-        family="qwen2",
-        num_layers=28,
-        hidden_size=1536,
-        num_attention_heads=12,
-        num_query_groups=2,
-        ffn_hidden_size=8960,
-        vocab_size=151936,
-        tie_embeddings=True,
-    )
+    student = ModelConfig(**QWEN2_1_5B)
     per_layer = 1536 * (1536 + 2 * 256) + 1536 * 1536 + 3 * 1536 * 8960
     assert matmul_params_per_token(student, 151936) == 28 * per_layer + 1536 * 151936
     seq = 4096

@@ -56,6 +56,24 @@ def _probe(name: str) -> list[str]:
     return ["tools/gpu_check.py", "--probe", name, "--json", "{json}"]
 
 
+def _throughput(pair: str) -> list[str]:
+    """One distillation step of a tools/bench_step.py pair on the GPU, without the student/teacher baseline."""
+    return [
+        "tools/bench_step.py",
+        "--pairs",
+        pair,
+        "--device",
+        "cuda",
+        "--no-baseline",
+        "--repeats",
+        "3",
+        "--warmup",
+        "1",
+        "--json",
+        "{json}",
+    ]
+
+
 CHECKS = [
     Check(
         "versions",
@@ -111,20 +129,7 @@ CHECKS = [
         "one distillation step, Qwen2-1.5B student <- 2-layer teacher at Qwen2-72B width, "
         f"4 x 4096 tokens: model TFLOP/s and MFU against tools/plan.py's {PLAN_MFU:.0%}",
         90,
-        [
-            "tools/bench_step.py",
-            "--pairs",
-            "1.5b-72bw2",
-            "--device",
-            "cuda",
-            "--no-baseline",
-            "--repeats",
-            "3",
-            "--warmup",
-            "1",
-            "--json",
-            "{json}",
-        ],
+        _throughput("1.5b-72bw2"),
     ),
     Check(
         "host_syncs",
@@ -162,20 +167,7 @@ CHECKS = [
         "one distillation step, Qwen2-1.5B <- Qwen2-7B (the largest real teacher that fits one "
         "GPU), 4 x 4096 tokens: tokens/s, TFLOP/s, MFU, peak memory",
         90,
-        [
-            "tools/bench_step.py",
-            "--pairs",
-            "1.5b-7b",
-            "--device",
-            "cuda",
-            "--no-baseline",
-            "--repeats",
-            "3",
-            "--warmup",
-            "1",
-            "--json",
-            "{json}",
-        ],
+        _throughput("1.5b-7b"),
     ),
     Check(
         "te_vs_local",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from taidtron.checkpoint import MODEL_FIELDS_REQUIRED
 from taidtron.config import ModelConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,18 +74,7 @@ def test_1_5b_students_are_qwen2_1_5b():
     """Both 1.5B configs distil into the same published architecture (Qwen2-1.5B and its Instruct share it)."""
     a = load_config(REPO / "configs/qwen2_7b_to_1.5b.yaml").student
     b = load_config(REPO / "configs/qwen2_72b_instruct_to_1.5b_instruct.yaml").student
-    shape = (
-        "num_layers",
-        "hidden_size",
-        "num_attention_heads",
-        "num_query_groups",
-        "ffn_hidden_size",
-        "vocab_size",
-        "rotary_base",
-        "norm_epsilon",
-        "add_qkv_bias",
-        "tie_embeddings",
-    )
+    shape = [k for k in MODEL_FIELDS_REQUIRED if k != "family"]  # what a checkpoint records of an architecture
     assert [getattr(a, k) for k in shape] == [getattr(b, k) for k in shape]
     assert (a.num_layers, a.hidden_size, a.num_attention_heads, a.num_query_groups, a.ffn_hidden_size) == (
         28,
