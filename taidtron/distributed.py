@@ -245,7 +245,10 @@ def seed_everything(seed: int, ctx: ParallelContext) -> None:
 def destroy_distributed() -> None:
     from megatron.core import parallel_state
 
+    from taidtron import overrides
+
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
+        overrides.forget_parallel_groups()
     if dist.is_initialized():
         dist.destroy_process_group()

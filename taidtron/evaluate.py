@@ -44,7 +44,10 @@ def evaluate(cfg, ctx, *, split: str = "test", max_batches: int | None = None) -
         if make_valid is None:
             raise ValueError(f"data.split={cfg.data.split!r} has no valid share to evaluate on.")
         batches = make_valid()
-    metrics = trainer.evaluate(batches, num_batches)
+    try:
+        metrics = trainer.evaluate(batches, num_batches)
+    finally:
+        trainer.close()
     return {
         "split": split,
         "batches": num_batches,

@@ -220,6 +220,11 @@ class Trainer:
             self.model.disable_forward_pre_hook(param_sync=True)  # a synchronous all-gather of every bucket
             self.model.enable_forward_pre_hook()
 
+    def close(self) -> None:
+        """Let the models, optimizer and their process groups be freed once the caller drops this trainer (megatron's
+        DDP otherwise keeps them for the life of the process); the trainer must not train after."""
+        overrides.release_grad_hooks(self.model)
+
     # ------------------------------------------------------------------------------------------------------
     # one micro-batch
 
@@ -583,6 +588,7 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
         return 0
     finally:
         logger.close()
+        trainer.close()
 
 
 def _on_skipped_step(result: StepResult, trainer: Trainer, optim: OptimConfig, ckpt_dir, logger) -> None:

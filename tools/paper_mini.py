@@ -435,10 +435,10 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 
 
-# A destroyed gloo process group does not release all its threads: after ~12 runs in one worker it held ~1,900
-# threads, dozens of them spinning, and each further run took 3-5x longer. So a worker retires after a few jobs and
-# a fresh one takes its place (one torch import per JOBS_PER_WORKER runs instead of per run).
-JOBS_PER_WORKER = 4
+# A worker retires after this many jobs and a fresh one takes its place: whatever a run may leave in the process
+# (megatron-core kept every model and its gloo threads until taidtron/overrides/teardown.py; ~1,900 threads after
+# ~12 runs, each run 3-5x slower) is bounded, at the cost of one torch import per JOBS_PER_WORKER runs.
+JOBS_PER_WORKER = 16
 
 
 def worker_main(jobs: mp.Queue, results: mp.Queue, threads: int, cache_dir: str) -> None:

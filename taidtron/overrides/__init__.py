@@ -14,6 +14,9 @@ private attribute it touches, the version it was checked against and why:
                       the checkpoint, set back to the config's
     pipeline.py       a P2PCommunicator whose backward sends only the student's half of the pair's activation
                       gradient (the schedule receives gradients in the activation's shape otherwise)
+    teardown.py       what megatron-core leaves alive when a run ends: DistributedDataParallel's gradient hooks
+                      (they keep the models, optimizer and process groups for the life of the process), two
+                      parallel_state groups `destroy_model_parallel` does not reset, RotaryEmbedding's forward cache
     timeouts.py       a longer collective timeout while a checkpoint loads: torch's `_set_pg_timeout` and the
                       backends' `options._timeout` (torch 2.13; megatron-core's own `update_pg_timeout` uses the same)
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 from taidtron.overrides.checkpointing import load_optimizer_state, materialize_optimizer_state, prepare_writer
 from taidtron.overrides.datasets import ensure_dataset_helpers
 from taidtron.overrides.optimizer import set_optimizer_hyperparameters, step_if_finite
+from taidtron.overrides.teardown import forget_parallel_groups, release_grad_hooks
 from taidtron.overrides.timeouts import collective_timeout, current_timeout
 
 CHECKED_MEGATRON_CORE = ("0.16.1",)
@@ -55,10 +59,12 @@ __all__ = [
     "collective_timeout",
     "current_timeout",
     "ensure_dataset_helpers",
+    "forget_parallel_groups",
     "load_optimizer_state",
     "materialize_optimizer_state",
     "megatron_core_version",
     "prepare_writer",
+    "release_grad_hooks",
     "set_optimizer_hyperparameters",
     "step_if_finite",
     "unchecked_megatron_core",
