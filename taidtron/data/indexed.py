@@ -36,8 +36,9 @@ _WORKER: dict = {}
 
 def _init_worker(tokenizer_path: str, eod_token: str | None, json_key: str, dtype_name: str) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one process per core already
-    _WORKER.update(tok=load_tokenizer(tokenizer_path, eod_token=eod_token), json_key=json_key,
-                   dtype=np.dtype(dtype_name))
+    _WORKER.update(
+        tok=load_tokenizer(tokenizer_path, eod_token=eod_token), json_key=json_key, dtype=np.dtype(dtype_name)
+    )
 
 
 def _start_worker(parent_pid: int, *init_args) -> None:
@@ -74,8 +75,10 @@ def read_meta(prefix: str | Path) -> dict | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         meta = exc
     if not isinstance(meta, dict):
-        raise ValueError(f"{path} is unreadable ({meta!s:.80}); delete it (the data is then checked by sampling) or "
-                         f"rebuild the dataset with tools/preprocess_data.py.")
+        raise ValueError(
+            f"{path} is unreadable ({meta!s:.80}); delete it (the data is then checked by sampling) or "
+            f"rebuild the dataset with tools/preprocess_data.py."
+        )
     return meta
 
 
@@ -108,8 +111,10 @@ def build_indexed_dataset(
     bin_path, idx_path, meta_path = dataset_files(prefix)
     existing = [str(p) for p in (bin_path, idx_path, meta_path) if p.exists()]
     if existing and not force:
-        raise ValueError(f"output {prefix} already exists ({', '.join(existing)}); choose another --output-prefix "
-                         "or pass --force to overwrite it.")
+        raise ValueError(
+            f"output {prefix} already exists ({', '.join(existing)}); choose another --output-prefix "
+            "or pass --force to overwrite it."
+        )
     if workers < 1:
         raise ValueError(f"workers={workers} must be >= 1.")
 
@@ -136,8 +141,9 @@ def build_indexed_dataset(
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             pool = ctx.Pool(workers, initializer=_start_worker, initargs=(os.getpid(), *init_args))
             encoded = pool.imap(_encode, records, chunksize=64)
-        with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenize -> {Path(prefix).name}",
-                  disable=not progress) as bar:
+        with tqdm(
+            total=total_bytes, unit="B", unit_scale=True, desc=f"tokenize -> {Path(prefix).name}", disable=not progress
+        ) as bar:
             for ids, nbytes in encoded:
                 bar.update(nbytes)
                 if ids is None:

@@ -58,8 +58,9 @@ def _decode(data: bytes, path: str, lineno: int) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         where = f"{path}:{lineno}" if lineno else path
-        raise ValueError(f"{where} is not valid UTF-8 ({exc.reason} at byte {exc.start}); re-encode the file "
-                         "as UTF-8.") from None
+        raise ValueError(
+            f"{where} is not valid UTF-8 ({exc.reason} at byte {exc.start}); re-encode the file as UTF-8."
+        ) from None
 
 
 def record_text(record: Record, json_key: str) -> str:
@@ -72,12 +73,15 @@ def record_text(record: Record, json_key: str) -> str:
     try:
         obj = json.loads(record.raw)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); fix or drop that line, or "
-                         "pass --format text for plain-text input.") from None
+        raise ValueError(
+            f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); fix or drop that line, or "
+            "pass --format text for plain-text input."
+        ) from None
     if not isinstance(obj, dict) or json_key not in obj:
         keys = ", ".join(sorted(obj)) if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"{where}: no key {json_key!r} (found: {keys}); pass --json-key with the field that holds "
-                         "the text.")
+        raise ValueError(
+            f"{where}: no key {json_key!r} (found: {keys}); pass --json-key with the field that holds the text."
+        )
     text = obj[json_key]
     if not isinstance(text, str):
         raise ValueError(f"{where}: {json_key!r} holds a {type(text).__name__}, not a string.")

@@ -41,8 +41,10 @@ class _SentencePieceBackend:
         try:
             self.sp.Load(str(path))
         except (OSError, RuntimeError) as exc:
-            raise ValueError(f"{path} is not a valid sentencepiece model ({exc}); pass a .model file written by "
-                             "tools/train_tokenizer.py or spm_train.") from None
+            raise ValueError(
+                f"{path} is not a valid sentencepiece model ({exc}); pass a .model file written by "
+                "tools/train_tokenizer.py or spm_train."
+            ) from None
 
     def encode(self, text: str) -> list[int]:
         return self.sp.EncodeAsIds(text)
@@ -59,9 +61,11 @@ class _SentencePieceBackend:
     def special_ids(self, eod_token: str | None) -> tuple[int, int, int | None]:
         eod = self.sp.eos_id() if eod_token is None else self._piece_id(eod_token)
         if eod < 0:
-            raise ValueError("the sentencepiece model has no end-of-sequence piece (trained with eos_id=-1), so "
-                             "documents cannot be separated; retrain it with tools/train_tokenizer.py or pass "
-                             "eod_token=<an existing piece>.")
+            raise ValueError(
+                "the sentencepiece model has no end-of-sequence piece (trained with eos_id=-1), so "
+                "documents cannot be separated; retrain it with tools/train_tokenizer.py or pass "
+                "eod_token=<an existing piece>."
+            )
         pad = self.sp.pad_id()
         bos = self.sp.bos_id()
         return eod, pad if pad >= 0 else NO_PAD, bos if bos >= 0 else None
@@ -110,8 +114,10 @@ class _HFBackend:
         else:
             found = [t for t in _HF_EOD_CANDIDATES if t in self.vocab]
             if not found:
-                raise ValueError("cannot find an end-of-document token in this tokenizer.json (looked for "
-                                 f"{', '.join(_HF_EOD_CANDIDATES)}); pass eod_token=<the token>.")
+                raise ValueError(
+                    "cannot find an end-of-document token in this tokenizer.json (looked for "
+                    f"{', '.join(_HF_EOD_CANDIDATES)}); pass eod_token=<the token>."
+                )
             eod = self.vocab[found[0]]
         pads = [self.vocab[t] for t in _HF_PAD_CANDIDATES if t in self.vocab and self.vocab[t] != eod]
         return eod, pads[0] if pads else NO_PAD, None
@@ -181,14 +187,19 @@ class Tokenizer(MegatronTokenizerBase):
         them index the same vocabulary. Normalisation/merge rules are not hashed: pre-tokenised data only needs ids.
         """
         if self._fingerprint is None:
-            payload = json.dumps({"pieces": self._backend.pieces(), "eod": self._eod, "pad": self._pad},
-                                 ensure_ascii=False, separators=(",", ":"))
+            payload = json.dumps(
+                {"pieces": self._backend.pieces(), "eod": self._eod, "pad": self._pad},
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
             self._fingerprint = hashlib.sha256(payload.encode("utf-8")).hexdigest()
         return self._fingerprint
 
     def __repr__(self) -> str:
-        return (f"Tokenizer(path={self.path!r}, kind={self.kind}, vocab_size={self.vocab_size}, eod={self.eod}, "
-                f"pad={self.pad}, fingerprint={self.fingerprint()[:12]})")
+        return (
+            f"Tokenizer(path={self.path!r}, kind={self.kind}, vocab_size={self.vocab_size}, eod={self.eod}, "
+            f"pad={self.pad}, fingerprint={self.fingerprint()[:12]})"
+        )
 
 
 def _resolve(path: str | os.PathLike) -> Path:
@@ -200,11 +211,15 @@ def _resolve(path: str | os.PathLike) -> Path:
         for name in ("tokenizer.json", "tokenizer.model"):
             if (p / name).is_file():
                 return p / name
-        raise ValueError(f"directory {p} holds neither tokenizer.json nor tokenizer.model; point data.tokenizer "
-                         "at the tokenizer file itself.")
+        raise ValueError(
+            f"directory {p} holds neither tokenizer.json nor tokenizer.model; point data.tokenizer "
+            "at the tokenizer file itself."
+        )
     if not p.is_file():
-        raise ValueError(f"tokenizer file {p} does not exist; check data.tokenizer (build one with "
-                         "tools/train_tokenizer.py, or use data/smoke/tokenizer.model).")
+        raise ValueError(
+            f"tokenizer file {p} does not exist; check data.tokenizer (build one with "
+            "tools/train_tokenizer.py, or use data/smoke/tokenizer.model)."
+        )
     return p
 
 
@@ -229,8 +244,9 @@ def load_tokenizer(path: str | os.PathLike, *, eod_token: str | None = None) -> 
         elif head[:1] == b"\n":  # a serialized ModelProto starts with field 1 (pieces), wire type 2
             backend = _SentencePieceBackend(p)
         else:
-            raise ValueError(f"unknown tokenizer format for {p}: expected a sentencepiece .model or a Hugging Face "
-                             "tokenizer.json.")
+            raise ValueError(
+                f"unknown tokenizer format for {p}: expected a sentencepiece .model or a Hugging Face tokenizer.json."
+            )
     return Tokenizer(p, backend, eod_token)
 
 
@@ -252,7 +268,8 @@ def check_same_tokenizer(student_tok: Tokenizer, teacher_tok: Tokenizer) -> None
         "the student and teacher tokenizers differ, so their logits index different vocabularies and cannot be "
         f"distilled: student {student_tok!r}; teacher {teacher_tok!r}; {_first_difference(student_tok, teacher_tok)}. "
         "Use one tokenizer for both models: set data.teacher_tokenizer to the same file as data.tokenizer (or to "
-        "null), and tokenize the data with it.")
+        "null), and tokenize the data with it."
+    )
 
 
 def load_shared_tokenizer(data_cfg: Any) -> Tokenizer:

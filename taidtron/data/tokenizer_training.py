@@ -69,13 +69,17 @@ def train_sentencepiece(
             remove_extra_whitespaces=normalization != "identity",
             user_defined_symbols=["\n"],
             max_sentence_length=_SP_MAX_SENTENCE_BYTES,
-            pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+            pad_id=0,
+            unk_id=1,
+            bos_id=2,
+            eos_id=3,
             input_sentence_size=max_sentences,
             shuffle_input_sentence=max_sentences > 0,
             num_threads=num_threads,  # 1 keeps training deterministic: the same corpus gives the same file
             minloglevel=2,
         )
     except RuntimeError as exc:
-        raise ValueError(f"sentencepiece training failed: {exc}. A smaller --vocab-size often helps on small "
-                         "corpora.") from None
+        raise ValueError(
+            f"sentencepiece training failed: {exc}. A smaller --vocab-size often helps on small corpora."
+        ) from None
     return Path(out_prefix + ".model")

@@ -80,8 +80,10 @@ class _Index:
 def parse_blend(blend: list[Any]) -> tuple[list[str], list[float] | None]:
     """`[prefix, ...]` or `[w1, prefix1, w2, prefix2, ...]` -> (prefixes, weights or None)."""
     if not blend:
-        raise ValueError("data.blend is empty; set it to a dataset prefix built by tools/preprocess_data.py, "
-                         "e.g. data.blend=[data/smoke/smoke_text_document].")
+        raise ValueError(
+            "data.blend is empty; set it to a dataset prefix built by tools/preprocess_data.py, "
+            "e.g. data.blend=[data/smoke/smoke_text_document]."
+        )
     if len(blend) == 1:
         return [str(blend[0])], None
     if len(blend) % 2:
@@ -91,8 +93,10 @@ def parse_blend(blend: list[Any]) -> tuple[list[str], list[float] | None]:
         try:
             weight = float(w)
         except (TypeError, ValueError):
-            raise ValueError(f"data.blend weight {w!r} (before {p!r}) is not a number; the blend must alternate "
-                             "weight and prefix: [w1, p1, w2, p2, ...].") from None
+            raise ValueError(
+                f"data.blend weight {w!r} (before {p!r}) is not a number; the blend must alternate "
+                "weight and prefix: [w1, p1, w2, p2, ...]."
+            ) from None
         if weight <= 0:
             raise ValueError(f"data.blend weight {w!r} for {p!r} must be > 0.")
         weights.append(weight)
@@ -101,15 +105,16 @@ def parse_blend(blend: list[Any]) -> tuple[list[str], list[float] | None]:
 
 
 def parse_split(split: str) -> list[float]:
-    """"98,2,0" -> normalized [train, valid, test] shares, as megatron-core reads it."""
+    """ "98,2,0" -> normalized [train, valid, test] shares, as megatron-core reads it."""
     parts = [s for s in re.split(r"[,/ ]+", str(split).strip()) if s]
     try:
         values = [float(s) for s in parts]
     except ValueError:
         raise ValueError(f"data.split={split!r} must be up to three numbers, e.g. '98,2,0'.") from None
     if not 1 <= len(values) <= 3 or any(v < 0 for v in values) or sum(values) <= 0 or values[0] <= 0:
-        raise ValueError(f"data.split={split!r} must be up to three non-negative numbers with a positive train "
-                         "share, e.g. '98,2,0'.")
+        raise ValueError(
+            f"data.split={split!r} must be up to three non-negative numbers with a positive train share, e.g. '98,2,0'."
+        )
     values += [0.0] * (3 - len(values))
     return [v / sum(values) for v in values]
 

@@ -17,8 +17,9 @@ dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 tok = load_tokenizer(str(Path(prefix).parent / "tokenizer.model"))
 cfg = DataConfig(blend=[2, prefix, 1, prefix], seq_length=32, cache_dir=cache_dir)
-train, make_valid = build_data_iterators(cfg, tok, micro_batch_size=2, global_batch_size=8, dp_rank=rank,
-                                         dp_size=world, train_steps=3, eval_iters=2)
+train, make_valid = build_data_iterators(
+    cfg, tok, micro_batch_size=2, global_batch_size=8, dp_rank=rank, dp_size=world, train_steps=3, eval_iters=2
+)
 tokens = torch.cat([b["tokens"] for b in train]).view(3, 8 // world, 32)  # [step, samples of this rank, seq]
 report(tokens=tokens.tolist(), valid_micro_batches=len(list(make_valid())))
 dist.barrier()

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tests.support import run_torchrun
 from taidtron.config import DataConfig
 from taidtron.data.indexed import build_indexed_dataset
 from taidtron.data.loader import PretrainingBatchSampler, build_data_iterators, build_datasets, index_cache_dir
+from tests.support import run_torchrun
 
 SEQ = 32
 
@@ -27,19 +27,31 @@ def take(iterator, n):
 
 
 def iterators(cfg, tok, *, mbs=2, gbs=8, dp_rank=0, dp_size=1, steps=6, eval_iters=2, consumed=0):
-    return build_data_iterators(cfg, tok, micro_batch_size=mbs, global_batch_size=gbs, dp_rank=dp_rank,
-                                dp_size=dp_size, train_steps=steps, eval_iters=eval_iters, consumed_samples=consumed)
+    return build_data_iterators(
+        cfg,
+        tok,
+        micro_batch_size=mbs,
+        global_batch_size=gbs,
+        dp_rank=dp_rank,
+        dp_size=dp_size,
+        train_steps=steps,
+        eval_iters=eval_iters,
+        consumed_samples=consumed,
+    )
 
 
-def test_batches_have_the_right_shapes_dtypes_and_labels_are_tokens_shifted_by_one(tmp_path, smoke_prefix,
-                                                                                    smoke_tok):
+def test_batches_have_the_right_shapes_dtypes_and_labels_are_tokens_shifted_by_one(tmp_path, smoke_prefix, smoke_tok):
     train, _ = iterators(data_cfg([smoke_prefix], tmp_path), smoke_tok, mbs=3, gbs=12, steps=2)
     batches = list(train)
     assert len(batches) == 2 * 12 // 3
     for batch in batches:
         assert set(batch) == {"tokens", "labels", "loss_mask", "position_ids"}
-        for key, dtype in (("tokens", torch.int64), ("labels", torch.int64), ("position_ids", torch.int64),
-                           ("loss_mask", torch.float32)):
+        for key, dtype in (
+            ("tokens", torch.int64),
+            ("labels", torch.int64),
+            ("position_ids", torch.int64),
+            ("loss_mask", torch.float32),
+        ):
             assert batch[key].shape == (3, SEQ) and batch[key].dtype == dtype
         assert torch.equal(batch["tokens"][:, 1:], batch["labels"][:, :-1])
         assert torch.equal(batch["position_ids"], torch.arange(SEQ).expand(3, SEQ))
@@ -59,11 +71,11 @@ def test_samples_are_windows_over_whole_eod_terminated_documents(tmp_path, smoke
             window = tokens + labels[-1:]  # seq_length + 1 consecutive tokens of the shuffled document stream
             ends = [i for i, t in enumerate(window) if t == smoke_tok.eod]
             for a, b in zip(ends, ends[1:]):  # every segment between two EODs is a whole document
-                assert tuple(window[a + 1:b + 1]) in whole
+                assert tuple(window[a + 1 : b + 1]) in whole
             if ends:
-                head, tail = tuple(window[:ends[0] + 1]), tuple(window[ends[-1] + 1:])
-                assert any(d[-len(head):] == head for d in docs)
-                assert not tail or any(d[:len(tail)] == tail for d in docs)
+                head, tail = tuple(window[: ends[0] + 1]), tuple(window[ends[-1] + 1 :])
+                assert any(d[-len(head) :] == head for d in docs)
+                assert not tail or any(d[: len(tail)] == tail for d in docs)
 
 
 def test_resuming_from_consumed_samples_yields_exactly_the_next_batches(tmp_path, smoke_prefix, smoke_tok):
@@ -82,13 +94,14 @@ def test_dp_ranks_get_disjoint_parts_that_together_are_the_global_batch(tmp_path
     cfg = data_cfg([smoke_prefix], tmp_path)
     steps, gbs, mbs = 3, 8, 2
     single = list(iterators(cfg, smoke_tok, mbs=mbs, gbs=gbs, steps=steps)[0])
-    ranks = [list(iterators(cfg, smoke_tok, mbs=mbs, gbs=gbs, dp_rank=r, dp_size=2, steps=steps)[0])
-             for r in range(2)]
+    ranks = [list(iterators(cfg, smoke_tok, mbs=mbs, gbs=gbs, dp_rank=r, dp_size=2, steps=steps)[0]) for r in range(2)]
     per_step_single, per_step_rank = gbs // mbs, gbs // mbs // 2
     for step in range(steps):
-        glob = torch.cat([b["tokens"] for b in single[step * per_step_single:(step + 1) * per_step_single]])
-        parts = [torch.cat([b["tokens"] for b in ranks[r][step * per_step_rank:(step + 1) * per_step_rank]])
-                 for r in range(2)]
+        glob = torch.cat([b["tokens"] for b in single[step * per_step_single : (step + 1) * per_step_single]])
+        parts = [
+            torch.cat([b["tokens"] for b in ranks[r][step * per_step_rank : (step + 1) * per_step_rank]])
+            for r in range(2)
+        ]
         assert torch.equal(torch.cat(parts), glob)  # rank r holds the r-th contiguous half of the global batch
         assert not any(torch.equal(x, y) for x in parts[0] for y in parts[1])
 
@@ -166,8 +179,9 @@ def test_split_that_leaves_a_part_without_documents_is_refused(tmp_path, smoke_t
         iterators(data_cfg([str(tmp_path / "tiny")], tmp_path), smoke_tok)
 
 
-def test_rebuilding_a_dataset_under_the_same_prefix_gets_a_fresh_index_cache(tmp_path, smoke_tokenizer_path,
-                                                                              smoke_texts):
+def test_rebuilding_a_dataset_under_the_same_prefix_gets_a_fresh_index_cache(
+    tmp_path, smoke_tokenizer_path, smoke_texts
+):
     src = tmp_path / "a.jsonl"
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in smoke_texts[:50]))
     prefix = str(tmp_path / "ds")
@@ -187,13 +201,13 @@ def test_building_without_torch_distributed_leaves_no_process_group(tmp_path, sm
 
 
 @pytest.mark.multiprocess
-def test_two_ranks_under_torchrun_build_the_datasets_and_split_each_global_batch(tmp_path, smoke_prefix,
-                                                                                  smoke_tok):
+def test_two_ranks_under_torchrun_build_the_datasets_and_split_each_global_batch(tmp_path, smoke_prefix, smoke_tok):
     cfg = data_cfg([2, smoke_prefix, 1, smoke_prefix], tmp_path / "reference")
     single = list(iterators(cfg, smoke_tok, mbs=2, gbs=8, steps=3)[0])
     expected = torch.cat([b["tokens"] for b in single]).view(3, 8, SEQ)  # [step, sample, seq]
-    results = run_torchrun(Path(__file__).parent / "loader_worker.py", 2, smoke_prefix, str(tmp_path / "cache"),
-                           timeout=240)
+    results = run_torchrun(
+        Path(__file__).parent / "loader_worker.py", 2, smoke_prefix, str(tmp_path / "cache"), timeout=240
+    )
     parts = [torch.tensor(r["tokens"]) for r in results]  # [step, 4 samples, seq] each
     assert torch.equal(torch.cat(parts, dim=1), expected)
     assert [r["valid_micro_batches"] for r in results] == [2 * 8 // (2 * 2)] * 2
@@ -219,21 +233,23 @@ def test_test_iterator_reads_one_pass_over_the_test_documents_only(tmp_path, smo
     first_test = int(round(0.95 * len(docs)))  # megatron-core's document range of the third share
     test_docs = set(docs[first_test:])
     test_tokens = sum(len(d) for d in docs[first_test:])
-    batches, num_batches = build_test_iterator(cfg, smoke_tok, micro_batch_size=2, global_batch_size=8, dp_rank=0,
-                                               dp_size=1)
+    batches, num_batches = build_test_iterator(
+        cfg, smoke_tok, micro_batch_size=2, global_batch_size=8, dp_rank=0, dp_size=1
+    )
     batches = list(batches)
     assert num_batches == (test_tokens - 1) // SEQ // 8  # every full global batch of one epoch of the split
     assert len(batches) == num_batches * 8 // 2
-    windows = [tokens + labels[-1:] for b in batches for tokens, labels in zip(b["tokens"].tolist(),
-                                                                            b["labels"].tolist())]
+    windows = [
+        tokens + labels[-1:] for b in batches for tokens, labels in zip(b["tokens"].tolist(), b["labels"].tolist())
+    ]
     assert len({tuple(w) for w in windows}) == len(windows)  # one pass: no window twice
     for window in windows:
         ends = [i for i, t in enumerate(window) if t == smoke_tok.eod]
         for a, b in zip(ends, ends[1:]):
-            assert tuple(window[a + 1:b + 1]) in test_docs
+            assert tuple(window[a + 1 : b + 1]) in test_docs
         if ends:
-            head = tuple(window[:ends[0] + 1])
-            assert any(d[-len(head):] == head for d in test_docs)
+            head = tuple(window[: ends[0] + 1])
+            assert any(d[-len(head) :] == head for d in test_docs)
 
 
 def test_test_iterator_splits_batches_over_dp_ranks_and_caps_at_max_batches(tmp_path, smoke_prefix, smoke_tok):
@@ -246,13 +262,14 @@ def test_test_iterator_splits_batches_over_dp_ranks_and_caps_at_max_batches(tmp_
     assert n == 3 and single.shape == (3 * 8, SEQ)
     parts = [list(build_test_iterator(cfg, smoke_tok, dp_rank=r, dp_size=2, max_batches=3, **kw)[0]) for r in (0, 1)]
     for step in range(3):
-        glob = single[step * 8:(step + 1) * 8]
-        halves = [torch.cat([b["tokens"] for b in parts[r][step * 2:(step + 1) * 2]]) for r in (0, 1)]
+        glob = single[step * 8 : (step + 1) * 8]
+        halves = [torch.cat([b["tokens"] for b in parts[r][step * 2 : (step + 1) * 2]]) for r in (0, 1)]
         assert torch.equal(torch.cat(halves), glob)
 
 
-def test_test_iterator_refuses_a_split_without_test_share_and_unsized_weighted_blends(tmp_path, smoke_prefix,
-                                                                                      smoke_tok):
+def test_test_iterator_refuses_a_split_without_test_share_and_unsized_weighted_blends(
+    tmp_path, smoke_prefix, smoke_tok
+):
     from taidtron.data.loader import build_test_iterator
 
     kw = dict(micro_batch_size=2, global_batch_size=8, dp_rank=0, dp_size=1)

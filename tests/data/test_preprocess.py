@@ -25,12 +25,16 @@ def documents(prefix) -> list[list[int]]:
 
 
 def leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".idx") or ".tmp-" in p.name
-                  or p.name.endswith(".meta.json"))
+    return sorted(
+        p.name
+        for p in directory.iterdir()
+        if p.suffix in (".bin", ".idx") or ".tmp-" in p.name or p.name.endswith(".meta.json")
+    )
 
 
-def test_jsonl_documents_equal_tokenize_plus_eod_and_empty_ones_are_skipped(tmp_path, small_jsonl, smoke_tok,
-                                                                            smoke_tokenizer_path):
+def test_jsonl_documents_equal_tokenize_plus_eod_and_empty_ones_are_skipped(
+    tmp_path, small_jsonl, smoke_tok, smoke_tokenizer_path
+):
     meta = build_indexed_dataset([small_jsonl], tmp_path / "out", smoke_tokenizer_path, progress=False)
     texts = [json.loads(line)["text"] for line in small_jsonl.read_text().splitlines()]
     expected = [smoke_tok.tokenize(t) + [smoke_tok.eod] for t in texts if t]
@@ -66,17 +70,16 @@ def test_hf_tokenizer_json_is_supported(tmp_path, small_jsonl, hf_tokenizer_json
 
 
 def test_two_workers_write_the_same_bytes_as_one_worker(tmp_path, small_jsonl, smoke_tokenizer_path):
-    build_indexed_dataset([small_jsonl, small_jsonl], tmp_path / "w1", smoke_tokenizer_path, workers=1,
-                          progress=False)
-    build_indexed_dataset([small_jsonl, small_jsonl], tmp_path / "w2", smoke_tokenizer_path, workers=2,
-                          progress=False)
+    build_indexed_dataset([small_jsonl, small_jsonl], tmp_path / "w1", smoke_tokenizer_path, workers=1, progress=False)
+    build_indexed_dataset([small_jsonl, small_jsonl], tmp_path / "w2", smoke_tokenizer_path, workers=2, progress=False)
     for suffix in (".bin", ".idx"):
         assert (tmp_path / f"w1{suffix}").read_bytes() == (tmp_path / f"w2{suffix}").read_bytes()
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_bad_json_line_fails_clearly_and_leaves_nothing_under_the_final_name(tmp_path, small_jsonl,
-                                                                              smoke_tokenizer_path, workers):
+def test_bad_json_line_fails_clearly_and_leaves_nothing_under_the_final_name(
+    tmp_path, small_jsonl, smoke_tokenizer_path, workers
+):
     lines = small_jsonl.read_text().splitlines()
     lines.insert(150, '{"text": "unterminated')
     bad = tmp_path / "bad.jsonl"
@@ -108,8 +111,15 @@ def test_existing_dataset_is_refused_without_force_and_replaced_with_it(tmp_path
 def test_cli_reports_user_errors_without_a_traceback(tmp_path, small_jsonl, smoke_tokenizer_path, capsys):
     from tools.preprocess_data import main
 
-    args = ["--input", str(small_jsonl), "--output-prefix", str(tmp_path / "cli"), "--tokenizer",
-            str(smoke_tokenizer_path), "--no-progress"]
+    args = [
+        "--input",
+        str(small_jsonl),
+        "--output-prefix",
+        str(tmp_path / "cli"),
+        "--tokenizer",
+        str(smoke_tokenizer_path),
+        "--no-progress",
+    ]
     assert main(args) == 0
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
@@ -125,9 +135,22 @@ def test_killed_run_leaves_no_dataset_under_the_final_name(tmp_path, smoke_token
     big.write_text(("Mia lives in Brindle. Tom is a baker who sells bread on the river Osk.\n" * 4000) * 25)
     out = tmp_path / "out"
     out.mkdir()
-    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", str(big),
-                             "--output-prefix", str(out / "ds"), "--tokenizer", str(smoke_tokenizer_path),
-                             "--no-progress"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "tools" / "preprocess_data.py"),
+            "--input",
+            str(big),
+            "--output-prefix",
+            str(out / "ds"),
+            "--tokenizer",
+            str(smoke_tokenizer_path),
+            "--no-progress",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 60
         while not any(".tmp-" in p.name for p in out.iterdir()):  # wait until it is writing
