@@ -22,10 +22,15 @@ Index cache. GPTDataset caches its shuffle/sample indices as .npy files. They go
 `<directory of the first dataset>/cache`), in a subdirectory keyed by the datasets' content, so rebuilding a
 dataset under the same prefix can never reuse stale indices. With torch.distributed initialised, global rank 0
 builds them and the others wait at a barrier and read them, so the cache must be on a filesystem every rank sees.
+Between jobs sharing a cache (two runs on one dataset directory), rank 0 builds under an exclusive lock on
+`<cache>/.lock`: megatron writes the .npy files in place, so a second job that found them half written would build
+them again over the first job's reads; with the lock it waits and then finds them complete.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -110,8 +115,21 @@ def _build_splits(data_cfg: Any, tokenizer: Tokenizer, sizes: list[int | None]) 
         create_attention_mask=False,  # causal attention builds its own mask; [s, s] per sample is waste
         mid_level_dataset_surplus=0.05,  # small datasets: give the weighted blend room to draw from
     )
-    with world_of_one():
+    with world_of_one(), _index_cache_lock(config.path_to_cache):
         return BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
+
+
+@contextlib.contextmanager
+def _index_cache_lock(cache: str) -> Iterator[None]:
+    """Global rank 0 (the one rank that writes the index cache): hold `<cache>/.lock` while building; the other
+    ranks read after megatron's barrier, once rank 0 is done, and take no lock (it would deadlock that barrier)."""
+    if torch.distributed.get_rank() != 0:
+        yield
+        return
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    with open(Path(cache) / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        yield
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -125,16 +143,28 @@ class PretrainingBatchSampler:
     count, a multiple of global_batch_size) up to the last full global batch below `total_samples`.
     """
 
-    def __init__(self, *, total_samples: int, consumed_samples: int, micro_batch_size: int, global_batch_size: int,
-                 dp_rank: int, dp_size: int) -> None:
+    def __init__(
+        self,
+        *,
+        total_samples: int,
+        consumed_samples: int,
+        micro_batch_size: int,
+        global_batch_size: int,
+        dp_rank: int,
+        dp_size: int,
+    ) -> None:
         if not 0 <= dp_rank < dp_size:
             raise ValueError(f"dp_rank={dp_rank} must be in [0, dp_size={dp_size}).")
         if micro_batch_size < 1 or global_batch_size % (micro_batch_size * dp_size):
-            raise ValueError(f"global_batch_size ({global_batch_size}) must be a multiple of micro_batch_size * "
-                             f"dp_size = {micro_batch_size} * {dp_size}.")
+            raise ValueError(
+                f"global_batch_size ({global_batch_size}) must be a multiple of micro_batch_size * "
+                f"dp_size = {micro_batch_size} * {dp_size}."
+            )
         if consumed_samples < 0 or consumed_samples % global_batch_size:
-            raise ValueError(f"consumed_samples={consumed_samples} must be a non-negative multiple of "
-                             f"global_batch_size ({global_batch_size}): resume only at optimizer-step boundaries.")
+            raise ValueError(
+                f"consumed_samples={consumed_samples} must be a non-negative multiple of "
+                f"global_batch_size ({global_batch_size}): resume only at optimizer-step boundaries."
+            )
         self.total_samples = total_samples
         self.consumed_samples = consumed_samples
         self.micro_batch_size = micro_batch_size
@@ -144,8 +174,9 @@ class PretrainingBatchSampler:
 
     def __iter__(self) -> Iterator[list[int]]:
         mbs = self.micro_batch_size
-        for start in range(self.consumed_samples, self.total_samples - self.global_batch_size + 1,
-                           self.global_batch_size):
+        for start in range(
+            self.consumed_samples, self.total_samples - self.global_batch_size + 1, self.global_batch_size
+        ):
             part = start + self.dp_rank * self.per_rank
             for offset in range(0, self.per_rank, mbs):
                 yield list(range(part + offset, part + offset + mbs))
@@ -168,9 +199,14 @@ def _worker_dies_with(parent_pid: int, _worker_id: int) -> None:
 
 def _loader(dataset, sampler: PretrainingBatchSampler, num_workers: int) -> Iterator[Batch]:
     # Workers die with this process at once (torch's own watchdog would notice a dead parent only within seconds).
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                                         collate_fn=collate, persistent_workers=False,
-                                         worker_init_fn=partial(_worker_dies_with, os.getpid()))
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        persistent_workers=False,
+        worker_init_fn=partial(_worker_dies_with, os.getpid()),
+    )
     return iter(loader)
 
 
@@ -203,22 +239,29 @@ def build_data_iterators(
         raise ValueError(f"train_steps={train_steps} must be >= 1.")
     train_samples = train_steps * global_batch_size
     if consumed_samples > train_samples:
-        raise ValueError(f"consumed_samples={consumed_samples} is beyond the run's {train_samples} samples "
-                         f"(train_steps * global_batch_size); raise optim.train_steps to train further.")
-    train_ds, valid_ds = build_datasets(data_cfg, tokenizer, train_samples=train_samples,
-                                        valid_samples=max(0, eval_iters) * global_batch_size)
-    common = dict(micro_batch_size=micro_batch_size, global_batch_size=global_batch_size, dp_rank=dp_rank,
-                  dp_size=dp_size)
-    train_iter = _loader(train_ds, PretrainingBatchSampler(total_samples=train_samples,
-                                                           consumed_samples=consumed_samples, **common),
-                         num_workers)
+        raise ValueError(
+            f"consumed_samples={consumed_samples} is beyond the run's {train_samples} samples "
+            f"(train_steps * global_batch_size); raise optim.train_steps to train further."
+        )
+    train_ds, valid_ds = build_datasets(
+        data_cfg, tokenizer, train_samples=train_samples, valid_samples=max(0, eval_iters) * global_batch_size
+    )
+    common = dict(
+        micro_batch_size=micro_batch_size, global_batch_size=global_batch_size, dp_rank=dp_rank, dp_size=dp_size
+    )
+    train_iter = _loader(
+        train_ds,
+        PretrainingBatchSampler(total_samples=train_samples, consumed_samples=consumed_samples, **common),
+        num_workers,
+    )
     if valid_ds is None:
         return train_iter, None
     valid_samples = eval_iters * global_batch_size
 
     def make_valid_iter() -> Iterator[Batch]:
-        return _loader(valid_ds, PretrainingBatchSampler(total_samples=valid_samples, consumed_samples=0, **common),
-                       num_workers)
+        return _loader(
+            valid_ds, PretrainingBatchSampler(total_samples=valid_samples, consumed_samples=0, **common), num_workers
+        )
 
     return train_iter, make_valid_iter
 
@@ -240,8 +283,10 @@ def build_test_iterator(
     its blended splits explicitly). Collective like `build_data_iterators`; batches as there."""
     _, weights = parse_blend(data_cfg.blend)
     if parse_split(data_cfg.split)[2] <= 0:
-        raise ValueError(f"data.split={data_cfg.split!r} has no test share; held-out evaluation reads the third "
-                         "share, e.g. data.split='90,5,5'.")
+        raise ValueError(
+            f"data.split={data_cfg.split!r} has no test share; held-out evaluation reads the third "
+            "share, e.g. data.split='90,5,5'."
+        )
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches={max_batches} must be >= 1 (or None for the whole test split).")
     if weights is not None and max_batches is None:
@@ -253,9 +298,16 @@ def build_test_iterator(
     if max_batches is not None:
         num_batches = min(num_batches, max_batches)
     if num_batches < 1:
-        raise ValueError(f"the test split holds {len(test_ds)} samples of {data_cfg.seq_length} tokens, fewer than "
-                         f"one global batch ({global_batch_size}); give it a larger share in data.split.")
-    sampler = PretrainingBatchSampler(total_samples=num_batches * global_batch_size, consumed_samples=0,
-                                      micro_batch_size=micro_batch_size, global_batch_size=global_batch_size,
-                                      dp_rank=dp_rank, dp_size=dp_size)
+        raise ValueError(
+            f"the test split holds {len(test_ds)} samples of {data_cfg.seq_length} tokens, fewer than "
+            f"one global batch ({global_batch_size}); give it a larger share in data.split."
+        )
+    sampler = PretrainingBatchSampler(
+        total_samples=num_batches * global_batch_size,
+        consumed_samples=0,
+        micro_batch_size=micro_batch_size,
+        global_batch_size=global_batch_size,
+        dp_rank=dp_rank,
+        dp_size=dp_size,
+    )
     return _loader(test_ds, sampler, num_workers), num_batches
