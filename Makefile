@@ -20,7 +20,7 @@ help:
 	@echo "make bench       time the fused TAID loss against the reference formula"
 	@echo "make bench-step  time a distillation step against a student step plus a teacher forward (docs/performance.md)"
 	@echo "make gpu-check   on a machine with an NVIDIA GPU: every GPU check in one call, one JSON, one table (wheels from .whl/)"
-	@echo "make paper-mini  TAID vs the baselines across 3 teacher sizes on the Python docs (~1.5 h on 2 cores) ->"
+	@echo "make paper-mini  TAID vs the baselines across 3 teacher sizes on the Python docs (~1 h on 2 cores) ->"
 	@echo "                 docs/results/paper_mini.md; ARGS=... passes options (e.g. ARGS=--report-only)"
 	@echo "make paper-mini-quick  the same pipeline in 1-3 minutes (a check, not a result) -> runs/paper_mini_quick/"
 
@@ -35,8 +35,14 @@ install:
 	@$(PY) -c "import torch, megatron.core; print('taidtron installed: torch', torch.__version__, 'megatron-core', megatron.core.__version__)"
 
 # The Triton kernel tests need the ~700 MB triton wheel and its interpreter: `make test-triton` runs them.
+# Two pytest workers (pytest-xdist, a test file per worker at a time) keep both cores busy: many tests run one
+# single-threaded child process, and with one worker the second core sat idle (1.2 cores busy on average). Tests that assert how fast processes
+# start or stop (marker serial) run afterwards, alone. TEST_WORKERS=1 runs everything in one process.
+TEST_WORKERS ?= 2
+TEST_MARKERS := not triton and not gpu and not intermittent
 test:
-	$(PY) -m pytest -q tests -m "not triton and not gpu and not intermittent"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests -m "$(TEST_MARKERS) and not serial"
+	$(PY) -m pytest -q tests -m "$(TEST_MARKERS) and serial"
 	@echo "Deselected above: Triton kernel tests (marker triton: make test-triton), GPU tests (marker gpu: make gpu-check), and the intermittent disk-full test (marker intermittent: pytest -m intermittent tests)"
 
 test-triton:

@@ -14,6 +14,8 @@ import pytest
 
 from tests.support import REPO_ROOT, still_running, subprocess_env
 
+pytestmark = pytest.mark.serial  # timing assertions: run alone, not beside other tests (make test)
+
 
 def start_parent(tmp_path, body: str) -> tuple[subprocess.Popen, dict]:
     """Run `body` as a script in a fresh Python; it prints one JSON line ({"children": [pids]}) once its helpers

@@ -17,6 +17,8 @@ import pytest
 from tests.support import REPO_ROOT, RESULTS_ENV, free_port, still_running, subprocess_env
 from tests.train.test_training_run import TINY
 
+pytestmark = pytest.mark.serial  # timing assertions: run alone, not beside other tests (make test)
+
 WORKER = Path(__file__).with_name("crash_worker.py")
 LONG_RUN = [*TINY, "optim.train_steps=500", "optim.warmup_steps=1", "logging.eval_interval=0"]
 TORCHRUN = [
@@ -123,7 +125,11 @@ def test_a_rank_failing_under_torchrun_stops_the_other_ranks_at_once(where, tmp_
     timing = f"torchrun ended {ended_at - sigterm_at:.1f} s after it sent SIGTERM to the surviving rank"
     # Before: the survivor ignored that SIGTERM and torchrun SIGKILLed it 30 s later (its fixed timeout on failure).
     assert "SIGKILL" not in output, f"{timing}\n{output[-4000:]}"
-    assert "the job has failed and cannot save; stopping now" in output, f"{timing}\n{output[-4000:]}"
+    # The survivor stops either on torchrun's SIGTERM (it says so) or, when its next collective notices first that
+    # the failed rank's connection is gone, on that error: both end the job at once, neither saves.
+    stopped_on_signal = "the job has failed and cannot save; stopping now" in output
+    stopped_on_collective = "Connection closed by peer" in output
+    assert stopped_on_signal or stopped_on_collective, f"{timing}\n{output[-4000:]}"
     assert ended_at - sigterm_at < 15, f"{timing}\n{output[-4000:]}"  # torchrun itself kills at 30 s
     assert not (tmp_path / "run" / "checkpoints" / "latest").exists()
 
