@@ -279,3 +279,43 @@ def test_test_iterator_refuses_a_split_without_test_share_and_unsized_weighted_b
         build_test_iterator(data_cfg([1, smoke_prefix, 1, smoke_prefix], tmp_path, split="90,5,5"), smoke_tok, **kw)
     with pytest.raises(ValueError, match="max_batches=0"):
         build_test_iterator(data_cfg([smoke_prefix], tmp_path, split="90,5,5"), smoke_tok, max_batches=0, **kw)
+
+
+def test_an_index_build_waits_while_another_process_holds_the_cache_lock(tmp_path, smoke_prefix, smoke_tokenizer_path):
+    """Two jobs sharing a dataset directory: the second one's rank 0 waits for the first's index build, then reads
+    the finished cache (megatron writes the .npy files in place; without the lock it would rebuild them over the
+    first job's reads)."""
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    from tests.support import subprocess_env
+
+    cache = tmp_path / "cache"
+    blend_cache = Path(index_cache_dir(str(cache), [smoke_prefix]))
+    blend_cache.mkdir(parents=True)
+    script = (
+        "from taidtron.config import DataConfig\n"
+        "from taidtron.data.loader import build_datasets\n"
+        "from taidtron.data.tokenizer import load_tokenizer\n"
+        f"cfg = DataConfig(blend=[{smoke_prefix!r}], seq_length={SEQ}, cache_dir={str(cache)!r})\n"
+        f"build_datasets(cfg, load_tokenizer({str(smoke_tokenizer_path)!r}), train_samples=64, valid_samples=16)\n"
+        "print('built')\n"
+    )
+    with open(blend_cache / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # "the first job", building
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script], env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        inode = (blend_cache / ".lock").stat().st_ino
+        deadline = time.monotonic() + 300
+        # /proc/locks lists a process blocked on a lock as "-> FLOCK ... <major>:<minor>:<inode> ..."
+        while not any("->" in line and f":{inode} " in line for line in Path("/proc/locks").read_text().splitlines()):
+            assert proc.poll() is None, proc.communicate()[0].decode()[-3000:]
+            assert time.monotonic() < deadline, "the second build never reached the lock"
+            time.sleep(0.2)
+        assert not list(blend_cache.glob("*.npy")), "the second build wrote the cache while the lock was held"
+    output = proc.communicate(timeout=300)[0].decode()
+    assert proc.returncode == 0 and "built" in output, output[-3000:]
+    assert list(blend_cache.glob("*.npy"))
