@@ -15,8 +15,6 @@ import pytest
 
 from tests.support import REPO_ROOT, run_cli
 
-pytestmark = pytest.mark.serial  # timing assertions: run alone, not beside other tests (make test)
-
 SCRIPT = REPO_ROOT / "tools" / "gpu_check.py"
 
 
