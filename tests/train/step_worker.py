@@ -2,6 +2,9 @@
 
     step_worker.py OUT_DIR init STUDENT_INIT TEACHER_INIT            (world of 1: write random init checkpoints)
     step_worker.py OUT_DIR train STUDENT_INIT TEACHER_INIT [k=v ...]  (train, save the student, write results)
+    step_worker.py OUT_DIR layouts STUDENT_INIT TEACHER_INIT JSON     (train once per layout of JSON, a
+        {name: [k=v ...]} map, one after another on the same ranks: megatron's groups are rebuilt for each, the
+        torch.distributed world is kept; results under the layout's name, the student in OUT_DIR/<name>/student)
 
 Every rank checks on its own that the teacher never changes, is in eval mode and has no optimizer state, and that
 t is identical on every rank after each step. Every rank reports its loss, t and grad-norm curves through
@@ -11,13 +14,16 @@ layouts).
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state
 
 from taidtron import checkpoint
+from taidtron import overrides as overrides_module
 from taidtron.config import load_config
 from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
 from taidtron.trainer import Trainer, build_trainer
@@ -81,24 +87,15 @@ def weights_meta(cfg, role: str, trainer: Trainer, kind: str) -> checkpoint.Chec
     )
 
 
-def main() -> None:
-    out_dir, mode, student_init, teacher_init, *overrides = sys.argv[1:]
-    out_dir = Path(out_dir)
-    init_overrides = [] if mode == "init" else [f"student.init={student_init}", f"teacher.init={teacher_init}"]
-    cfg = load_config(None, BASE + init_overrides + overrides)
+def train_layout(out_dir: Path, student_init: str, teacher_init: str, overrides: list[str]) -> dict:
+    """STEPS optimizer steps at the layout `overrides` give, the student saved to out_dir/student; returns this
+    rank's world size and loss, t and grad-norm curves."""
+    cfg = load_config(None, BASE + [f"student.init={student_init}", f"teacher.init={teacher_init}"] + overrides)
     ctx = init_distributed(cfg.parallel)
     cfg.validate_layout(ctx.world_size)  # both models: the workers distil
     seed_everything(cfg.seed, ctx)
     trainer = build_trainer(cfg, ctx, VOCAB)
     pair = trainer.model.module
-    if mode == "init":
-        assert ctx.world_size == 1
-        for role, model, path in (("student", pair.student, student_init), ("teacher", pair.teacher, teacher_init)):
-            checkpoint.save_checkpoint(path, 0, model=model, meta=weights_meta(cfg, role, trainer, "init"))
-        report(initialized=True)
-        destroy_distributed()
-        return
-
     teacher_before = {k: v.detach().clone() for k, v in pair.teacher.state_dict().items() if torch.is_tensor(v)}
     optimizer_params = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     batches = synthetic_batches(ctx, cfg.parallel.global_batch_size, cfg.parallel.micro_batch_size, cfg.data.seq_length)
@@ -120,7 +117,31 @@ def main() -> None:
     checkpoint.save_checkpoint(
         out_dir / "student", trainer.step, model=pair.student, meta=weights_meta(cfg, "student", trainer, "training")
     )
-    report(world_size=ctx.world_size, **results)
+    trainer.close()
+    return {"world_size": ctx.world_size, **results}
+
+
+def main() -> None:
+    out_dir, mode, student_init, teacher_init, *overrides = sys.argv[1:]
+    out_dir = Path(out_dir)
+    if mode == "init":
+        cfg = load_config(None, BASE + overrides)
+        ctx = init_distributed(cfg.parallel)
+        assert ctx.world_size == 1
+        seed_everything(cfg.seed, ctx)
+        trainer = build_trainer(cfg, ctx, VOCAB)
+        pair = trainer.model.module
+        for role, model, path in (("student", pair.student, student_init), ("teacher", pair.teacher, teacher_init)):
+            checkpoint.save_checkpoint(path, 0, model=model, meta=weights_meta(cfg, role, trainer, "init"))
+        report(initialized=True)
+    elif mode == "train":
+        report(**train_layout(out_dir, student_init, teacher_init, overrides))
+    else:  # layouts: one world, megatron's groups rebuilt per layout (a torchrun start costs more than a run here)
+        (layouts,) = overrides
+        for name, layout_overrides in json.loads(layouts).items():
+            report(**{name: train_layout(out_dir / name, student_init, teacher_init, layout_overrides)})
+            parallel_state.destroy_model_parallel()
+            overrides_module.forget_parallel_groups()
     destroy_distributed()
 
 

@@ -8,6 +8,7 @@ torch's own DCP reader, independent of taidtron and megatron.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -46,16 +47,33 @@ def reference(tmp_path_factory):
     return root, ref, ref_dir
 
 
+@pytest.fixture(scope="module")
+def layout_results(reference) -> dict[str, list[dict]]:
+    """Every layout, one after another in one torchrun of 4 ranks (megatron's groups rebuilt for each): {layout:
+    each rank's results}. One start-up for all: starting 4 ranks costs more than the steps they run."""
+    root, _, _ = reference
+    (nproc,) = {nproc for nproc, _ in LAYOUTS.values()}
+    layouts = json.dumps({name: overrides for name, (_, overrides) in LAYOUTS.items()})
+    ranks = run_torchrun(
+        WORKER,
+        nproc,
+        str(root),
+        "layouts",
+        str(root / "student_init"),
+        str(root / "teacher_init"),
+        layouts,
+        timeout=900,
+    )
+    return {name: [rank[name] for rank in ranks] for name in LAYOUTS}
+
+
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_layout_matches_single_process_loss_t_and_updated_student(layout, reference, tmp_path):
+def test_layout_matches_single_process_loss_t_and_updated_student(layout, reference, layout_results, tmp_path):
     root, ref, ref_dir = reference
-    nproc, overrides = LAYOUTS[layout]
+    nproc, _ = LAYOUTS[layout]
     out = root / layout
-    out.mkdir()
-    results = run_torchrun(
-        WORKER, nproc, str(out), "train", str(root / "student_init"), str(root / "teacher_init"), *overrides
-    )
+    results = layout_results[layout]
     assert all(r["world_size"] == nproc for r in results)
     assert all(r["taid_t"] == results[0]["taid_t"] for r in results), "t differs across ranks"
     got = results[0]
