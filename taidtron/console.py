@@ -97,8 +97,8 @@ def banner(cfg, ctx, trainer, *, datasets: list, resumed: str | None = None, wan
     objective, and where the outputs go. `datasets` are `taidtron.data.validate.DatasetSummary`s; `trainer` is the
     built (and resumed) `taidtron.trainer.Trainer`."""
     from taidtron.data.validate import parse_blend, parse_split
+    from taidtron.losses import run_models
     from taidtron.models.gpt import resolve_attention
-    from taidtron.trainer import run_models
 
     par, optim, data, taid = cfg.parallel, cfg.optim, cfg.data, cfg.taid
     device = ctx.device.type

@@ -20,7 +20,8 @@ from pathlib import Path
 def evaluate(cfg, ctx, *, split: str = "test", max_batches: int | None = None) -> dict:
     """The metrics above for the checkpoints cfg names, on this rank's share of `split` (collective)."""
     from taidtron.data import build_data_iterators, build_test_iterator, load_shared_tokenizer
-    from taidtron.trainer import build_trainer, run_models
+    from taidtron.losses import run_models
+    from taidtron.trainer import build_trainer
 
     missing = [f"{role}.init" for role, model in run_models(cfg).items() if not model.init]
     if missing:

@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
 
     try:
-        from taidtron.trainer import fit, model_roles
+        from taidtron.losses import model_roles
+        from taidtron.trainer import fit
     except ImportError as exc:  # an install to repair, e.g. a broken Transformer Engine (taidtron.models says how)
         return user_error("installation error", exc)
 

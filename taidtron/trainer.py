@@ -29,7 +29,8 @@ from taidtron.losses import (
     LossTerms,
     TAIDSchedule,
     get_loss,
-    objective_needs_teacher,
+    model_roles,
+    run_models,
     vocab_parallel_fkl_loss,
     vocab_parallel_lm_loss,
 )
@@ -413,17 +414,6 @@ def _masked_token_sums(loss_mask: torch.Tensor, terms: LossTerms, extra: dict[st
         if per_token is not None:
             stats[f"{name}_sum"] = (per_token.detach() * loss_mask).sum()
     return (total * loss_mask).sum(), num_tokens.to(torch.int), stats
-
-
-def model_roles(taid: TAIDConfig) -> tuple[str, ...]:
-    """The model sections a run with this objective builds: the student, and the teacher when the objective needs one
-    (every `taid.loss` but `lm`)."""
-    return ("student", "teacher") if objective_needs_teacher(taid.loss) else ("student",)
-
-
-def run_models(cfg: TrainConfig) -> dict[str, ModelConfig]:
-    """The model sections a run builds, by role (`model_roles`)."""
-    return {role: getattr(cfg, role) for role in model_roles(cfg.taid)}
 
 
 def build_trainer(cfg: TrainConfig, ctx: ParallelContext, vocab_size: int) -> Trainer:

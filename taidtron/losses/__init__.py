@@ -1,9 +1,18 @@
 """Training objectives: the TAID schedule, the fused vocab-parallel TAID loss, the baselines, the vocab-parallel
-next-token loss, and `get_loss`, which binds the `taid` config section into the objective the trainer calls.
+next-token loss, `get_loss`, which binds the `taid` config section into the objective the trainer calls, and
+`model_roles` / `run_models`: the model sections a run with that objective builds.
 Nothing outside this package computes cross-rank softmax statistics. Math and API: docs/losses.md."""
 
 from taidtron.losses.lm import vocab_parallel_lm_loss
-from taidtron.losses.objective import OBJECTIVES, LossTerms, Objective, get_loss, objective_needs_teacher
+from taidtron.losses.objective import (
+    OBJECTIVES,
+    LossTerms,
+    Objective,
+    get_loss,
+    model_roles,
+    objective_needs_teacher,
+    run_models,
+)
 from taidtron.losses.schedule import TAIDSchedule
 from taidtron.losses.vocab_parallel import (
     LOSSES,
@@ -25,7 +34,9 @@ __all__ = [
     "TAIDSchedule",
     "default_chunk_tokens",
     "get_loss",
+    "model_roles",
     "objective_needs_teacher",
+    "run_models",
     "vocab_parallel_fkl_loss",
     "vocab_parallel_js_loss",
     "vocab_parallel_lm_loss",

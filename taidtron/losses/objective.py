@@ -20,7 +20,7 @@ from functools import partial
 
 import torch
 
-from taidtron.config import TAIDConfig
+from taidtron.config import ModelConfig, TAIDConfig, TrainConfig
 from taidtron.losses.lm import vocab_parallel_lm_loss
 from taidtron.losses.vocab_parallel import LOSSES
 
@@ -85,6 +85,17 @@ def objective_needs_teacher(name: str) -> bool:
     """Whether `taid.loss=name` distils from a teacher (every objective but `lm`)."""
     _check_name(name)
     return name != "lm"
+
+
+def model_roles(taid: TAIDConfig) -> tuple[str, ...]:
+    """The model sections a run with this objective builds: the student, and the teacher when the objective needs one
+    (every `taid.loss` but `lm`)."""
+    return ("student", "teacher") if objective_needs_teacher(taid.loss) else ("student",)
+
+
+def run_models(cfg: TrainConfig) -> dict[str, ModelConfig]:
+    """The model sections a run builds, by role (`model_roles`)."""
+    return {role: getattr(cfg, role) for role in model_roles(cfg.taid)}
 
 
 def get_loss(taid: TAIDConfig) -> Objective:
