@@ -7,6 +7,10 @@ workers and tokenization pools.
 
     lifetime.install()              # in the entry point: every child forked from now on dies with this process
     die_with_parent(parent_pid)     # first thing in a spawned child (initializer / worker_init_fn)
+    die_with_launcher()             # in the entry point: a rank of torchrun / DeepSpeed's launcher ends with it
+
+The same holds one level up: a per-node launcher (torchrun's agent, DeepSpeed's launcher) killed with SIGKILL cannot
+stop its ranks, which would go on holding their devices, blocked in a collective until its timeout (30 minutes).
 
 On Linux the child asks the kernel to SIGKILL it when its parent dies (`prctl(PR_SET_PDEATHSIG)`), then checks that
 the parent is still the one it expects: a parent that died before the request was made is not signalled. The kernel
@@ -34,6 +38,21 @@ def die_with_parent(parent_pid: int, *, forked_from_main_thread: bool = True) ->
         threading.Thread(target=_watch_parent, args=(parent_pid,), name="taidtron-parent-watch", daemon=True).start()
     if os.getppid() != parent_pid:  # the parent died before the request: nobody will signal us
         os._exit(1)
+
+
+# Set in the ranks they start: torchrun (TORCHELASTIC_RUN_ID) and DeepSpeed's launcher (CROSS_RANK, as
+# taidtron.distributed.read_launch_env reads it).
+_LAUNCHER_ENV = ("TORCHELASTIC_RUN_ID", "CROSS_RANK")
+
+
+def die_with_launcher() -> bool:
+    """When a per-node launcher started this process (the environment says so), end it when the launcher ends.
+    Polled from a thread, not the kernel's parent-death signal: a launcher may start its ranks from a thread that
+    ends before they do. Returns whether a launcher was found."""
+    if not any(name in os.environ for name in _LAUNCHER_ENV):
+        return False
+    die_with_parent(os.getppid(), forked_from_main_thread=False)
+    return True
 
 
 def _request_parent_death_signal() -> bool:

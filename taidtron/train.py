@@ -67,10 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     from taidtron import lifetime
     from taidtron.preemption import StopSignal
 
-    # First thing, before torch is imported: a SIGUSR1/SIGTERM during start-up must not kill the rank, and every
-    # helper process forked from here on dies with this one.
+    # First thing, before torch is imported: a SIGUSR1/SIGTERM during start-up must not kill the rank, every helper
+    # process forked from here on dies with this one, and this rank dies with its launcher (torchrun, DeepSpeed's).
     stop = StopSignal()
     lifetime.install()
+    lifetime.die_with_launcher()
     from taidtron.config import ConfigError, load_config
 
     args = parse_args(argv)

@@ -1,6 +1,6 @@
-"""The real trainer and its processes: a SIGKILLed trainer leaves no helper behind, a rank that fails under torchrun
-stops the others at once (no 30 s wait for torchrun's SIGKILL), a preempted healthy job still saves and exits 75,
-and a second SIGTERM/SIGINT stops a rank at once."""
+"""The real trainer and its processes: a SIGKILLed trainer (or torchrun) leaves no process behind, a rank that fails
+under torchrun stops the others at once (no 30 s wait for torchrun's SIGKILL), a preempted healthy job still saves
+and exits 75, and a second SIGTERM/SIGINT stops a rank at once."""
 
 from __future__ import annotations
 
@@ -82,6 +82,40 @@ def test_kill_9_of_a_trainer_after_its_first_save_leaves_no_process_behind(tmp_p
     for pid in survivors:
         psutil.Process(pid).kill()
     assert survivors == [], f"still running 5 s after the trainer's SIGKILL: {[described[p] for p in survivors]}"
+
+
+@pytest.mark.multiprocess
+def test_kill_9_of_torchrun_ends_its_ranks_and_their_helpers(tmp_path):
+    """The agent killed with SIGKILL cannot stop its ranks; they notice it is gone and end within a second or two
+    (before: they trained on, then hung in a collective for its 30-minute timeout), and their helpers end with them."""
+    proc = subprocess.Popen(
+        [
+            *TORCHRUN,
+            f"--master-port={free_port()}",
+            "-m",
+            "taidtron.train",
+            "--config",
+            "configs/smoke.yaml",
+            *LONG_RUN,
+            "checkpoint.save_interval=1",
+            f"logging.run_dir={tmp_path}",
+        ],
+        cwd=REPO_ROOT,
+        env=subprocess_env(**TORCHRUN_ENV),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: (tmp_path / "checkpoints" / "latest").is_file(), proc, what="first checkpoint")
+    descendants = psutil.Process(proc.pid).children(recursive=True)
+    described = {p.pid: " ".join(p.cmdline()[:4]) for p in descendants}
+    assert sum("taidtron.train" in cmd for cmd in described.values()) >= 2, described  # the two ranks at least
+    proc.kill()
+    proc.wait(timeout=30)
+    survivors = still_running(list(described), wait_s=10)
+    for pid in survivors:
+        psutil.Process(pid).kill()
+    assert survivors == [], f"still running 10 s after torchrun's SIGKILL: {[described[p] for p in survivors]}"
 
 
 @pytest.mark.multiprocess
