@@ -149,6 +149,12 @@ def plot_panels(
         ax.set_xlabel(panel.xlabel)
         ax.set_ylabel(panel.ylabel)
         ax.set_xscale(panel.xscale)
+        if panel.xscale == "log":  # few points: tick them, as plain numbers (not 2x10^0)
+            from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+            ax.set_xticks(sorted({x for line in panel.lines for x in line.x}))
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels) :]:

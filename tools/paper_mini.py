@@ -76,6 +76,17 @@ TEACHERS = {
     "M": {"num_layers": 4, "hidden_size": 256, "num_attention_heads": 8, "num_query_groups": 4, "ffn_hidden_size": 704},
     "L": {"num_layers": 6, "hidden_size": 320, "num_attention_heads": 8, "num_query_groups": 4, "ffn_hidden_size": 864},
 }
+# One colour per method in every plot (TAID's red is nobody else's).
+METHOD_COLORS = {
+    "taid": "tab:red",
+    "fkl": "tab:blue",
+    "rkl": "tab:orange",
+    "tvd": "tab:green",
+    "skew_fkl": "tab:purple",
+    "skew_rkl": "tab:brown",
+    "js": "tab:cyan",
+    FLOOR: "black",
+}
 EVAL_DATA_SEED = 1234  # the test batches every run is measured on
 VALID_KEYS = ("valid_student_lm_loss", "valid_kl_teacher_student", "valid_distill_loss")
 
@@ -901,7 +912,9 @@ def write_plots(raw: dict, out: Path) -> list[str]:
 
     sweep, labels = raw["sweep"], raw["labels"]
     sizes, methods = sweep["teachers"], (*sweep["methods"], FLOOR)
-    style = {FLOOR: {"color": "black", "linestyle": "--"}, "taid": {"color": "tab:red", "linewidth": 2.2}}
+    style = {method: {"color": color} for method, color in METHOD_COLORS.items()}
+    style[FLOOR]["linestyle"] = "--"
+    style["taid"]["linewidth"] = 2.2
     written = []
 
     def mean_curve(method: str, size: str, key: str) -> Line | None:
