@@ -77,7 +77,8 @@ def test_a_save_that_runs_out_of_space_keeps_the_previous_checkpoint_and_says_so
         args = [*ARGS, "optim.train_steps=3", f"logging.run_dir={run_dir}", f"checkpoint.dir={ckpt_dir}"]
         proc = run_train(args, nproc=2, expect_ok=False)
         assert proc.returncode != 0
-        assert "exitcode  : 2" in proc.stdout + proc.stderr  # every rank exits 2 (torchrun itself exits 1)
+        output = f"STDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-8000:]}"
+        assert "exitcode  : 2" in proc.stdout + proc.stderr, output  # every rank exits 2 (torchrun itself exits 1)
         lines = [line for line in proc.stderr.splitlines() if line.startswith("taidtron: error:")]
         assert lines, proc.stderr[-4000:]
         message = lines[0]
