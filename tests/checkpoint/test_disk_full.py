@@ -64,7 +64,7 @@ def _size(directory: Path) -> int:
 
 
 # Intermittent: it passed and failed alternately in four runs (2026-11-29, a machine overloaded by a thread leak
-# since fixed), then passed 8 of 9 runs (alone and beside other jobs); the one failure was in a `make test` run with
+# since fixed), then passed 8 of 9 runs (each beside another heavy job); the one failure was in a `make test` run with
 # two pytest workers: no rank of the job on the full tmpfs exited with code 2. Which write meets ENOSPC first in that
 # case, and how that rank reports it, is not yet found (the assertion now prints the job's output for it).
 # Deselected by `make test` until it is; `pytest -m intermittent tests` runs it.
