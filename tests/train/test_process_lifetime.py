@@ -52,70 +52,73 @@ def steps_logged(run_dir: Path) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
-def test_kill_9_of_a_trainer_after_its_first_save_leaves_no_process_behind(tmp_path):
-    proc = subprocess.Popen(
+def start_training(
+    run_dir: Path, *overrides: str, torchrun: bool = False, env: dict | None = None, stdout=subprocess.PIPE
+) -> subprocess.Popen:
+    """`python -m taidtron.train` on configs/smoke.yaml with LONG_RUN (under torchrun with 2 ranks when asked),
+    its stderr piped."""
+    launcher = [*TORCHRUN, f"--master-port={free_port()}"] if torchrun else [sys.executable]
+    return subprocess.Popen(
         [
-            sys.executable,
+            *launcher,
             "-m",
             "taidtron.train",
             "--config",
             "configs/smoke.yaml",
             *LONG_RUN,
-            "checkpoint.save_interval=1",
-            "logging.wandb_mode=offline",
-            f"logging.run_dir={tmp_path}",
+            *overrides,
+            f"logging.run_dir={run_dir}",
         ],
         cwd=REPO_ROOT,
-        env=subprocess_env(WANDB_SILENT="true"),
-        stdout=subprocess.DEVNULL,
+        env=subprocess_env(**(TORCHRUN_ENV if torchrun else {}), **(env or {})),
+        stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for(lambda: (tmp_path / "checkpoints" / "latest").is_file(), proc, what="first checkpoint")
-    descendants = psutil.Process(proc.pid).children(recursive=True)
-    described = {p.pid: " ".join(p.cmdline()[:3]) for p in descendants}
-    # the checkpoint writer's Manager at least (wandb's service processes too)
-    assert any("taidtron.train" in cmd for cmd in described.values()), described
+
+
+def descendants(proc: subprocess.Popen) -> dict[int, str]:
+    """pid -> the start of its command line, for every process below `proc`."""
+    return {p.pid: " ".join(p.cmdline()[:4]) for p in psutil.Process(proc.pid).children(recursive=True)}
+
+
+def kill_then_survivors(proc: subprocess.Popen, described: dict[int, str], wait_s: float) -> list[str]:
+    """SIGKILL `proc`; the command lines of `described` still running `wait_s` seconds later (killed, so that a
+    failing test leaves nothing behind)."""
     proc.kill()
     proc.wait(timeout=30)
-    survivors = still_running(list(described))
+    survivors = still_running(list(described), wait_s=wait_s)
     for pid in survivors:
         psutil.Process(pid).kill()
-    assert survivors == [], f"still running 5 s after the trainer's SIGKILL: {[described[p] for p in survivors]}"
+    return [described[pid] for pid in survivors]
+
+
+def test_kill_9_of_a_trainer_after_its_first_save_leaves_no_process_behind(tmp_path):
+    proc = start_training(
+        tmp_path,
+        "checkpoint.save_interval=1",
+        "logging.wandb_mode=offline",
+        env={"WANDB_SILENT": "true"},
+        stdout=subprocess.DEVNULL,
+    )
+    wait_for(lambda: (tmp_path / "checkpoints" / "latest").is_file(), proc, what="first checkpoint")
+    described = descendants(proc)
+    # the checkpoint writer's Manager at least (wandb's service processes too)
+    assert any("taidtron.train" in cmd for cmd in described.values()), described
+    survivors = kill_then_survivors(proc, described, wait_s=5)
+    assert survivors == [], f"still running 5 s after the trainer's SIGKILL: {survivors}"
 
 
 @pytest.mark.multiprocess
 def test_kill_9_of_torchrun_ends_its_ranks_and_their_helpers(tmp_path):
     """The agent killed with SIGKILL cannot stop its ranks; they notice it is gone and end within a second or two
     (before: they trained on, then hung in a collective for its 30-minute timeout), and their helpers end with them."""
-    proc = subprocess.Popen(
-        [
-            *TORCHRUN,
-            f"--master-port={free_port()}",
-            "-m",
-            "taidtron.train",
-            "--config",
-            "configs/smoke.yaml",
-            *LONG_RUN,
-            "checkpoint.save_interval=1",
-            f"logging.run_dir={tmp_path}",
-        ],
-        cwd=REPO_ROOT,
-        env=subprocess_env(**TORCHRUN_ENV),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_training(tmp_path, "checkpoint.save_interval=1", torchrun=True, stdout=subprocess.DEVNULL)
     wait_for(lambda: (tmp_path / "checkpoints" / "latest").is_file(), proc, what="first checkpoint")
-    descendants = psutil.Process(proc.pid).children(recursive=True)
-    described = {p.pid: " ".join(p.cmdline()[:4]) for p in descendants}
+    described = descendants(proc)
     assert sum("taidtron.train" in cmd for cmd in described.values()) >= 2, described  # the two ranks at least
-    proc.kill()
-    proc.wait(timeout=30)
-    survivors = still_running(list(described), wait_s=10)
-    for pid in survivors:
-        psutil.Process(pid).kill()
-    assert survivors == [], f"still running 10 s after torchrun's SIGKILL: {[described[p] for p in survivors]}"
+    survivors = kill_then_survivors(proc, described, wait_s=10)
+    assert survivors == [], f"still running 10 s after torchrun's SIGKILL: {survivors}"
 
 
 @pytest.mark.multiprocess
@@ -170,23 +173,7 @@ def test_a_rank_failing_under_torchrun_stops_the_other_ranks_at_once(where, tmp_
 
 @pytest.mark.multiprocess
 def test_sigterm_to_torchrun_of_a_healthy_job_saves_on_every_rank_and_exits_75(tmp_path):
-    proc = subprocess.Popen(
-        [
-            *TORCHRUN,
-            f"--master-port={free_port()}",
-            "-m",
-            "taidtron.train",
-            "--config",
-            "configs/smoke.yaml",
-            *LONG_RUN,
-            f"logging.run_dir={tmp_path}",
-        ],
-        cwd=REPO_ROOT,
-        env=subprocess_env(**TORCHRUN_ENV),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_training(tmp_path, torchrun=True)
     wait_for(lambda: steps_logged(tmp_path) >= 2, proc, what="two optimizer steps")
     proc.send_signal(signal.SIGTERM)  # a scheduler stopping the job: torchrun forwards it to both ranks
     stdout, stderr = proc.communicate(timeout=300)
@@ -198,22 +185,7 @@ def test_sigterm_to_torchrun_of_a_healthy_job_saves_on_every_rank_and_exits_75(t
 
 
 def test_a_second_sigterm_or_sigint_stops_at_once_without_saving(tmp_path):
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "taidtron.train",
-            "--config",
-            "configs/smoke.yaml",
-            *LONG_RUN,
-            f"logging.run_dir={tmp_path}",
-        ],
-        cwd=REPO_ROOT,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_training(tmp_path)
     wait_for(lambda: steps_logged(tmp_path) >= 1, proc, what="one optimizer step")
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)  # two pending SIGTERMs would merge into one; a save takes seconds
