@@ -242,7 +242,9 @@ def seed_everything(seed: int, ctx: ParallelContext) -> None:
     tensor_parallel.model_parallel_cuda_manual_seed(stage_seed)
 
 
-def destroy_distributed() -> None:
+def destroy_model_parallel() -> None:
+    """Tear down megatron's parallel groups and what megatron keeps of them; the torch.distributed world stays (a
+    process may build another layout on the same ranks)."""
     from megatron.core import parallel_state
 
     from taidtron import overrides
@@ -250,5 +252,9 @@ def destroy_distributed() -> None:
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
         overrides.forget_parallel_groups()
+
+
+def destroy_distributed() -> None:
+    destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()

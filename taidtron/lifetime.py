@@ -45,14 +45,12 @@ def die_with_parent(parent_pid: int, *, forked_from_main_thread: bool = True) ->
 _LAUNCHER_ENV = ("TORCHELASTIC_RUN_ID", "CROSS_RANK")
 
 
-def die_with_launcher() -> bool:
+def die_with_launcher() -> None:
     """When a per-node launcher started this process (the environment says so), end it when the launcher ends.
     Polled from a thread, not the kernel's parent-death signal: a launcher may start its ranks from a thread that
-    ends before they do. Returns whether a launcher was found."""
-    if not any(name in os.environ for name in _LAUNCHER_ENV):
-        return False
-    die_with_parent(os.getppid(), forked_from_main_thread=False)
-    return True
+    ends before they do."""
+    if any(name in os.environ for name in _LAUNCHER_ENV):
+        die_with_parent(os.getppid(), forked_from_main_thread=False)
 
 
 def _request_parent_death_signal() -> bool:

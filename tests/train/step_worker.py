@@ -20,12 +20,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
 
 from taidtron import checkpoint
-from taidtron import overrides as overrides_module
 from taidtron.config import load_config
-from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
+from taidtron.distributed import destroy_distributed, destroy_model_parallel, init_distributed, seed_everything
 from taidtron.trainer import Trainer, build_trainer
 from tests.support import report
 
@@ -140,8 +138,7 @@ def main() -> None:
         (layouts,) = overrides
         for name, layout_overrides in json.loads(layouts).items():
             report(**{name: train_layout(out_dir / name, student_init, teacher_init, layout_overrides)})
-            parallel_state.destroy_model_parallel()
-            overrides_module.forget_parallel_groups()
+            destroy_model_parallel()
     destroy_distributed()
 
 
