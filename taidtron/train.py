@@ -7,8 +7,10 @@ the rank environment that `taidtron.distributed` reads.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -63,6 +65,32 @@ def user_error(kind: str, exc: Exception) -> int:
     return 2
 
 
+@contextlib.contextmanager
+def session(cfg, *, launch=None) -> Iterator:
+    """The distributed world of one run: process groups for `cfg.parallel` (`launch`: where this process sits; by
+    default the launcher's environment), the layout checked against the models, every RNG seeded; torn down on exit,
+    also when any of it fails. Yields the `ParallelContext`."""
+    from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
+    from taidtron.losses import model_roles
+
+    try:
+        ctx = init_distributed(cfg.parallel, launch=launch)
+        cfg.validate_layout(ctx.world_size, model_roles(cfg.taid))
+        seed_everything(cfg.seed, ctx)
+        yield ctx
+    finally:
+        destroy_distributed()
+
+
+def run(cfg, *, launch=None, stop=None) -> int:
+    """Train one run in this process (`session` + `fit`): what `main` does after parsing, and what every tool that
+    trains calls. Returns the exit code (0 done, 75 preempted after a save); bad input raises ValueError."""
+    from taidtron.trainer import fit
+
+    with session(cfg, launch=launch) as ctx:
+        return fit(cfg, ctx, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     from taidtron import lifetime
     from taidtron.preemption import StopSignal
@@ -80,24 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         check_output_dirs(cfg)
     except ConfigError as exc:
         return user_error("configuration error", exc)
-
-    from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
-
     try:
-        from taidtron.losses import model_roles
-        from taidtron.trainer import fit
-    except ImportError as exc:  # an install to repair, e.g. a broken Transformer Engine (taidtron.models says how)
+        import taidtron.trainer  # noqa: F401 - an install to repair, e.g. a broken Transformer Engine
+    except ImportError as exc:
         return user_error("installation error", exc)
-
     try:
-        ctx = init_distributed(cfg.parallel)
-        cfg.validate_layout(ctx.world_size, model_roles(cfg.taid))
-        seed_everything(cfg.seed, ctx)
-        return fit(cfg, ctx, stop)
+        return run(cfg, stop=stop)
     except ValueError as exc:  # ConfigError, CheckpointError, tokenizer/data errors: the user must change something
         return user_error("error", exc)
-    finally:
-        destroy_distributed()
 
 
 if __name__ == "__main__":
