@@ -114,6 +114,9 @@ class ParallelContext:
     tp_group: dist.ProcessGroup
     pp_group: dist.ProcessGroup
     dp_group: dist.ProcessGroup
+    model_parallel_group: dist.ProcessGroup
+    """The ranks holding one copy of the model between them (tp x pp): parameter counts, megatron's
+    gradient-norm reduction."""
     tp_rank: int
     pp_rank: int
     dp_rank: int
@@ -188,6 +191,7 @@ def init_distributed(
         tp_group=parallel_state.get_tensor_model_parallel_group(),
         pp_group=parallel_state.get_pipeline_model_parallel_group(),
         dp_group=parallel_state.get_data_parallel_group(),
+        model_parallel_group=parallel_state.get_model_parallel_group(),
         tp_rank=parallel_state.get_tensor_model_parallel_rank(),
         pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
         dp_rank=parallel_state.get_data_parallel_rank(),

@@ -42,9 +42,11 @@ def main() -> None:
             trainer=trainer.state_dict(),
         )
         trainer.sync_weights()
-        checkpoint.save_checkpoint(directory[0], 1, model=trainer.student, optimizer=trainer.optimizer, meta=meta)
+        checkpoint.save_checkpoint(
+            directory[0], 1, model=trainer.student, optimizer=trainer.optimizer, meta=meta, ctx=ctx
+        )
         second = trainer.train_step(batches)
-        checkpoint.load_checkpoint(directory[0], model=trainer.student, optimizer=trainer.optimizer, group=ctx.dp_group)
+        checkpoint.load_checkpoint(directory[0], model=trainer.student, optimizer=trainer.optimizer, ctx=ctx)
         again = trainer.train_step(batches)  # the batches move on; the point is that load + step work
         dist.barrier()
     report(

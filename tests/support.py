@@ -172,3 +172,20 @@ def report(**values: Any) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results))
     tmp.replace(path)
+
+
+def tiny_model(**changes: Any):
+    """A small Qwen2-style ModelConfig (2 layers, width 64, GQA 4:2, vocabulary 256) for tests that build real
+    megatron layers; `changes` replace fields (e.g. `attention="local"`, `hidden_size=...`)."""
+    from taidtron.config import ModelConfig
+
+    base = dict(
+        family="qwen2",
+        num_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_query_groups=2,
+        ffn_hidden_size=128,
+        vocab_size=256,
+    )
+    return ModelConfig(**{**base, **changes})

@@ -725,7 +725,7 @@ def probe_te_vs_local():
             padded_vocab_size=1024,
             source=checkpoint.WeightsSource(kind="init", description="gpu_check"),
         )
-        checkpoint.save_checkpoint(tmp, 0, model=models["sdpa"], meta=meta)
+        checkpoint.save_checkpoint(tmp, 0, model=models["sdpa"], meta=meta, ctx=ctx)
         checkpoint.load_model_weights(models["auto"], tmp, group=ctx.dp_group)
     tokens = torch.randint(0, 1024, (2, 256), device=ctx.device)
     positions = torch.arange(256, device=ctx.device).expand(2, -1)

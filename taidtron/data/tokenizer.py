@@ -177,6 +177,12 @@ class Tokenizer(MegatronTokenizerBase):
     def bos(self) -> int | None:
         return self._bos
 
+    @property
+    def unk_piece(self) -> str | None:
+        """The unknown-token piece of a sentencepiece model (None: none, or a Hugging Face tokenizer)."""
+        sp = getattr(self._backend, "sp", None)
+        return sp.IdToPiece(sp.unk_id()) if sp is not None and sp.unk_id() >= 0 else None
+
     def apply_chat_template(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("taidtron pretrains on raw text; chat templates are not supported.")
 

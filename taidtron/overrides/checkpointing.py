@@ -18,6 +18,8 @@ import signal
 
 import torch
 
+from taidtron.overrides.optimizer import sub_optimizers
+
 
 def prepare_writer(start_method: str | None = None) -> None:
     """Create dist_checkpointing's write-results queue now, before the trainer installs its signal handlers.
@@ -60,15 +62,11 @@ def _writer_helper_init(parent_pid: int) -> None:
     die_with_parent(parent_pid)
 
 
-def _sub_optimizers(optimizer) -> list:
-    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
-
-
 def materialize_optimizer_state(optimizer) -> None:
     """A fresh distributed optimizer has no Adam state (not even `step`) until its first step, and without
     TE/apex megatron's DistributedOptimizer.state_dict() requires it. megatron's own remedy is one step on zero
     grads with placeholder state, which loading then overwrites in place (model weights are reloaded after)."""
-    for sub in _sub_optimizers(optimizer):
+    for sub in sub_optimizers(optimizer):
         if hasattr(sub, "_init_optimizer_states_with_dummy_values") and len(sub.optimizer.state) == 0:
             sub._init_optimizer_states_with_dummy_values()
 
@@ -80,7 +78,7 @@ def _tolerate_missing_adam_step(optimizer):
     so it raises KeyError('step'). `step` is restored from param_groups just before; hand it back unchanged.
     Scoped to this one call on these optimizer instances."""
     patched = []
-    for sub in _sub_optimizers(optimizer):
+    for sub in sub_optimizers(optimizer):
         original = getattr(sub, "_set_main_param_and_optimizer_states", None)
         if original is None:
             continue
@@ -108,7 +106,7 @@ def _unshare_adam_steps(optimizer) -> None:
     keeps `step` tensors as they are. Adam then increments that tensor in place once per parameter, so after the
     first resumed step the bias correction uses step + (number of parameters) and the run diverges from the
     uninterrupted one. Give every parameter its own copy."""
-    for sub in _sub_optimizers(optimizer):
+    for sub in sub_optimizers(optimizer):
         inner = getattr(sub, "optimizer", None)
         for state in getattr(inner, "state", {}).values():
             if isinstance(state.get("step"), torch.Tensor):

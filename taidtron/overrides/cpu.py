@@ -16,7 +16,7 @@ is ever undone (a CPU process never gets a GPU later).
 5. The optimizer checks `param.type() == 'torch.cuda.FloatTensor'` (distributed optimizer, clip_grads): the
    same mode answers `Tensor.type()` for CPU tensors with the CUDA type name, so fp32 params are recognised.
 
-(Sequence parallelism with the local spec needs no patch: `taidtron.models.gpt.RMSNorm` is a norm of our own whose
+(Sequence parallelism with the local spec needs no patch: `taidtron.overrides.norms.RMSNorm` is a norm of our own whose
 weight is tagged `sequence_parallel`, where megatron's `WrappedTorchNorm` refuses sequence parallelism.)
 """
 

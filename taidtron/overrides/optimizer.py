@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 
 def step_if_finite(optimizer, *, loss: float, clip_grad: float) -> tuple[bool, float]:
     """One optimizer step unless `loss` (global, identical on every rank) or the global gradient norm is not
@@ -32,7 +34,7 @@ def step_if_finite(optimizer, *, loss: float, clip_grad: float) -> tuple[bool, f
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         return False, grad_norm
     if clip_grad > 0.0:
-        for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+        for sub in sub_optimizers(optimizer):
             if getattr(sub, "is_stub_optimizer", False):
                 continue
             params = sub.get_parameters()
@@ -66,3 +68,43 @@ def set_optimizer_hyperparameters(
             group["betas"] = betas
         if "eps" in group:
             group["eps"] = eps
+
+
+def sub_optimizers(optimizer) -> list:
+    """The torch-level optimizers under a megatron optimizer: a ChainedOptimizer's `chained_optimizers` (one per
+    dtype/expert group), else the optimizer itself (0.16.1: both wrap a torch optimizer as `.optimizer`)."""
+    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def optimizer_has_state(optimizer) -> bool:
+    """Whether every sub-optimizer's torch optimizer holds per-parameter state (Adam's moments exist only after the
+    first step, and megatron's DistributedOptimizer.state_dict() asserts on them). Walks `chained_optimizers` and the
+    wrapped torch optimizer's `.optimizer.state`."""
+    return all(len(getattr(getattr(sub, "optimizer", None), "state", {"": 0})) > 0 for sub in sub_optimizers(optimizer))
+
+
+def optimizer_state_tensors(optimizer):
+    """(kind, tensor) for this rank's optimizer state: the fp32 main parameters ("main parameters") and every tensor
+    of Adam's per-parameter state by its key (exp_avg, exp_avg_sq, step). Walks `chained_optimizers` and the wrapped
+    torch optimizer's `param_groups` / `state`, which megatron-core 0.16.1 exposes without an accessor."""
+    for sub in sub_optimizers(optimizer):
+        inner = getattr(sub, "optimizer", None)
+        for group in getattr(inner, "param_groups", []):
+            for param in group["params"]:
+                yield "main parameters", param
+                for kind, tensor in inner.state.get(param, {}).items():
+                    if isinstance(tensor, torch.Tensor):
+                        yield kind, tensor
+
+
+def set_schedule_horizon(scheduler, steps: int) -> None:
+    """Make megatron's OptimizerParamScheduler decay the learning rate (and ramp weight decay) over `steps`.
+    0.16.1 has no setter: the horizon lives in the attributes `lr_decay_steps` and `wd_incr_steps`, which its
+    load_state_dict restores from the checkpoint; a resume that extends or stretches the run writes them."""
+    scheduler.lr_decay_steps = steps
+    scheduler.wd_incr_steps = steps
+
+
+def saved_schedule_horizon(scheduler_state: dict) -> int:
+    """The horizon an OptimizerParamScheduler was saved with: its state dict's `lr_decay_steps` (0.16.1)."""
+    return int(scheduler_state["lr_decay_steps"])

@@ -18,6 +18,7 @@ the received activation. Interleaved (virtual) pipelines are not used by taidtro
 
 from __future__ import annotations
 
+import copy
 from functools import partial
 
 import torch
@@ -89,3 +90,17 @@ def student_grad_schedule(config, student_hidden: int):
     groups.dp_cp = parallel_state.get_data_parallel_group(with_context_parallel=True, partial_data_parallel=False)
     communicator = StudentGradCommunicator(pp_group, config, student_hidden)
     return partial(schedule, p2p_communicator=communicator, pg_collection=groups)
+
+
+def pipeline_config(student_config, teacher_config=None):
+    """The config megatron's schedules read from the pair: the student's, except that stage boundaries carry
+    both hidden states concatenated, so p2p buffers are [seq, micro_batch, h_student + h_teacher]. Without a
+    teacher: the student's own.
+
+    A shallow copy with one field reassigned: re-running TransformerConfig's validation would reject a width
+    that is not a multiple of the head count, and the width is only used to size p2p buffers."""
+    if teacher_config is None:
+        return student_config
+    config = copy.copy(student_config)
+    config.hidden_size = student_config.hidden_size + teacher_config.hidden_size
+    return config

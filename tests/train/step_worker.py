@@ -113,7 +113,11 @@ def train_layout(out_dir: Path, student_init: str, teacher_init: str, overrides:
     assert not any(id(p) in optimizer_params for p in pair.teacher.parameters()), "teacher is in the optimizer"
     trainer.sync_weights()
     checkpoint.save_checkpoint(
-        out_dir / "student", trainer.step, model=pair.student, meta=weights_meta(cfg, "student", trainer, "training")
+        out_dir / "student",
+        trainer.step,
+        model=pair.student,
+        meta=weights_meta(cfg, "student", trainer, "training"),
+        ctx=ctx,
     )
     trainer.close()
     return {"world_size": ctx.world_size, **results}
@@ -130,7 +134,7 @@ def main() -> None:
         trainer = build_trainer(cfg, ctx, VOCAB)
         pair = trainer.model.module
         for role, model, path in (("student", pair.student, student_init), ("teacher", pair.teacher, teacher_init)):
-            checkpoint.save_checkpoint(path, 0, model=model, meta=weights_meta(cfg, role, trainer, "init"))
+            checkpoint.save_checkpoint(path, 0, model=model, meta=weights_meta(cfg, role, trainer, "init"), ctx=ctx)
         report(initialized=True)
     elif mode == "train":
         report(**train_layout(out_dir, student_init, teacher_init, overrides))
