@@ -18,5 +18,4 @@ if __name__ == "__main__":
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     argv = [sys.executable, "-m", "taidtron.benchmark.gpu_check", *sys.argv[1:]]
-    os.chdir(REPO)
     os.execve(sys.executable, argv, env)

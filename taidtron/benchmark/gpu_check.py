@@ -227,7 +227,9 @@ def _probe(code: str, env: dict[str, str], end_at: float, what: str) -> dict:
         return {f"{what}_error": f"the probe printed nothing readable: {proc.stderr.strip()[-300:]}"}
 
 
-def _install(wheels: Path, site: Path, end_at: float) -> str:
+def install_wheels(wheels: Path, site: Path, end_at: float) -> str:
+    """Install every wheel of `wheels` into `site` (offline, no dependency resolution: the folder holds exactly what
+    the image lacks); returns what happened, in one line."""
     found = sorted(wheels.glob("*.whl")) if wheels.is_dir() else []
     if not found:
         return f"no wheels in {wheels}: fill it as docs/performance.md says (pip download ... megatron-core)"
@@ -252,7 +254,7 @@ def setup(wheels: Path, site: Path, end_at: float) -> dict:
     if facts["cuda"]:
         facts.update(_probe(_MEGATRON_PROBE, env, end_at, "megatron"))
         if "megatron_error" in facts:
-            install = _install(wheels, site, end_at)
+            install = install_wheels(wheels, site, end_at)
             facts.pop("megatron_error")
             facts.update(_probe(_MEGATRON_PROBE, env, end_at, "megatron"))
     facts["install"] = install
@@ -305,9 +307,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", type=Path, default=Path("runs/gpu_check/report"), help="where the results go")
-    parser.add_argument("--work", type=Path, default=Path("runs/gpu_check/work"), help="full outputs, junit files")
-    parser.add_argument("--wheels", type=Path, default=Path(".whl"), help="wheels to install when megatron is missing")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "runs/gpu_check/report", help="where the results go (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--work", type=Path, default=REPO / "runs/gpu_check/work", help="full outputs, junit files, the wheel site"
+    )
+    parser.add_argument(
+        "--wheels", type=Path, default=REPO / ".whl", help="wheels to install when megatron-core is missing"
+    )
     parser.add_argument(
         "--only", help=f"comma-separated checks, run in this order: {', '.join(c.name for c in CHECKS)}"
     )
@@ -352,8 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(plan(checks, args.deadline))
         return 0
-    out, work = (p if p.is_absolute() else REPO / p for p in (args.out, args.work))
-    wheels = args.wheels if args.wheels.is_absolute() else REPO / args.wheels
+    out, work, wheels = (path.resolve() for path in (args.out, args.work, args.wheels))
     for stale in [out / "summary.txt", out / "setup.json", *(out / f"{c.name}.json" for c in CHECKS)]:
         stale.unlink(missing_ok=True)  # an earlier run's results must not pass for this run's
     facts: dict = {}

@@ -76,6 +76,43 @@ def test_without_a_gpu_it_says_no_cuda_device_within_a_minute_and_leaves_a_repor
     assert summary.count("  not_run  ") == 6 and "1 fail, 6 not_run" in summary
 
 
+def _wheel(folder: Path, name: str) -> Path:
+    """A minimal pure-Python wheel holding package `name` (VALUE = 7)."""
+    import zipfile
+
+    folder.mkdir()
+    path = folder / f"{name}-1.0-py3-none-any.whl"
+    info = f"{name}-1.0.dist-info"
+    files = {
+        f"{name}/__init__.py": "VALUE = 7\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    with zipfile.ZipFile(path, "w") as wheel:
+        for arcname, text in files.items():
+            wheel.writestr(arcname, text)
+        wheel.writestr(f"{info}/RECORD", "".join(f"{a},,\n" for a in files) + f"{info}/RECORD,,\n")
+    return path
+
+
+def test_the_wheel_folder_is_installed_offline_into_the_site_the_checks_import_from(tmp_path):
+    """What setup does when megatron-core is missing, with a stand-in wheel: pip, no index, no dependencies."""
+    site = tmp_path / "site"
+    _wheel(tmp_path / "wheels", "taidtron_stand_in")
+    message = gpu_check.install_wheels(tmp_path / "wheels", site, time.monotonic() + 120)
+    assert message == f"installed taidtron_stand_in-1.0-py3-none-any.whl into {site}"
+    imported = subprocess.run(
+        [sys.executable, "-c", "import taidtron_stand_in, taidtron; print(taidtron_stand_in.VALUE)"],
+        env=gpu_check.check_env(site),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert imported.stdout.strip() == "7", imported.stderr
+    empty = gpu_check.install_wheels(tmp_path / "none", site, time.monotonic() + 10)
+    assert empty.startswith("no wheels in") and "docs/performance.md" in empty
+
+
 # ---- the runner over fake checks -------------------------------------------------------------------------------------
 
 
