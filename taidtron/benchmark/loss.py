@@ -212,7 +212,8 @@ def measure_variant(variant: str, student, teacher, args) -> dict:
     }
 
 
-def worker(args) -> list[dict]:
+def worker(args) -> None:
+    """Measure the variants of --_worker in order, printing each one's result as a JSON line when it is done."""
     import torch
 
     student, teacher = _inputs(args)
@@ -222,31 +223,48 @@ def worker(args) -> list[dict]:
             {"student": student.detach()[rows].double().cpu(), "teacher": teacher[rows].double().cpu()},
             args._grads / "inputs.pt",
         )
-    results = []
     for variant in args._worker.split(","):
         try:
-            results.append(measure_variant(variant, student, teacher, args))
+            result = measure_variant(variant, student, teacher, args)
         except Exception as exc:  # noqa: BLE001 - one variant failing (a compile, an OOM) leaves the others' rows
-            results.append({"variant": variant, "error": f"{type(exc).__name__}: {exc}"[-2000:]})
-    return results
+            result = {"variant": variant, "error": f"{type(exc).__name__}: {exc}"[-2000:]}
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
 # ---- driver ----------------------------------------------------------------------------------------------------------
 
+RESULT_PREFIX = "bench_loss result: "
+# Run order: the bandwidth and the baseline first, torch.compile's long first step last, so that a run stopped
+# from outside (the GPU check's budget) has written the most; rows are shown in TABLE_ORDER.
+RUN_ORDER = ("copy", "official", "chunked", "triton", "compiled")
+TABLE_ORDER = ("official", "compiled", "chunked", "triton", "copy")
 
-def run_workers(variants: list[str], argv: list[str], device: str, grads: Path) -> list[dict]:
-    """CPU: one process per variant (the resident-set peak needs a fresh process); CUDA: one process for all."""
-    batches = [[v] for v in variants] if device == "cpu" else [variants]
-    results = []
+
+def _order(variants: list[str], order: tuple[str, ...]) -> list[str]:
+    return sorted(variants, key=lambda v: order.index(v.split(":")[0]) if v.split(":")[0] in order else len(order))
+
+
+def run_workers(variants: list[str], argv: list[str], device: str, grads: Path):
+    """Yield each variant's result as its worker prints it. CPU: one process per variant (the resident-set peak needs
+    a fresh process); CUDA: one process for all, in RUN_ORDER."""
+    batches = [[v] for v in variants] if device == "cpu" else [_order(variants, RUN_ORDER)]
     for batch in batches:
         cmd = [sys.executable, "-m", "taidtron.benchmark.loss", *argv, "--_worker", ",".join(batch), "--_grads", grads]
-        proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True)
-        try:
-            results += json.loads(proc.stdout.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            error = (proc.stderr or proc.stdout or f"exit code {proc.returncode}")[-2000:]
-            results += [{"variant": v, "error": error} for v in batch]
-    return results
+        proc = subprocess.Popen(
+            list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        done, other = set(), []
+        for line in proc.stdout:
+            if line.startswith(RESULT_PREFIX):
+                result = json.loads(line[len(RESULT_PREFIX) :])
+                done.add(result["variant"])
+                yield result
+            else:
+                other = [*other[-40:], line]
+        proc.wait()
+        for variant in batch:
+            if variant not in done:
+                yield {"variant": variant, "error": ("".join(other) or f"exit code {proc.returncode}")[-2000:]}
 
 
 def agreement(grads: Path, args, variants: list[str]) -> dict:
@@ -284,12 +302,11 @@ def main(argv=None) -> int:
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args._worker:
-        print(json.dumps(worker(args)))
+        worker(args)
         return 0
     raw = list(sys.argv[1:] if argv is None else argv)
     if "--device" not in raw:
         raw += ["--device", args.device]
-    load_before = os.getloadavg()
     variants = args.variants.split(",") if args.variants else _default_variants(args)
     if args.triton_sweep:
         variants += [f"triton:{config}" for config in args.triton_sweep.split(",")]
@@ -297,10 +314,6 @@ def main(argv=None) -> int:
     import torch
 
     grad_bytes = args.tokens * args.vocab * torch.tensor([], dtype=getattr(torch, DTYPES[args.dtype])).element_size()
-    with tempfile.TemporaryDirectory(prefix="bench_loss-") as tmp:
-        start = time.monotonic()
-        results = run_workers(variants, raw, args.device, Path(tmp))
-        agree = agreement(Path(tmp), args, variants) if (Path(tmp) / "inputs.pt").is_file() else {}
     info = {
         "tokens": args.tokens,
         "vocab": args.vocab,
@@ -314,15 +327,34 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": machine_name(args.device),
-        "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg(),
-        "seconds": round(time.monotonic() - start, 1),
+        "loadavg_before": os.getloadavg(),
         "gradient_bytes": grad_bytes,
         "command": "python tools/bench_loss.py " + " ".join(raw),
         "agreement_tolerance": {"grad_relative_to_max": GRAD_TOLERANCE[args.dtype], "loss_relative": LOSS_TOLERANCE},
     }
-    for r in results:
-        r.update(agree.get(r["variant"], {}))
+    start, results = time.monotonic(), []
+    with tempfile.TemporaryDirectory(prefix="bench_loss-") as tmp:
+        for result in run_workers(variants, raw, args.device, Path(tmp)):
+            results.append(result)
+            if (Path(tmp) / "inputs.pt").is_file():
+                agreed = agreement(Path(tmp), args, [r["variant"] for r in results])
+                for r in results:
+                    r.update(agreed.get(r["variant"], {}))
+            _summarize(info, results, grad_bytes, start)
+            if args.json:  # after every variant: a run stopped from outside keeps what finished
+                atomic_write_json(args.json, {"info": info, "results": results}, indent=1)
+    results = [r for v in _order([r["variant"] for r in results], TABLE_ORDER) for r in results if r["variant"] == v]
+    print(render(info, results))
+    if args.json:
+        atomic_write_json(args.json, {"info": info, "results": results}, indent=1)
+        print(f"wrote {args.json}")
+    checked = [r for r in results if "agrees" in r]
+    failed = any("error" in r for r in results) or (checked and not info["all_agree"])
+    return 1 if failed else 0
+
+
+def _summarize(info: dict, results: list[dict], grad_bytes: int, start: float) -> None:
+    """The floors (once the copy is measured), the ratios and the overall agreement, into `info` and the rows."""
     copy = next((r for r in results if r["variant"] == "copy" and "error" not in r), None)
     if copy:  # one logits tensor (= one gradient) moved per pass
         bandwidth = info["bandwidth_bytes_per_s"] = copy["bandwidth_bytes_per_s"]
@@ -330,13 +362,9 @@ def main(argv=None) -> int:
         info["floor_5_passes_ms"] = floor_ms(5, grad_bytes, bandwidth)
     checked = [r for r in results if "agrees" in r]
     info["all_agree"] = bool(checked) and all(r["agrees"] for r in checked)
+    info["loadavg_after"] = os.getloadavg()
+    info["seconds"] = round(time.monotonic() - start, 1)
     _add_ratios(results, grad_bytes, info.get("floor_5_passes_ms"))
-    print(render(info, results))
-    if args.json:
-        atomic_write_json(args.json, {"info": info, "results": results}, indent=1)
-        print(f"wrote {args.json}")
-    failed = any("error" in r for r in results) or (checked and not info["all_agree"])
-    return 1 if failed else 0
 
 
 def _add_ratios(results: list[dict], grad_bytes: int, floor_5: float | None) -> None:

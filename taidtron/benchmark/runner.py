@@ -10,7 +10,8 @@ goes to the later ones. A check that reaches its end is killed with its whole pr
 workers, compile helpers); a check with less than a second left is not started. Children also die with the runner
 (`taidtron.lifetime.die_with_parent`), and on SIGTERM / SIGINT the runner kills them before it exits.
 
-A check is a command (`python <command>`, `{result}` standing for its result file, read by `Check.read`) or a set
+A check is a command (`python <command>`, `{result}` standing for its result file, read by `Check.read`, also when
+the check was stopped: a check may rewrite its result as it goes, and keeps what it had) or a set
 of pytest groups started side by side, each with a per-test timeout (pytest-timeout) and its own junit file, so a
 hang costs one test and a group killed at the check's end loses only its own results.
 
@@ -180,14 +181,16 @@ class Runner:
             "seconds": round(time.monotonic() - started, 1),
             "exit_code": running.proc.returncode,
         }
-        if timed_out:
-            return {**record, "status": "timeout", "summary": f"stopped at {record['seconds']:.0f} s", "metrics": {}}
         try:
             status, summary, metrics = check.read(result_file, output, running.proc.returncode)
         except Exception as exc:  # noqa: BLE001 - a result that cannot be read fails this check only
             last = (output.strip().splitlines() or ["(no output)"])[-1][:300]
             status, metrics = "fail", {}
             summary = f"no readable result ({type(exc).__name__}); exit {running.proc.returncode}: {last}"
+            if timed_out:
+                summary = "no result yet"
+        if timed_out:  # what a check wrote before its end (a benchmark rewrites its result as it goes) is kept
+            status, summary = "timeout", f"stopped at {record['seconds']:.0f} s; {summary}"
         return {**record, "status": status, "summary": summary, "metrics": metrics, "output_tail": output}
 
     # ---- pytest groups side by side -------------------------------------------------------------------------------
@@ -244,6 +247,7 @@ class Runner:
         counts = {k: sum(o["outcome"] == k for o in tests.values()) for k in ("passed", "failed", "skipped")}
         stopped = [n for n, g in groups.items() if g["status"] == "timeout"]
         unread = [n for n, g in groups.items() if g["status"] == "no_result"]
+        empty = [n for n, g in groups.items() if g["status"] == "ended" and not g["tests"]]
         failed = [t for t, o in tests.items() if o["outcome"] == "failed"]
         skipped = [f"{t} ({o.get('reason', '')[:120]})" for t, o in tests.items() if o["outcome"] == "skipped"]
         summary = f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
@@ -251,8 +255,9 @@ class Runner:
         summary += f"; skipped: {', '.join(skipped)}" if skipped else ""
         summary += f"; stopped at the check's end, no results: {', '.join(stopped)}" if stopped else ""
         summary += f"; ended without a junit file: {', '.join(unread)}" if unread else ""
-        if failed or unread:
-            status = "fail"
+        summary += f"; collected no test: {', '.join(empty)}" if empty else ""
+        if failed or unread or empty:
+            status = "fail"  # a failure, a group that died, a group that found nothing to run
         elif stopped:
             status = "timeout"
         elif skipped or not counts["passed"]:

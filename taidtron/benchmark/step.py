@@ -295,10 +295,10 @@ def main(argv: list[str] | None = None) -> int:
                 bench_pair(name, cfg, repeats=args.repeats, warmup=args.warmup, baseline=not args.no_baseline)
             )
             print(render(results[-1:]), flush=True)
+            if args.json:  # after every pair: a run stopped from outside keeps what finished
+                atomic_write_json(args.json, {"command": " ".join(sys.argv), "results": results})
     except ConfigError as exc:
         return _usage_error(" ".join(str(exc).split()))
-    if args.json:
-        atomic_write_json(args.json, {"command": " ".join(sys.argv), "results": results})
     return 0
 
 

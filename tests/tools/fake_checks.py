@@ -7,6 +7,7 @@ A command check's NAME picks its behaviour by its prefix (a trailing digit tells
   quick   sleeps 0.3 s, writes a passing result
   slow    sleeps 3 s, writes a passing result
   crash   prints a line and exits 3 without a result
+  partial writes a passing result at once, then sleeps (until killed)
   hang    starts a child that sleeps, writes both pids to WORK/hang.pids, sleeps (until killed)
 Prints one line per check; results go to OUT as the runner writes them.
 """
@@ -24,6 +25,7 @@ BEHAVIOUR = {
     "quick": _RESULT.format(sleep=0.3),
     "slow": _RESULT.format(sleep=3),
     "crash": "print('boom'); raise SystemExit(3)",
+    "partial": _RESULT.format(sleep=0) + "; time.sleep(600)",
     "hang": (
         "import os, subprocess, sys, time; "
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "

@@ -162,6 +162,12 @@ def test_time_a_check_leaves_goes_to_later_ones_and_what_cannot_start_before_the
     assert records["quick3"]["status"] == "not_run" and records["quick3"]["summary"].startswith("deadline")
 
 
+def test_a_check_stopped_at_its_end_keeps_the_result_it_had_written(tmp_path):
+    _, records = _run_fakes(tmp_path, 4, "partial:4")
+    assert records["partial"]["status"] == "timeout"
+    assert records["partial"]["summary"] == f"stopped at {records['partial']['seconds']:.0f} s; slept 0 s"
+
+
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 def test_results_that_finished_survive_a_killed_runner_and_its_checks_die_with_it(tmp_path, signum):
     out, work = tmp_path / "out", tmp_path / "work"
@@ -220,6 +226,7 @@ def test_pytest_groups_run_side_by_side_and_a_hang_costs_one_test(tmp_path):
             "def test_after():\n    pass\n",
             "b": "import os\n\ndef test_exit():\n    os._exit(1)\n",
             "c": "import pytest\n\ndef test_skip():\n    pytest.skip('no TE here')\n",
+            "d": "VALUE = 1\n",  # no test at all: a wrong path or marker must not read as a pass
         },
     )
     groups = record["metrics"]["groups"]
@@ -233,6 +240,7 @@ def test_pytest_groups_run_side_by_side_and_a_hang_costs_one_test(tmp_path):
     assert record["status"] == "fail" and record["seconds"] < 30  # side by side: the 5 s timeout once, not per group
     assert "failed: test_a::test_hang" in record["summary"] and "ended without a junit file: b" in record["summary"]
     assert "skipped: test_c::test_skip (" in record["summary"] and "no TE here" in record["summary"]
+    assert record["summary"].endswith("; collected no test: d")
 
 
 def test_a_group_still_running_at_the_checks_end_is_stopped_and_the_others_results_stay(tmp_path):
