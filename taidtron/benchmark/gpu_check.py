@@ -379,7 +379,6 @@ def main(argv: list[str] | None = None) -> int:
     facts.update(record["metrics"])
     print(f"== setup: {record['status']} in {record['seconds']:.1f} s: {record['summary']}", flush=True)
     runner.add(record)
-    runner.env = check_env(work / "site")
     checks = [dataclasses.replace(c, command=tuple(a.replace("{work}", str(work)) for a in c.command)) for c in checks]
     records = runner.run(checks, skip=skip_reason(facts))
     print("\n" + runner.summary())
