@@ -19,7 +19,7 @@ help:
 	@echo "make multinode-test  two nodes in network namespaces: 2-node sbatch, preemption, a lost node, torchrun, deepspeed"
 	@echo "make bench       time the fused TAID loss against the reference formula"
 	@echo "make bench-step  time a distillation step against a student step plus a teacher forward (docs/performance.md)"
-	@echo "make gpu-check   on a machine with an NVIDIA GPU: every GPU check in one call, one JSON, one table (wheels from .whl/)"
+	@echo "make gpu-check   on a machine with an NVIDIA GPU: every GPU check in one call of <= 7 min -> runs/gpu_check/report/"
 	@echo "make paper-mini  TAID vs the baselines across 3 teacher sizes on the Python docs (~1 h on 2 cores) ->"
 	@echo "                 docs/results/paper_mini.md; ARGS=... passes options (e.g. ARGS=--report-only)"
 	@echo "make paper-mini-quick  the same pipeline in 1-3 minutes (a check, not a result) -> runs/paper_mini_quick/"
@@ -72,10 +72,11 @@ bench:
 bench-step:
 	$(PY) tools/bench_step.py --pairs smoke,x4 --repeats 7 --json runs/bench_step.json
 
-# A fresh GPU machine has no .venv: use the python3 that holds its CUDA torch. Wheels it lacks come from .whl/.
+# A fresh GPU machine has no .venv: use the python3 that holds its CUDA torch. megatron-core comes from .whl/ when
+# missing; `python3 tools/gpu_check.py --out DIR` is the same without make (docs/performance.md, "GPU check").
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check:
-	$(GPU_PY) tools/gpu_check.py --out runs/gpu_check.json
+	$(GPU_PY) tools/gpu_check.py --out runs/gpu_check/report
 # The capacity-gap experiment (tools/paper_mini.py): fetches python3.11-doc with apt-get, trains, writes the page.
 paper-mini:
 	$(PY) tools/paper_mini.py $(ARGS)

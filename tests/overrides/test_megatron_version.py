@@ -33,7 +33,8 @@ KNOWN_PRIVATE_NAMES = (
 """The private names and internal structures the workarounds touch (see taidtron/overrides/__init__.py)."""
 
 ALLOWED_ATTRIBUTE_WRITES = {
-    ("train.py", "args.overrides"): "taidtron's own argparse namespace",
+    ("benchmark/loss.py", "setattr(triton_taid, name, value)"): "taidtron's own kernel tuning constants, set and "
+    "restored around one benchmark variant",
     ("hf/config.py", "config.dtype"): "a transformers PretrainedConfig being written for export, not megatron",
     ("hf/config.py", "config.torch_dtype"): "the same config, under its older transformers name",
     ("losses/vocab_parallel.py", "loss.__name__"): "naming a function taidtron defines",
@@ -45,7 +46,17 @@ ALLOWED_ATTRIBUTE_WRITES = {
     ("trainer.py", "model_config.grad_scale_func"): "a public ModelParallelConfig hook (as above)",
 }
 """Attribute writes on objects other than `self` that taidtron makes outside overrides/, each with why it is not a
-workaround. Autograd `ctx.<name>` writes inside torch.autograd.Function methods are allowed too."""
+workaround. Autograd `ctx.<name>` writes inside torch.autograd.Function methods are allowed too, and the writes of
+GENERIC_WRITES anywhere."""
+GENERIC_WRITES = {
+    "args": "an argparse namespace of taidtron's own command line",
+    "grad": "a tensor's `.grad`, torch's public way to clear a gradient",
+}
+"""`args.<anything>` and `<anything>.grad` writes."""
+
+
+def _generic(expr: str) -> bool:
+    return expr.startswith("args.") or expr.endswith(".grad")
 
 
 def test_installed_megatron_core_is_a_checked_version():
@@ -166,7 +177,7 @@ def test_no_module_outside_overrides_writes_attributes_of_library_objects():
         where = str(path.relative_to(REPO / "taidtron"))
         for write in _attribute_writes(path):
             expr = write.split(" (line")[0]
-            if (where, expr) not in ALLOWED_ATTRIBUTE_WRITES:
+            if (where, expr) not in ALLOWED_ATTRIBUTE_WRITES and not _generic(expr):
                 offenders.append(f"{where}: {write}")
     assert not offenders, (
         f"attribute writes on library objects outside taidtron/overrides/ (move the workaround there, or list a "
