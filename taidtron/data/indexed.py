@@ -208,6 +208,7 @@ def build_indexed_dataset(
             writer.add_documents(ids, lengths)
             skipped_empty += skipped
             bar.update(lengths.size, ids.size, nbytes)
+        bar.finish()
         if writer.documents == 0:
             raise ValueError(
                 f"no non-empty documents in {', '.join(s.path for s in sources)}; check --text-key / --format."

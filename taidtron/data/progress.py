@@ -76,8 +76,11 @@ class TokenizeProgress:
             f"ETA {datetime.timedelta(seconds=round(eta))}"
         )
 
+    def finish(self) -> None:
+        """After the last batch: the closing progress line of a batch log."""
+        if self.bar is None and self.log is not None:
+            self.log(self.line())
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        elif self.log is not None:
-            self.log(self.line())
