@@ -12,11 +12,12 @@ For each blend prefix:
 - tokenizer: the fingerprint in `<prefix>.meta.json` (written by tools/preprocess_data.py) equals the tokenizer's,
   and so does the BOS choice recorded there: where the tokenizer's config states one (`Tokenizer.bos_default`), data
   tokenized the other way is refused, since the trained model would then see a document start its tokenizer never
-  produces at inference. A bare sentencepiece model states none, and either choice is accepted;
-  Without that file (data built by other tools) the data is compared with the tokenizer by sampling: the dtype must
-  fit the vocabulary (megatron stores ids of vocabularies below 65,500 as uint16), sampled token ids must lie inside
-  it, and sampled documents must come back unchanged through decode then encode (a different vocabulary breaks most
-  of them: on the smoke data, 5 of 32 with another 1024-piece BPE tokenizer, 32 of 32 with the right one);
+  produces at inference (a bare sentencepiece model states none, and either choice is accepted).
+  Without that file (data built by other tools; its BOS choice is then not checked) the data is compared with the
+  tokenizer by sampling: the dtype must fit the vocabulary (megatron stores ids of vocabularies below 65,500 as
+  uint16), sampled token ids must lie inside it, and sampled documents (less a leading BOS) must come back unchanged
+  through decode then encode (a different vocabulary breaks most of them: on the smoke data, 5 of 32 with another
+  1024-piece BPE tokenizer, 32 of 32 with the right one);
 - split: every part that `data.split` gives a share keeps at least one document.
 
 Cost is independent of the data size: a few reads of the `.idx` header and tail, ~256 sampled pointers, and ~32
@@ -241,6 +242,8 @@ def _check_tokenizer(prefix: str, bin_path: Path, index: _Index, tokenizer: Toke
         ids = tokens[start : start + min(length, _ROUND_TRIP_TOKENS)].tolist()
         if length <= _ROUND_TRIP_TOKENS and ids and ids[-1] == tokenizer.eod:
             ids = ids[:-1]
+        if ids and ids[0] == tokenizer.bos:  # documents built with BOS: decode drops it, encode never adds it
+            ids = ids[1:]
         keep = len(ids) if length <= _ROUND_TRIP_TOKENS else len(ids) - _ROUND_TRIP_MARGIN
         survived += tokenizer.tokenize(tokenizer.detokenize(ids))[:keep] == ids[:keep]
     if survived < _ROUND_TRIP_MIN_SHARE * len(documents):

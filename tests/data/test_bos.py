@@ -142,6 +142,13 @@ def test_the_data_check_refuses_a_bos_choice_the_tokenizer_contradicts(
         check_dataset(smoke_prefix, says_yes, SHARES)
 
 
+def test_data_with_bos_and_no_meta_passes_the_sampled_check(tmp_path, small_jsonl, smoke_tokenizer_path, smoke_tok):
+    prefix = tmp_path / "with"
+    build_indexed_dataset([small_jsonl], prefix, smoke_tokenizer_path, bos=True, progress=False)
+    Path(f"{prefix}.meta.json").unlink()  # as if another tool had built it: checked by sampling
+    check_dataset(str(prefix), smoke_tok, SHARES)
+
+
 def test_training_stops_in_one_line_on_a_bos_mismatch(tmp_path, smoke_tokenizer_path, smoke_prefix):
     directory = sentencepiece_dir(tmp_path, smoke_tokenizer_path, True)
     proc = run_cli(
