@@ -10,13 +10,15 @@ tokenizer is a stand-in for Qwen2's (no hub here): a byte-level BPE of --vocab-s
 with Qwen2's pre-tokenizer pattern and NFC normalisation, so per-token work is of the same kind.
 
 Throughput: each run is the tool itself in a fresh process (`--workers 1`, `--workers 2`), timed by the tool from
-reading the first input to the committed output. Its tokens/s per worker is compared with the bare tokenizer: the
-same texts through `Tokenizer.tokenize` in a loop in a fresh process, no I/O. The runs are interleaved --repeats
-times and medians reported, so load from other processes hits them alike; 1.00 means that reading, batching, pipes
-and writing cost nothing. Memory: peak RSS (the kernel's high-water mark, from wait4 in a small launcher process, so
-this script's own size does not leak into it) of the tool on an input --small-share the size and on the --mb one,
-whose parquet is a single row group: the two should match. And megatron-core's IndexedDatasetBuilder against
-taidtron's IndexWriter on --index-documents short documents (the index alone).
+reading the first input to the committed output, in wall-clock time and in CPU time (its own and its workers').
+Both are compared with the bare tokenizer: the same texts through `Tokenizer.tokenize` in a loop in a fresh
+process, no I/O (1.00: reading, batching, pipes and writing cost nothing). The runs are interleaved --repeats times
+and medians reported, so load from other processes hits them alike; on a shared machine tokens per CPU-second is
+the figure that holds (what a worker with a core of its own does). Memory: peak RSS (the kernel's high-water mark,
+from a small launcher process, so this script's own size does not leak into it) of the tool on many short
+documents (the corpus' lines), --small-share of --mb and all of it, in one parquet row group each: the two should
+match. And megatron-core's IndexedDatasetBuilder against taidtron's IndexWriter on --index-documents one-token
+documents (the index alone).
 """
 
 from __future__ import annotations
@@ -80,8 +82,8 @@ def stand_in_tokenizer(texts: list[str], vocab_size: int, out: Path) -> Path:
     return out / "tokenizer.json"
 
 
-def write_inputs(texts: list[str], mb: float, out: Path, name: str) -> tuple[Path, Path, int]:
-    """(parquet, jsonl, documents): the texts repeated to `mb` MB, as one parquet row group and as JSONL."""
+def write_inputs(texts: list[str], mb: float, out: Path, name: str) -> tuple[Path, Path]:
+    """(parquet, jsonl): the texts repeated to `mb` MB, as one parquet row group and as JSONL."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -107,7 +109,7 @@ def write_inputs(texts: list[str], mb: float, out: Path, name: str) -> tuple[Pat
     with open(jsonl, "w") as f:
         for i, text in enumerate(docs):
             f.write(json.dumps({"text": text, "id": i}) + "\n")
-    return parquet, jsonl, n
+    return parquet, jsonl
 
 
 def bare_child(tokenizer: str, corpus: str, seconds: float = 15.0) -> None:
@@ -116,11 +118,12 @@ def bare_child(tokenizer: str, corpus: str, seconds: float = 15.0) -> None:
 
     tok = load_tokenizer(tokenizer)
     texts = read_texts(corpus)
-    tokens, start = 0, time.perf_counter()
+    tokens, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         for text in texts:
             tokens += len(tok.tokenize(text))
-    print(json.dumps({"tokens_per_s": tokens / (time.perf_counter() - start)}))
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    print(json.dumps({"tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / cpu}))
 
 
 # Runs a command and prints its output and the peak RSS of it and its children as JSON. Started fresh, so the
@@ -151,15 +154,17 @@ def preprocess(inputs: Path, tokenizer: Path, prefix: Path, workers: int) -> dic
         [sys.executable, "tools/preprocess_data.py", "--input", str(inputs), "--tokenizer", str(tokenizer)]
         + ["--output-prefix", str(prefix), "--workers", str(workers), "--force", "--no-progress"]
     )
-    found = re.search(r"([\d,]+) tokens \(.*; ([\d.]+) s, ([\d,]+) tokens/s", out)
-    tokens, seconds = int(found.group(1).replace(",", "")), float(found.group(2))
+    found = re.search(r"([\d,]+) documents, ([\d,]+) tokens \(.*; ([\d.]+) s, .*, ([\d,]+) tokens per CPU-second", out)
+    documents, tokens, seconds, per_cpu = (float(g.replace(",", "")) for g in found.groups())
     return {
         "input": inputs.name,
         "bytes": inputs.stat().st_size,
+        "documents": int(documents),
         "workers": workers,
-        "tokens": tokens,
+        "tokens": int(tokens),
         "seconds": seconds,
         "tokens_per_s_per_worker": tokens / seconds / workers,
+        "tokens_per_cpu_s": per_cpu,
         "peak_rss_mb": peak / 2**20,
     }
 
@@ -207,27 +212,30 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
 
     tokenizer = stand_in_tokenizer(texts, args.vocab_size, work / "tokenizer")
-    large_parquet, large_jsonl, large_docs = write_inputs(texts, args.mb, work, "large")
-    small_parquet, _, small_docs = write_inputs(texts, args.mb * args.small_share, work, "small")
+    large_parquet, large_jsonl = write_inputs(texts, args.mb, work, "large")
+    # Memory: many short documents (the corpus' lines), where per-document costs would show.
+    lines = [line for text in texts for line in text.splitlines() if line.strip()]
+    lines_parquet, _ = write_inputs(lines, args.mb, work, "lines")
+    lines_small, _ = write_inputs(lines, args.mb * args.small_share, work, "lines_small")
     cases = [(large_jsonl, 1), (large_parquet, 1), (large_parquet, 2)]
-    bare: list[float] = []
+    bare: list[dict] = []
     rounds: list[list[dict]] = [[] for _ in cases]
     for _ in range(args.repeats):  # interleaved: load from other processes hits every case alike
         out, _ = run_measured([sys.executable, __file__, "--_bare_child", str(tokenizer), args.corpus])
-        bare.append(json.loads(out)["tokens_per_s"])
+        bare.append(json.loads(out))
         for runs, (inputs, workers) in zip(rounds, cases):
             runs.append(preprocess(inputs, tokenizer, work / "ds", workers))
-    baseline = statistics.median(bare)
+    baseline = statistics.median(b["tokens_per_s"] for b in bare)
+    baseline_cpu = statistics.median(b["tokens_per_cpu_s"] for b in bare)
     runs = [min(r, key=lambda run: abs(run["seconds"] - statistics.median(x["seconds"] for x in r))) for r in rounds]
-    runs.append(preprocess(small_parquet, tokenizer, work / "ds", 1))
+    runs += [preprocess(lines_small, tokenizer, work / "ds", 1), preprocess(lines_parquet, tokenizer, work / "ds", 1)]
     index = {}
     for name in ("megatron", "taidtron"):
         _, peak = run_measured([sys.executable, __file__, "--_index_child", name, str(args.index_documents)])
         index[name] = peak / 2**20
     results = {
         "corpus": args.corpus,
-        "documents": {"large": large_docs, "small": small_docs},
-        "bare_tokenizer_tokens_per_s": bare,
+        "bare_tokenizer": bare,
         "runs": runs,
         "all_rounds": rounds,
         "index_only_peak_rss_mb": index,
@@ -237,17 +245,16 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
     }
     print(f"corpus {args.corpus}: stand-in byte-level BPE of {args.vocab_size:,} tokens; medians of {args.repeats}")
-    print(f"bare tokenizer (one process, no I/O): {baseline:,.0f} tokens/s")
+    print(f"bare tokenizer (one process, no I/O): {baseline:,.0f} tokens/s, {baseline_cpu:,.0f} per CPU-second")
     print(
-        f"{'input':<15}{'file MB':>9}{'documents':>11}{'workers':>8}{'tokens':>13}{'s':>8}{'tok/s/worker':>14}"
-        f"{'vs bare':>9}{'peak RSS':>10}"
+        f"{'input':<19}{'file MB':>8}{'documents':>10}{'workers':>8}{'tokens':>11}{'s':>7}{'tok/s/worker':>13}"
+        f"{'vs bare':>8}{'tok/CPU-s':>10}{'vs bare':>8}{'peak RSS':>10}"
     )
     for r in runs:
-        documents = large_docs if r["input"].startswith("large") else small_docs
         print(
-            f"{r['input']:<15}{r['bytes'] / 1e6:>9.1f}{documents:>11,}{r['workers']:>8}{r['tokens']:>13,}"
-            f"{r['seconds']:>8.1f}{r['tokens_per_s_per_worker']:>14,.0f}"
-            f"{r['tokens_per_s_per_worker'] / baseline:>9.2f}{r['peak_rss_mb']:>8.0f}MB"
+            f"{r['input']:<19}{r['bytes'] / 1e6:>8.1f}{r['documents']:>10,}{r['workers']:>8}{r['tokens']:>11,}"
+            f"{r['seconds']:>7.1f}{r['tokens_per_s_per_worker']:>13,.0f}{r['tokens_per_s_per_worker'] / baseline:>8.2f}"
+            f"{r['tokens_per_cpu_s']:>10,.0f}{r['tokens_per_cpu_s'] / baseline_cpu:>8.2f}{r['peak_rss_mb']:>8.0f}MB"
         )
     print(
         f"index only, {args.index_documents:,} documents: peak RSS megatron IndexedDatasetBuilder "

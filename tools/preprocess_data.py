@@ -23,6 +23,7 @@ line on bad input (a file that cannot be read names the format it was read as).
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 
@@ -71,11 +72,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (the tokenizer workers, once joined)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from taidtron.data.indexed import build_indexed_dataset
 
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), cpu_seconds()
     try:
         meta = build_indexed_dataset(
             args.input,
@@ -95,12 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    seconds = time.monotonic() - started
+    seconds, cpu = time.monotonic() - started, cpu_seconds() - cpu_started
     rate = meta["tokens"] / seconds
+    # Per CPU-second: what a worker with a core of its own does, however busy the machine was.
     print(
         f"wrote {args.output_prefix}.bin/.idx: {meta['documents']:,} documents, {meta['tokens']:,} tokens "
         f"({meta['dtype']}), {meta['skipped_empty']:,} empty documents skipped; {seconds:.1f} s, {rate:,.0f} "
-        f"tokens/s ({rate / args.workers:,.0f} per worker)"
+        f"tokens/s ({rate / args.workers:,.0f} per worker), {meta['tokens'] / max(cpu, 1e-9):,.0f} tokens per "
+        "CPU-second"
     )
     return 0
 
