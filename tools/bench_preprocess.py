@@ -1,6 +1,6 @@
 """How fast, and in how much memory, tools/preprocess_data.py turns a corpus as published into a dataset.
 
-    python tools/bench_preprocess.py                                           # the smoke corpus, ~5 min on 2 cores
+    python tools/bench_preprocess.py                                           # the smoke corpus
     python tools/pydoc_corpus.py --out runs/pydoc                              # English prose (the Python manual)
     python tools/bench_preprocess.py --corpus runs/pydoc/pydoc.jsonl --json runs/bench_preprocess.json
 
