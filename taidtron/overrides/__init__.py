@@ -20,8 +20,11 @@ private attribute it touches, the version it was checked against and why:
     timeouts.py       a longer collective timeout while a checkpoint loads: torch's `_set_pg_timeout` and the
                       backends' `options._timeout` (torch 2.13; megatron-core's own `update_pg_timeout` uses the same)
 
-No other module of taidtron patches or pokes at a library. `tests/overrides/test_megatron_version.py` fails when the
-installed megatron-core is not one of CHECKED_MEGATRON_CORE: re-check every workaround above, then add the version.
+No other module of taidtron patches or pokes at a library. Each module above declares the megatron-core versions it
+was checked on (`CHECKED_MEGATRON_CORE`: 0.16.1, the newest for Python 3.11, and 0.19.2, the newest for 3.12) and
+branches with `megatron_core_at_least` where a version changed what it works around (`versions.py`).
+`tests/overrides/test_megatron_version.py` fails when the installed megatron-core is missing from any module's list:
+re-check that module, then add the version.
 """
 
 from __future__ import annotations
@@ -31,37 +34,22 @@ from taidtron.overrides.datasets import ensure_dataset_helpers
 from taidtron.overrides.optimizer import set_optimizer_hyperparameters, step_if_finite
 from taidtron.overrides.teardown import forget_parallel_groups, release_grad_hooks
 from taidtron.overrides.timeouts import collective_timeout, current_timeout
-
-CHECKED_MEGATRON_CORE = ("0.16.1",)
-"""megatron-core versions every workaround in this package was checked against."""
-
-
-def megatron_core_version() -> str:
-    from importlib.metadata import version
-
-    return version("megatron-core")
-
-
-def unchecked_megatron_core() -> str | None:
-    """A sentence naming the installed megatron-core when it is not a checked version, else None."""
-    installed = megatron_core_version()
-    if installed in CHECKED_MEGATRON_CORE:
-        return None
-    return (
-        f"megatron-core {installed} is installed, but taidtron's workarounds for its internals "
-        f"(taidtron/overrides/) were checked against {', '.join(CHECKED_MEGATRON_CORE)} only; install "
-        f"megatron-core=={CHECKED_MEGATRON_CORE[-1]} or re-check taidtron/overrides/ for {installed}."
-    )
-
+from taidtron.overrides.versions import (
+    checked_everywhere,
+    megatron_core_at_least,
+    megatron_core_version,
+    unchecked_megatron_core,
+)
 
 __all__ = [
-    "CHECKED_MEGATRON_CORE",
+    "checked_everywhere",
     "collective_timeout",
     "current_timeout",
     "ensure_dataset_helpers",
     "forget_parallel_groups",
     "load_optimizer_state",
     "materialize_optimizer_state",
+    "megatron_core_at_least",
     "megatron_core_version",
     "prepare_writer",
     "release_grad_hooks",
