@@ -11,7 +11,7 @@ runs/gpu_check/site` and that folder is put on every check's PYTHONPATH. Fill th
 (docs/performance.md, "GPU check"):
 
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl megatron-core==0.16.1
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl megatron-core==0.19.2
 
 Every check runs in its own process group with its own time budget (cut to what is left of --deadline), so a
 crash, an out-of-memory or a hang fails that check alone and the rest still run; checks that would start after the
@@ -330,7 +330,7 @@ def install_wheels(wheels: Path) -> tuple[bool, str]:
     if not found:
         return False, (
             f"megatron-core does not import and {wheels} holds no wheels; fill it as described in "
-            f"docs/performance.md (pip download ... -d {wheels} megatron-core==0.16.1)"
+            f"docs/performance.md (pip download ... -d {wheels} megatron-core==0.19.2)"
         )
     proc = subprocess.run(
         [
