@@ -155,8 +155,9 @@ def test_checks_run_in_order_a_crash_fails_alone_and_a_hang_is_killed_with_its_c
 
 
 def test_time_a_check_leaves_goes_to_later_ones_and_what_cannot_start_before_the_deadline_is_not_run(tmp_path):
-    # slow needs 3 s against a budget of 1: it gets what quick left. After hang takes all it may, quick3 cannot start.
-    _, records = _run_fakes(tmp_path, 12, "quick:5", "slow:1", "hang:6", "quick3:0.5")
+    # slow needs 3 s against a budget of 1: it gets what quick left (quick's 15 s leave room for slow interpreter
+    # starts on a loaded machine). After hang takes all it may, quick3 cannot start.
+    _, records = _run_fakes(tmp_path, 22, "quick:15", "slow:1", "hang:6", "quick3:0.5")
     assert records["slow"]["status"] == "pass" and records["slow"]["seconds"] >= 3
     assert records["hang"]["status"] == "timeout"
     assert records["quick3"]["status"] == "not_run" and records["quick3"]["summary"].startswith("deadline")
