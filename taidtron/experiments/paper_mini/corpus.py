@@ -1,10 +1,11 @@
-"""Build an English text corpus from the Python 3.11 documentation as Debian ships it (package `python3.11-doc`).
+"""An English text corpus from the Python 3.11 documentation as Debian ships it (package `python3.11-doc`).
 
-    python tools/pydoc_corpus.py --out runs/paper_mini/data            # apt-get download, then build
-    python tools/pydoc_corpus.py --out DIR --deb python3.11-doc_*.deb   # from a .deb fetched elsewhere
+    meta = build_corpus(fetch_deb(cache_dir), out_dir)   # apt-get download (once), then <out_dir>/pydoc.jsonl
+    split_domains(out_dir / "pydoc.jsonl", out_dir, ("tutorial", "howto", "faq"))   # target / general pages
 
-Writes `<out>/pydoc.jsonl`: one document per HTML page of the manual (`{"page": "library/os.html", "text": ...}`),
-and `<out>/pydoc.meta.json`: the package version, the .deb's SHA-256, the text's SHA-256, counts and the licence.
+`build_corpus` writes `<out>/pydoc.jsonl`: one document per HTML page of the manual (`{"page": "library/os.html",
+"text": ...}`), and `<out>/pydoc.meta.json`: the package version, the .deb's SHA-256, the text's SHA-256, counts and
+the licence. `tools/pydoc_corpus.py` is its command line.
 
 Source. `apt-get download python3.11-doc` (Debian 12 "bookworm", ~12.6 MB; any machine with Debian's apt
 sources can fetch it, or pass a .deb with --deb). The HTML under usr/share/doc/python3.11/html is read straight from
@@ -17,6 +18,10 @@ whitespace collapsed. Pages without prose (indices, the table of contents, searc
 ordered by the SHA-256 of their page path, so megatron's contiguous train/valid/test split of documents is a random
 split of pages: the held-out pages are whole pages no model trained on.
 
+Domains. `split_domains` divides the pages by their top-level section of the manual (`tutorial/...`,
+`howto/...`): the target domain of the paper-mini transfer variant and the general rest, each in the same hashed
+order.
+
 Licence. The Python documentation is licensed under the PSF License Agreement (version 2); examples, recipes and
 other code in it are also under the Zero-Clause BSD licence (see the manual's "History and License" page, which is
 part of the corpus, and the package's /usr/share/doc/python3.11-doc/copyright). taidtron does not commit the text;
@@ -25,17 +30,16 @@ it is built at run time from the fetched package.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import html.parser
 import io
 import json
-import os
 import re
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
+
+from taidtron.io import atomic_write_bytes, atomic_write_json
 
 PACKAGE = "python3.11-doc"
 HTML_ROOT = "usr/share/doc/python3.11/html/"
@@ -252,36 +256,35 @@ def build_corpus(deb: Path, out_dir: Path, max_pages: int | None = None) -> dict
         "bytes": len(payload),
         "licence": LICENCE,
     }
-    for path, content in ((corpus, payload), (meta_path, (json.dumps(meta, indent=1) + "\n").encode())):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
+    atomic_write_bytes(corpus, payload)
+    atomic_write_json(meta_path, meta, indent=1)
     return meta
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="directory for pydoc.jsonl and pydoc.meta.json")
-    parser.add_argument("--deb", help=f"a {PACKAGE} .deb (default: apt-get download into --out)")
-    parser.add_argument("--max-pages", type=int, help="only the first N pages in the hashed order (default: all)")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    try:
-        if args.deb and not Path(args.deb).is_file():
-            raise CorpusError(f"--deb {args.deb} does not exist; pass the path of a {PACKAGE} .deb file.")
-        if args.max_pages is not None and args.max_pages < 1:
-            raise CorpusError(f"--max-pages {args.max_pages} must be >= 1.")
-        meta = build_corpus(Path(args.deb) if args.deb else fetch_deb(out), out, args.max_pages)
-    except CorpusError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"wrote {out / 'pydoc.jsonl'}: {meta['documents']} pages, {meta['characters']:,} characters from "
-        f"{meta['package']} {meta['version']}; text sha256 {meta['text_sha256']}"
-        f"{'' if meta['matches_reference'] or args.max_pages else ' (differs from the reference build)'}"
-    )
-    return 0
+def page_section(page: str) -> str:
+    """The top-level section of the manual a page belongs to (`tutorial`, `library`, ...; `""` for root pages)."""
+    return page.split("/", 1)[0] if "/" in page else ""
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def split_domains(corpus: Path, out_dir: Path, target_sections: tuple[str, ...]) -> dict[str, dict]:
+    """Write `<out_dir>/target.jsonl` (the pages of `target_sections`) and `general.jsonl` (every other page), each in
+    the corpus's order (atomically); return {domain: {"documents", "characters", "sections"}}."""
+    domains: dict[str, list[str]] = {"general": [], "target": []}
+    summary = {name: {"documents": 0, "characters": 0, "sections": set()} for name in domains}
+    for line in corpus.read_text(encoding="utf-8").splitlines():
+        page = json.loads(line)
+        section = page_section(page["page"])
+        name = "target" if section in target_sections else "general"
+        domains[name].append(line + "\n")
+        summary[name]["documents"] += 1
+        summary[name]["characters"] += len(page["text"])
+        summary[name]["sections"].add(section or "(root)")
+    for name, lines in domains.items():
+        atomic_write_bytes(out_dir / f"{name}.jsonl", "".join(lines).encode("utf-8"))
+        summary[name]["sections"] = sorted(summary[name]["sections"])
+    if not summary["target"]["documents"]:
+        raise CorpusError(
+            f"the corpus has no pages in section(s) {', '.join(target_sections)}; name sections it holds "
+            f"({', '.join(summary['general']['sections'])}) or build it from more pages."
+        )
+    return summary
