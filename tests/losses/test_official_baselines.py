@@ -483,3 +483,28 @@ def _without_tokens(call: str) -> str:
     op, shape = call.split(" ", 1)
     rest = shape.strip("()").split(",")[1:]
     return " ".join([op, *(x.strip() for x in rest if x.strip())])
+
+
+# ---- the benchmark's rows -----------------------------------------------------------------------------------------
+
+
+def test_bench_loss_times_the_baselines_against_fkl(tmp_path):
+    """The code path of docs/losses.md's baseline benchmark (the timings at this size mean nothing)."""
+    import subprocess
+    import sys
+
+    from tests.support import REPO_ROOT, subprocess_env
+
+    out = tmp_path / "bench.json"
+    variants = ["loss:fkl", "loss:akl", "loss:ctkd", "loss:dkd"]
+    cmd = [sys.executable, "tools/bench_loss.py", "--tokens", "16", "--vocab", "300", "--device", "cpu"]
+    cmd += ["--repeats", "1", "--warmup", "1", "--variants", ",".join(variants), "--baseline", "loss:fkl"]
+    proc = subprocess.run(
+        [*cmd, "--json", str(out)], capture_output=True, text=True, env=subprocess_env(), cwd=REPO_ROOT, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    results = {r["variant"]: r for r in data["results"]}
+    assert list(results) == variants and data["info"]["baseline"] == "loss:fkl"
+    assert results["loss:fkl"]["speedup_vs_baseline"] == 1.0
+    assert all(r["loss"] > 0 and r["speedup_vs_baseline"] > 0 for r in results.values())
