@@ -15,9 +15,12 @@ from collections.abc import Sequence
 from dataclasses import InitVar, dataclass, field, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar
 
 import yaml
+
+from taidtron.io import atomic_write_text
+from taidtron.schema import Reader
 
 
 class ConfigError(ValueError):
@@ -58,6 +61,22 @@ class ModelConfig:
     """Checkpoint to start from: a taidtron checkpoint directory (see `tools/convert.py import`). None: random."""
     role: InitVar[str] = "model"
     """Not a key: the section this model sits in (student / teacher), so that errors name the key the user wrote."""
+
+    RECORDED_FIELDS: ClassVar[tuple[str, ...]] = (
+        "family",
+        "num_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "num_query_groups",
+        "ffn_hidden_size",
+        "vocab_size",
+        "rotary_base",
+        "norm_epsilon",
+        "add_qkv_bias",
+        "tie_embeddings",
+    )
+    """Fields every record of an architecture holds (checkpoint metadata); fields added to ModelConfig later take
+    their defaults when an older record lacks them."""
 
     def __post_init__(self, role: str) -> None:
         if self.family not in ("llama", "qwen2"):
@@ -460,63 +479,14 @@ def padded_vocab_size(models: list[ModelConfig], tp: int) -> int:
 # YAML + CLI overrides
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Convert a YAML/CLI value to the annotated type, or raise ConfigError naming the key."""
-    if isinstance(annotation, str):
-        raise AssertionError("annotations must be resolved")
-    origin = get_origin(annotation)
-    args = get_args(annotation)
-    if origin is None and dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}.")
-        return _build(annotation, value, where)
-    if annotation is Any:
-        return value
-    if args and type(None) in args:  # Optional[X]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    if origin is list:
-        if isinstance(value, str):  # one item written without brackets: data.blend=data/my_corpus_text_document
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(f"{where} must be a list such as [a, b], got {value!r}.")
-        return list(value)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{where} must be true or false, got {value!r}.")
-    if annotation in (int, float, str):
-        if annotation is int and isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{where} must be an integer, got {value!r}.")
-        if annotation in (int, float) and isinstance(value, bool):  # int(True) would pass silently
-            raise ConfigError(f"{where} must be a number, got {value!r}.")
-        if annotation is str and isinstance(value, (dict, list)):
-            raise ConfigError(f"{where} must be a string, got {value!r}.")
-        try:
-            return annotation(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where} must be of type {annotation.__name__}, got {value!r}.") from None
-    return value
+def _unknown_keys(where: str, unknown: list[str], valid: list[str]) -> ConfigError:
+    return ConfigError(
+        f"unknown config key(s) {', '.join(unknown)}; valid keys under {where or 'the root'}: {', '.join(valid)}."
+    )
 
 
-def _build(cls: type, values: dict, where: str = "") -> Any:
-    hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; valid keys under "
-            f"{where or 'the root'}: {', '.join(sorted(known))}."
-        )
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
-    if cls is ModelConfig:  # the one section that appears under two names
-        kwargs["role"] = where
-    return cls(**kwargs)
+_READER = Reader(error=lambda where, problem: ConfigError(f"{where} {problem}."), strict=False, unknown=_unknown_keys)
+"""YAML and command-line values, converted to each field's type (taidtron/schema.py)."""
 
 
 def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
@@ -577,17 +547,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. optim.lr=3e-4).")
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), raw.strip())
-    return _build(TrainConfig, tree)
+    return _READER.build(TrainConfig, tree)
 
 
 def save_config(cfg: TrainConfig, path: str | Path, header: str = "") -> None:
     """Write the resolved config (atomically); `header` lines become YAML comments above it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     comments = "".join(f"# {line}\n" for line in header.splitlines())
-    tmp.write_text(comments + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, comments + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def record_run_config(cfg: TrainConfig, run_dir: str | Path, note: str) -> Path:
@@ -607,21 +573,21 @@ def record_run_config(cfg: TrainConfig, run_dir: str | Path, note: str) -> Path:
     return record
 
 
-def config_help() -> str:
-    """Every key with its default and docstring, for `--help`."""
+def _documented_keys() -> list[tuple[str, str, Any, str]]:
+    """(section, key, default, docstring) of every config key, sections in tree order; a section's own row has
+    key "" and its class docstring."""
     import ast
     import inspect
 
     def docs(cls: type) -> dict[str, str]:
         out: dict[str, str] = {}
-        tree = ast.parse(inspect.getsource(cls))
-        body = tree.body[0].body
+        body = ast.parse(inspect.getsource(cls)).body[0].body
         for node, nxt in zip(body, body[1:]):
             if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-                out[node.target.id] = str(nxt.value.value)
+                out[node.target.id] = " ".join(str(nxt.value.value).split())
         return out
 
-    lines: list[str] = []
+    rows: list[tuple[str, str, Any, str]] = []
 
     def walk(cls: type, prefix: str) -> None:
         doc = docs(cls)
@@ -629,10 +595,37 @@ def config_help() -> str:
         for f in fields(cls):
             value = getattr(default, f.name)
             if dataclasses.is_dataclass(value):
-                lines.append(f"\n[{prefix}{f.name}]  {doc.get(f.name, (type(value).__doc__ or '').strip())}")
+                rows.append((prefix + f.name, "", None, doc.get(f.name, (type(value).__doc__ or "").strip())))
                 walk(type(value), f"{prefix}{f.name}.")
             else:
-                lines.append(f"  {prefix}{f.name}={value!r}  {doc.get(f.name, '')}")
+                rows.append((prefix.rstrip("."), prefix + f.name, value, doc.get(f.name, "")))
 
     walk(TrainConfig, "")
+    return rows
+
+
+def config_help() -> str:
+    """Every key with its default and docstring, for `--help`."""
+    lines = []
+    for section, key, default, doc in _documented_keys():
+        lines.append(f"\n[{section}]  {doc}" if not key else f"  {key}={default!r}  {doc}")
     return "\n".join(lines)
+
+
+def config_reference() -> str:
+    """docs/config.md: every key with its default and meaning, generated from this module (`tools/render_docs.py`;
+    a test keeps the committed page equal to it)."""
+    lines = [
+        "# Config reference",
+        "",
+        "Generated from `taidtron/config.py` by `python tools/render_docs.py`; do not edit by hand. Every key can be",
+        "set in the experiment's YAML file or on the command line as `section.key=value`; `python -m taidtron.train",
+        "--help` prints the same list.",
+    ]
+    for section, key, default, doc in _documented_keys():
+        if not key:
+            lines += ["", f"## `{section}`", "", doc, "", "| key | default | meaning |", "|---|---|---|"]
+        else:
+            escaped = doc.replace("|", "\\|")
+            lines.append(f"| `{key}` | `{default!r}` | {escaped} |")
+    return "\n".join(lines) + "\n"

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
+
+from taidtron.io import atomic_write_text
 
 
 def evaluate(cfg, ctx, *, split: str = "test", max_batches: int | None = None) -> dict:
@@ -75,32 +75,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, applied after --config")
     args = parser.parse_intermixed_args(argv)  # options and section.key=value overrides in any order
     from taidtron.config import ConfigError, load_config
+    from taidtron.train import session, user_error
 
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
-        print(f"taidtron: configuration error: {exc}", file=sys.stderr)
-        return 2
-    from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
-
+        return user_error("configuration error", exc)
     try:
-        ctx = init_distributed(cfg.parallel)
-        cfg.validate_layout(ctx.world_size)
-        seed_everything(cfg.seed, ctx)
-        result = evaluate(cfg, ctx, split=args.split, max_batches=args.max_batches)
+        with session(cfg) as ctx:
+            result = evaluate(cfg, ctx, split=args.split, max_batches=args.max_batches)
     except ValueError as exc:  # config, checkpoint, tokenizer or data the user must change
-        print(f"taidtron: error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        destroy_distributed()
+        return user_error("error", exc)
     if ctx.is_main:
         text = json.dumps(result)
         print(text)
         if args.out:
-            out = Path(args.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.with_suffix(".tmp").write_text(text + "\n")
-            os.replace(out.with_suffix(".tmp"), out)
+            atomic_write_text(args.out, text + "\n")
     return 0
 
 

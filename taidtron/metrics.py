@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from taidtron.config import LoggingConfig
 from taidtron.console import step_line
+from taidtron.io import atomic_write_text
 
 WANDB_ID_FILE = "wandb_run_id"
 
@@ -93,9 +94,7 @@ class MetricsLogger:
                     break  # a torn last line from a killed writer
                 if row.get("step", 0) <= step:
                     kept.append(json_line(row))  # rows of older versions' bare NaN become null
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(kept))
-            tmp.replace(path)
+            atomic_write_text(path, "".join(kept))
 
     def log(self, row: dict) -> None:
         if not self.enabled:
@@ -165,9 +164,7 @@ def _start_wandb(cfg: LoggingConfig, run_dir: Path, config_dict: dict):
     run_id = id_file.read_text().strip() if id_file.is_file() else ""
     if not run_id:
         run_id = secrets.token_hex(6)  # wandb ids: letters and digits
-        tmp = id_file.with_name(id_file.name + ".tmp")
-        tmp.write_text(run_id + "\n")
-        tmp.replace(id_file)
+        atomic_write_text(id_file, run_id + "\n")
     try:
         return wandb.init(
             project=cfg.wandb_project,

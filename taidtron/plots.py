@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from taidtron.io import atomic_output
+
 # Per-step curves of metrics.jsonl a run plot shows, in order: (field, panel title).
 STEP_PANELS = (
     ("loss", "training loss"),
@@ -162,10 +164,7 @@ def plot_panels(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110)
+    with atomic_output(out, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return Path(out)

@@ -12,7 +12,6 @@ With an objective that needs no teacher (`taid.loss=lm`) the same loop trains th
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Iterator
@@ -21,9 +20,23 @@ from functools import partial
 
 import torch
 import torch.distributed as dist
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from taidtron import overrides
-from taidtron.config import ModelConfig, OptimConfig, ParallelConfig, TAIDConfig, TrainConfig, padded_vocab_size
+from taidtron import checkpoint, console, overrides
+from taidtron.checkpoint import Checkpointer, TokenizerRef, describe_latest
+from taidtron.config import (
+    ModelConfig,
+    OptimConfig,
+    ParallelConfig,
+    TAIDConfig,
+    TrainConfig,
+    padded_vocab_size,
+    record_run_config,
+)
+from taidtron.data import build_data_iterators, check_blend, load_shared_tokenizer
 from taidtron.distributed import ParallelContext
 from taidtron.flops import count_parameters, distillation_flops_per_token, peak_flops
 from taidtron.losses import (
@@ -32,11 +45,12 @@ from taidtron.losses import (
     TAIDSchedule,
     get_loss,
     model_roles,
-    run_models,
     vocab_parallel_fkl_loss,
     vocab_parallel_lm_loss,
 )
-from taidtron.models import DistillationPair, build_gpt, pipeline_config
+from taidtron.metrics import MetricsLogger
+from taidtron.models import DistillationPair, build_gpt
+from taidtron.overrides.pipeline import pipeline_config, student_grad_schedule
 from taidtron.preemption import PREEMPTED_EXIT_CODE, StopSignal
 
 Batch = dict[str, torch.Tensor]
@@ -88,14 +102,6 @@ class Trainer:
         ctx: ParallelContext,
         vocab_size: int,
     ):
-        from megatron.core import parallel_state
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-        from megatron.core.distributed.finalize_model_grads import finalize_model_grads
-        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-
-        from taidtron import checkpoint
-        from taidtron.overrides.pipeline import student_grad_schedule
 
         self.objective = get_loss(taid)
         if self.objective.needs_teacher != (teacher is not None):
@@ -137,7 +143,7 @@ class Trainer:
         count = partial(
             count_parameters,
             tp_group=ctx.tp_group,
-            model_parallel_group=parallel_state.get_model_parallel_group(),
+            model_parallel_group=ctx.model_parallel_group,
             device=ctx.device,
         )
         self.student_params, self.teacher_params = count(student_model), count(teacher_model)
@@ -421,8 +427,11 @@ class Trainer:
                 )
             self.objective_parameters.load_state_dict(state["objective"])
         self.scheduler.load_state_dict(state["scheduler"])
-        horizon = self.optim_cfg.train_steps if stretch_schedule else int(state["scheduler"]["lr_decay_steps"])
-        self.schedule_steps = self.scheduler.lr_decay_steps = self.scheduler.wd_incr_steps = horizon
+        horizon = (
+            self.optim_cfg.train_steps if stretch_schedule else overrides.saved_schedule_horizon(state["scheduler"])
+        )
+        self.schedule_steps = horizon
+        overrides.set_schedule_horizon(self.scheduler, horizon)
         optim = self.optim_cfg
         overrides.set_optimizer_hyperparameters(
             self.optimizer,
@@ -465,39 +474,16 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     """The whole run: build, resume, train with periodic eval/checkpoints, final eval and save. Returns the
     process exit code: 0 when done, PREEMPTED_EXIT_CODE after a signal-triggered save. `stop` should be created at
     process start, so a signal that arrives while the run is being built still ends in a save."""
-    from pathlib import Path
-
-    from taidtron import checkpoint, console
-    from taidtron.config import record_run_config
-    from taidtron.data import build_data_iterators, check_blend, load_shared_tokenizer
-    from taidtron.metrics import MetricsLogger
 
     tokenizer = load_shared_tokenizer(cfg.data)
     datasets = check_blend(cfg.data, tokenizer)  # files, index, sizes and tokenizer, before any model is built
-    tokenizer_ref = checkpoint.TokenizerRef.of(cfg.data.tokenizer, tokenizer.fingerprint())
-    for role, model_cfg in run_models(cfg).items():
-        if model_cfg.init:
-            checkpoint.check_tokenizer(
-                checkpoint.read_meta(model_cfg.init), f"{role}.init {model_cfg.init}", tokenizer_ref
-            )
-    run_dir = Path(cfg.logging.run_dir)
-    ckpt_dir = Path(cfg.checkpoint.dir or run_dir / "checkpoints")
-    if ctx.is_main:
-        checkpoint.remove_leftovers(ckpt_dir)
-    if ctx.world_size > 1:
-        dist.barrier()
-    config_dict = cfg.to_dict()
-    resume = checkpoint.plan_resume(cfg.checkpoint, ckpt_dir, config_dict, tokenizer_ref)  # before building
+    checkpointer = Checkpointer(cfg, ctx)
+    resume = checkpointer.plan(TokenizerRef.of(cfg.data.tokenizer, tokenizer.fingerprint()))  # before building
     trainer = build_trainer(cfg, ctx, tokenizer.vocab_size)
-    student = trainer.student
-    if resume is not None:
-        meta = checkpoint.load_checkpoint(
-            resume.directory, model=student, optimizer=trainer.optimizer, group=ctx.dp_group
-        )
-        checkpoint.check_teacher_unchanged(meta.teacher, trainer.teacher_source)
-        trainer.load_state_dict(meta.trainer, stretch_schedule=resume.stretch_schedule)
+    checkpointer.restore(trainer, resume)
+    started = resume.describe() if resume is not None else None
     if ctx.is_main:
-        record_run_config(cfg, run_dir, resume.describe() if resume is not None else "fresh start")
+        record_run_config(cfg, cfg.logging.run_dir, started or "fresh start")
 
     train_iter, make_valid_iter = build_data_iterators(
         cfg.data,
@@ -515,75 +501,20 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
         enabled=ctx.is_main,
         total_steps=cfg.optim.train_steps,
         start_step=trainer.step,
-        config_dict=config_dict,
+        config_dict=checkpointer.config,
     )
     if ctx.is_main:
         logger.write_console(
-            console.banner(
-                cfg,
-                ctx,
-                trainer,
-                datasets=datasets,
-                resumed=resume.describe() if resume is not None else None,
-                wandb_run=logger.wandb_description,
-            )
+            console.banner(cfg, ctx, trainer, datasets=datasets, resumed=started, wandb_run=logger.wandb_description)
         )
     peak = peak_flops(torch.cuda.get_device_name() if ctx.device.type == "cuda" else None)
-
-    static_meta = checkpoint.CheckpointMeta(
-        model=cfg.student,
-        padded_vocab_size=trainer.padded_vocab_size,
-        source=checkpoint.WeightsSource(kind="training", description=f"taidtron training run {run_dir.resolve()}"),
-        tokenizer=tokenizer_ref,
-        seq_length=cfg.data.seq_length,
-        teacher=trainer.teacher_source,
-        config=config_dict,
-    )
-
-    def save() -> None:
-        trainer.sync_weights()
-        meta = dataclasses.replace(static_meta, trainer=trainer.state_dict())
-        path = checkpoint.save_checkpoint(
-            ckpt_dir,
-            trainer.step,
-            model=student,
-            optimizer=trainer.optimizer,
-            meta=meta,
-            keep_last=cfg.checkpoint.keep_last,
-        )
-        logger.write_console(f"saved {path}")
-
-    overrides.prepare_writer()  # its helper process ignores the stop signals, whatever handlers are installed
     stop = stop or StopSignal()
-    save_due = False  # a periodic save that fell on a skipped step waits for the next applied one
     try:
         while trainer.step < cfg.optim.train_steps:
             result = trainer.train_step(train_iter)
-            tokens_per_s = result.tokens / result.seconds
-            row = {
-                "step": trainer.step,
-                "consumed_samples": trainer.consumed_samples,
-                "consumed_tokens": trainer.consumed_samples * cfg.data.seq_length,
-                "loss": result.loss,
-            }
-            if result.lm_loss is not None and trainer.objective.needs_teacher:
-                row["lm_loss"] = result.lm_loss
-            if result.taid_t is not None:
-                row["taid_t"] = result.taid_t
-            row.update(
-                lr=result.lr,
-                grad_norm=result.grad_norm,
-                tokens_per_s=tokens_per_s,
-                step_time_s=result.seconds,
-                skipped=result.skipped,
-                skipped_steps=trainer.skipped_steps,
-            )
-            if peak:  # every token of the batch goes through the models, masked or not
-                processed_per_s = cfg.parallel.global_batch_size * cfg.data.seq_length / result.seconds
-                row["mfu"] = trainer.flops_per_token * processed_per_s / (peak.flops * ctx.world_size)
-            logger.log(row)
+            logger.log(_step_row(trainer, result, cfg, peak, ctx.world_size))
             if result.skipped:
-                _on_skipped_step(result, trainer, cfg.optim, ckpt_dir, logger)
+                _on_skipped_step(result, trainer, cfg.optim, checkpointer.dir, logger)
             last = trainer.step == cfg.optim.train_steps
             periodic_eval = cfg.logging.eval_interval and trainer.step % cfg.logging.eval_interval == 0
             if make_valid_iter and (periodic_eval or last):  # the last step is validated once, marked final
@@ -592,12 +523,8 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
                     {"step": trainer.step, **final, **trainer.evaluate(make_valid_iter(), cfg.logging.eval_iters)}
                 )
             preempted = stop.agreed(ctx)
-            save_due = save_due or bool(
-                cfg.checkpoint.save_interval and trainer.step % cfg.checkpoint.save_interval == 0
-            )
-            if preempted or last or (save_due and not result.skipped):
-                save()
-                save_due = False
+            if checkpointer.due(trainer.step, skipped=result.skipped, now=preempted or last):
+                logger.write_console(f"saved {checkpointer.save(trainer)}")
             if preempted and not last:
                 logger.write_console(
                     f"signal {stop.received}: saved at step {trainer.step}; exiting with "
@@ -610,10 +537,35 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
         trainer.close()
 
 
+def _step_row(trainer: Trainer, result: StepResult, cfg: TrainConfig, peak, world_size: int) -> dict:
+    """One row of metrics.jsonl (see docs/metrics.md)."""
+    row = {
+        "step": trainer.step,
+        "consumed_samples": trainer.consumed_samples,
+        "consumed_tokens": trainer.consumed_samples * cfg.data.seq_length,
+        "loss": result.loss,
+    }
+    if result.lm_loss is not None and trainer.objective.needs_teacher:
+        row["lm_loss"] = result.lm_loss
+    if result.taid_t is not None:
+        row["taid_t"] = result.taid_t
+    row.update(
+        lr=result.lr,
+        grad_norm=result.grad_norm,
+        tokens_per_s=result.tokens / result.seconds,
+        step_time_s=result.seconds,
+        skipped=result.skipped,
+        skipped_steps=trainer.skipped_steps,
+    )
+    if peak:  # every token of the batch goes through the models, masked or not
+        processed_per_s = cfg.parallel.global_batch_size * cfg.data.seq_length / result.seconds
+        row["mfu"] = trainer.flops_per_token * processed_per_s / (peak.flops * world_size)
+    return row
+
+
 def _on_skipped_step(result: StepResult, trainer: Trainer, optim: OptimConfig, ckpt_dir, logger) -> None:
     """Say that a step was skipped; stop the run (TrainingDiverged, exit code 2) after optim.max_skipped_steps in a
     row."""
-    from taidtron import checkpoint
 
     streak = trainer.consecutive_skips
     logger.write_console(
@@ -625,7 +577,7 @@ def _on_skipped_step(result: StepResult, trainer: Trainer, optim: OptimConfig, c
         raise TrainingDiverged(
             f"training diverged: {streak} steps in a row ({trainer.step - streak + 1}-{trainer.step}) had a "
             f"non-finite loss or gradient norm and were skipped (optim.max_skipped_steps={optim.max_skipped_steps}); "
-            f"{checkpoint.describe_latest(ckpt_dir)}. Lower optim.lr and resume with "
+            f"{describe_latest(ckpt_dir)}. Lower optim.lr and resume with "
             f"checkpoint.override=[optim.lr] (optim.min_lr too if it is above the new lr), or resume from an "
             f"earlier checkpoint with checkpoint.load_iteration=<step>."
         )

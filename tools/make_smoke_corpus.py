@@ -16,11 +16,11 @@ import argparse
 import json
 import os
 import random
-import sys
 from pathlib import Path
 
+from taidtron.io import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 NAMES = [
     ("Mia", "she"),
@@ -373,9 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     corpus = out / "corpus.jsonl"
     docs = make_corpus(args.seed, args.size_kb * 1024)
-    tmp = corpus.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    tmp.replace(corpus)
+    atomic_write_text(corpus, "".join(json.dumps({"text": d}) + "\n" for d in docs))
     print(f"wrote {corpus}: {len(docs)} documents, {corpus.stat().st_size / 1024:.0f} KiB")
     if args.corpus_only:
         return

@@ -268,9 +268,8 @@ def _matmul_params(arch: dict, vocab: int) -> int:
 
 def plan_jobs(work: Path, sweep: Sweep, data: dict) -> list[Job]:
     """Every run of the experiment, with its dependencies and its spec (a hash of what determines its result)."""
-    from smoke_test import teacher_pretraining_overrides
-
     from taidtron.config import load_config
+    from taidtron.recipes import teacher_pretraining_overrides
 
     base = load_config(CONFIG)
     student_arch = {
@@ -602,9 +601,9 @@ def _curve(rows: list[dict], key: str, every: int = 1) -> list[list[float]]:
 def collect(work: Path, sweep: Sweep, jobs: list[Job], results: dict, data: dict, timing: dict) -> dict:
     """Everything the page shows, from the runs' files: one record per (method, teacher, seed)."""
     import yaml
-    from plan import stage_parameters
 
     from taidtron.config import ModelConfig, load_config
+    from taidtron.plan import stage_parameters
     from taidtron.plots import read_jsonl
 
     by_name = {job.name: job for job in jobs}

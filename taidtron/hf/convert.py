@@ -59,7 +59,7 @@ def _require_cpu_process() -> None:
 
 
 @contextlib.contextmanager
-def _world_of_one() -> Iterator[None]:
+def _world_of_one() -> Iterator:
     """A gloo world of one with megatron's parallel state at tp=pp=1 (what build_gpt and dist_checkpointing need),
     a world of one even inside a SLURM allocation; torn down on exit."""
     import torch.distributed as dist
@@ -73,10 +73,11 @@ def _world_of_one() -> Iterator[None]:
             "the conversion makes its own single-process world, and this process already has a "
             "torch.distributed world: call it from a separate process (e.g. tools/convert.py)."
         )
-    seed_everything(0, init_distributed(ParallelConfig(), launch=LaunchEnv.single()))
+    ctx = init_distributed(ParallelConfig(), launch=LaunchEnv.single())
+    seed_everything(0, ctx)
     try:
         overrides.prepare_writer()
-        yield
+        yield ctx
     finally:
         destroy_distributed()
 
@@ -174,7 +175,7 @@ def import_hf(
     from taidtron.models import build_gpt
 
     padded_vocab = -(-model_cfg.vocab_size // 128) * 128  # any tp pads further at load time (zero rows)
-    with _world_of_one():
+    with _world_of_one() as ctx:
         model = build_gpt(
             model_cfg,
             ParallelConfig(),
@@ -214,7 +215,9 @@ def import_hf(
         meta = CheckpointMeta(
             model=model_cfg, padded_vocab_size=padded_vocab, source=source, content_id="sha256:" + digest.hexdigest()
         )
-        checkpoint.save_model(out, model=model, meta=meta, overwrite=True)  # atomic: a temporary sibling, renamed
+        checkpoint.save_model(
+            out, model=model, meta=meta, ctx=ctx, overwrite=True
+        )  # atomic: a temporary sibling, renamed
     return checkpoint.read_meta(out)
 
 
@@ -318,9 +321,8 @@ def _write_tokenizer(source: Path, tmp: Path, model_max_length: int) -> tuple[li
             config["pad_token"] = pieces.get(tok.pad)
         if tok_file.suffix == ".model":
             config.update(tokenizer_class="LlamaTokenizer", legacy=False)
-            unk = getattr(getattr(tok, "_backend", None), "sp", None)
-            if unk is not None and unk.unk_id() >= 0:
-                config["unk_token"] = unk.IdToPiece(unk.unk_id())
+            if tok.unk_piece is not None:
+                config["unk_token"] = tok.unk_piece
         else:
             config["tokenizer_class"] = "PreTrainedTokenizerFast"
         (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """Teacher and student: megatron-core GPT models (Llama / Qwen2) and the pair that runs both per pipeline stage."""
 
-from taidtron.models.gpt import check_transformer_engine_imports
+from taidtron.overrides.transformer_engine import check_transformer_engine_imports
 
 check_transformer_engine_imports()  # before the imports below load megatron-core
 
@@ -8,7 +8,6 @@ from taidtron.models.attention import SDPAttention  # noqa: E402
 from taidtron.models.gpt import (  # noqa: E402
     build_gpt,
     layer_spec,
-    pipeline_config,
     resolve_attention,
     transformer_config,
 )
@@ -19,7 +18,6 @@ __all__ = [
     "SDPAttention",
     "build_gpt",
     "layer_spec",
-    "pipeline_config",
     "resolve_attention",
     "transformer_config",
 ]

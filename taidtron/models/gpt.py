@@ -10,51 +10,13 @@ The layer spec is chosen once, here (`layer_spec`), from the model's `attention`
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import torch
 import torch.nn.functional as F
 
 from taidtron.config import ModelConfig, ParallelConfig
-
-
-class RMSNorm(torch.nn.RMSNorm):
-    """torch RMSNorm with megatron's norm constructor signature.
-
-    megatron-core's `WrappedTorchNorm` refuses sequence parallelism; the norm itself is the same under it, only
-    its weight gradient is partial on each TP rank. Tagging the weight `sequence_parallel` makes
-    `finalize_model_grads` all-reduce that gradient over the TP group, as TE's norms do.
-    """
-
-    def __init__(self, config, hidden_size: int, eps: float = 1e-6, **_unused):
-        super().__init__(hidden_size, eps=eps, dtype=config.params_dtype)
-        self.weight.sequence_parallel = config.sequence_parallel
-
-
-def check_transformer_engine_imports() -> None:
-    """Fail with the fix when Transformer Engine is installed but broken. megatron-core 0.16.1 cannot even be
-    imported then: its `fp8_utils` decides `HAVE_TE` from `import transformer_engine` alone and goes on to import
-    `transformer_engine.pytorch`, which fails when the torch extension is missing or was built for another torch.
-    Must run before anything imports megatron-core (`taidtron.models` calls it first)."""
-    try:
-        import transformer_engine  # noqa: F401
-    except ModuleNotFoundError:
-        return  # not installed (or a dependency missing): megatron-core imports and treats TE as absent
-    except Exception as exc:  # noqa: BLE001 - a broken install raises OSError/ImportError/RuntimeError alike
-        error = exc
-    else:
-        try:
-            import transformer_engine.pytorch  # noqa: F401
-
-            return
-        except Exception as exc:  # noqa: BLE001
-            error = exc
-    raise ImportError(
-        f"Transformer Engine is installed but does not import for this torch ({type(error).__name__}: {error}); "
-        f"reinstall it against this torch (pip install --no-build-isolation -e '.[te]') or uninstall it "
-        f"(pip uninstall transformer-engine transformer-engine-torch) to run without it"
-    ) from None
+from taidtron.overrides.norms import RMSNorm
 
 
 def transformer_engine_usable() -> bool:
@@ -232,17 +194,3 @@ def build_gpt(
         parallel_output=True,  # keep logits vocab-sharded: the TAID loss reduces across TP itself
     )
     return gpt.to(device)
-
-
-def pipeline_config(student_config, teacher_config=None):
-    """The config megatron's schedules read from the pair: the student's, except that stage boundaries carry
-    both hidden states concatenated, so p2p buffers are [seq, micro_batch, h_student + h_teacher]. Without a
-    teacher: the student's own.
-
-    A shallow copy with one field reassigned: re-running TransformerConfig's validation would reject a width
-    that is not a multiple of the head count, and the width is only used to size p2p buffers."""
-    if teacher_config is None:
-        return student_config
-    config = copy.copy(student_config)
-    config.hidden_size = student_config.hidden_size + teacher_config.hidden_size
-    return config

@@ -10,7 +10,7 @@ argument) whose four public methods that carry gradients send `grad[..., :h_stud
 widen it with zeros to the activation's shape for the local backward (a device-memory copy, far cheaper than the
 link). Forward sends and receives are untouched.
 
-Relies on (checked against megatron-core 0.16.1, `taidtron.overrides.CHECKED_MEGATRON_CORE`): the non-interleaved
+Relies on (checked against megatron-core 0.16.1 and 0.19.2, `CHECKED_MEGATRON_CORE`): the non-interleaved
 schedule calls `send_forward_recv_backward` and `recv_backward` with `tensor_shapes` that only size the received
 gradient (the forward send takes the tensor's own shape), and `send_backward[_recv_forward]` with the gradient of
 the received activation. Interleaved (virtual) pipelines are not used by taidtron.
@@ -18,11 +18,14 @@ the received activation. Interleaved (virtual) pipelines are not used by taidtro
 
 from __future__ import annotations
 
+import copy
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from megatron.core.pipeline_parallel.p2p_communication import P2PCommunicator
+
+CHECKED_MEGATRON_CORE = ("0.16.1", "0.19.2")
 
 
 def _single_shape(shapes) -> bool:
@@ -89,3 +92,17 @@ def student_grad_schedule(config, student_hidden: int):
     groups.dp_cp = parallel_state.get_data_parallel_group(with_context_parallel=True, partial_data_parallel=False)
     communicator = StudentGradCommunicator(pp_group, config, student_hidden)
     return partial(schedule, p2p_communicator=communicator, pg_collection=groups)
+
+
+def pipeline_config(student_config, teacher_config=None):
+    """The config megatron's schedules read from the pair: the student's, except that stage boundaries carry
+    both hidden states concatenated, so p2p buffers are [seq, micro_batch, h_student + h_teacher]. Without a
+    teacher: the student's own.
+
+    A shallow copy with one field reassigned: re-running TransformerConfig's validation would reject a width
+    that is not a multiple of the head count, and the width is only used to size p2p buffers."""
+    if teacher_config is None:
+        return student_config
+    config = copy.copy(student_config)
+    config.hidden_size = student_config.hidden_size + teacher_config.hidden_size
+    return config

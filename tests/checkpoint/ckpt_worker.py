@@ -101,7 +101,7 @@ def main() -> None:
         # keep_last -------------------------------------------------------------------------------------------
         for step in range(1, 5):
             checkpoint.save_checkpoint(
-                ckpt_dir, step, model=student, optimizer=trainer.optimizer, meta=meta, keep_last=2
+                ckpt_dir, step, model=student, optimizer=trainer.optimizer, meta=meta, keep_last=2, ctx=ctx
             )
         left = sorted(p.name for p in ckpt_dir.iterdir())
         report(
@@ -111,10 +111,12 @@ def main() -> None:
         )
 
         # rng_roundtrip ---------------------------------------------------------------------------------------
-        checkpoint.save_checkpoint(ckpt_dir, 5, model=student, optimizer=trainer.optimizer, meta=meta, keep_last=2)
+        checkpoint.save_checkpoint(
+            ckpt_dir, 5, model=student, optimizer=trainer.optimizer, meta=meta, keep_last=2, ctx=ctx
+        )
         expected = draws()
         draws()  # move every stream further, then load: the streams must rewind to the saved point
-        checkpoint.load_checkpoint(ckpt_dir, model=student, optimizer=trainer.optimizer, group=ctx.dp_group)
+        checkpoint.load_checkpoint(ckpt_dir, model=student, optimizer=trainer.optimizer, ctx=ctx)
         got = draws()
         report("rng_roundtrip", got == expected, f"on {ctx.device.type}: expected {expected} got {got}")
 
@@ -137,7 +139,7 @@ def main() -> None:
             undo = poison()
             try:
                 checkpoint.save_checkpoint(
-                    ckpt_dir, 6, model=student, optimizer=trainer.optimizer, meta=meta, keep_last=2
+                    ckpt_dir, 6, model=student, optimizer=trainer.optimizer, meta=meta, keep_last=2, ctx=ctx
                 )
             except checkpoint.SaveError as exc:
                 left = sorted(p.name for p in ckpt_dir.iterdir())
@@ -166,17 +168,21 @@ def main() -> None:
         prune_dir = work / "prune"
         for step in (1, 2):
             checkpoint.save_checkpoint(
-                prune_dir, step, model=student, optimizer=trainer.optimizer, meta=meta, keep_last=2
+                prune_dir, step, model=student, optimizer=trainer.optimizer, meta=meta, keep_last=2, ctx=ctx
             )
-        checkpoint.shutil.rmtree = killed_midway
+        checkpoint.store.shutil.rmtree = killed_midway
         try:
-            checkpoint.save_checkpoint(prune_dir, 3, model=student, optimizer=trainer.optimizer, meta=meta, keep_last=2)
+            checkpoint.save_checkpoint(
+                prune_dir, 3, model=student, optimizer=trainer.optimizer, meta=meta, keep_last=2, ctx=ctx
+            )
             report("prune_killed", False, "the simulated kill did not happen")
         except Killed:
             left = sorted(p.name for p in prune_dir.iterdir())
             complete = [step for step, _ in checkpoint.complete_iterations(prune_dir)]
-            checkpoint.shutil.rmtree = real_rmtree
-            checkpoint.save_checkpoint(prune_dir, 4, model=student, optimizer=trainer.optimizer, meta=meta, keep_last=2)
+            checkpoint.store.shutil.rmtree = real_rmtree
+            checkpoint.save_checkpoint(
+                prune_dir, 4, model=student, optimizer=trainer.optimizer, meta=meta, keep_last=2, ctx=ctx
+            )
             after = sorted(p.name for p in prune_dir.iterdir())
             ok = (
                 left == [".trash_iter_0000001", "iter_0000002", "iter_0000003", "latest"]
@@ -185,7 +191,7 @@ def main() -> None:
             )
             report("prune_killed", ok, f"after the kill {left} (complete: {complete}); after the next save {after}")
         finally:
-            checkpoint.shutil.rmtree = real_rmtree
+            checkpoint.store.shutil.rmtree = real_rmtree
 
         # corrupt:* ------------------------------------------------------------------------------------------
         good = ckpt_dir / "iter_0000005"
@@ -248,7 +254,7 @@ def main() -> None:
             (run / "latest").write_text(good.name)
             damage(run / good.name)
             try:
-                checkpoint.load_checkpoint(run, model=student, optimizer=trainer.optimizer, group=ctx.dp_group)
+                checkpoint.load_checkpoint(run, model=student, optimizer=trainer.optimizer, ctx=ctx)
             except checkpoint.CheckpointError as exc:
                 untouched = all(torch.equal(moved[k], v) for k, v in weights(student).items())
                 report(f"corrupt:{name}", untouched, f"{'untouched' if untouched else 'WEIGHTS CHANGED'}: {exc}")
@@ -256,7 +262,7 @@ def main() -> None:
                 report(f"corrupt:{name}", False, f"{type(exc).__name__} instead of CheckpointError: {exc}")
             else:
                 report(f"corrupt:{name}", False, "loaded without error")
-        checkpoint.load_checkpoint(good, model=student, optimizer=trainer.optimizer, group=ctx.dp_group)
+        checkpoint.load_checkpoint(good, model=student, optimizer=trainer.optimizer, ctx=ctx)
         restored = all(torch.equal(before[k], v) for k, v in weights(student).items())
         report("intact_after_corrupt_attempts", restored, "the undamaged checkpoint still loads exactly")
 

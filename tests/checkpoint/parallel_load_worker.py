@@ -23,21 +23,13 @@ import torch.distributed as dist
 from torch.distributed.checkpoint import FileSystemReader
 
 from taidtron import checkpoint, overrides
-from taidtron.config import ModelConfig, ParallelConfig
+from taidtron.config import ParallelConfig
 from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
 from taidtron.models import build_gpt
-from taidtron.models.gpt import RMSNorm
+from taidtron.overrides.norms import RMSNorm
 from tests import support
 
-MODEL = ModelConfig(
-    family="qwen2",
-    num_layers=2,
-    hidden_size=64,
-    num_attention_heads=4,
-    num_query_groups=2,
-    ffn_hidden_size=128,
-    vocab_size=256,
-)
+MODEL = support.tiny_model_config()
 
 
 class ExtraStateNorm(RMSNorm):
@@ -135,7 +127,7 @@ def main() -> None:
             padded_vocab_size=256,
             source=checkpoint.WeightsSource(kind="init", description="parallel_load"),
         )
-        checkpoint.save_model(ckpt, model=saved, meta=meta)
+        checkpoint.save_model(ckpt, model=saved, meta=meta, ctx=ctx)
         want = weights(saved)
         total = sum(p.stat().st_size for p in ckpt.glob("*.distcp"))
 

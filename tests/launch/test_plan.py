@@ -3,7 +3,6 @@ that says what to change, and counts exactly the parameters megatron-core builds
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -201,9 +200,8 @@ def test_attention_memory_follows_what_the_layers_keep_for_backward(tmp_path):
     """One bf16 decoder layer on CPU, each attention, two sequence lengths; every tensor autograd keeps is counted.
     SDPA keeps nothing that grows with the sequence per token (no [seq, seq] tensor); the local module does, and
     the planner's local-minus-flash difference per token is what the layers really keep in addition."""
-    spec = importlib.util.spec_from_file_location("tools_plan", PLAN)
-    planner = sys.modules.setdefault("tools_plan", importlib.util.module_from_spec(spec))  # dataclasses need it
-    spec.loader.exec_module(planner)
+    from taidtron import plan as planner
+
     model = {
         "family": "qwen2",
         "num_layers": 1,

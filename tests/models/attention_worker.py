@@ -21,7 +21,7 @@ import torch
 from taidtron.config import ModelConfig, ParallelConfig
 from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
 from taidtron.models import SDPAttention, build_gpt, transformer_config
-from tests.support import report
+from tests.support import report, tiny_model_config
 
 SEQ, BATCH, HEAD_DIM = 24, 2, 16
 # fp32 sums in a different order (flash tiles vs one matmul): agreement to a few ulps of the largest terms.
@@ -122,8 +122,6 @@ def check_model(ctx, heads: int, groups: int, sequence_parallel: bool) -> None:
 
     parallel = ParallelConfig(tp=ctx.tp, sequence_parallel=sequence_parallel)
     base = dict(
-        family="qwen2",
-        num_layers=2,
         hidden_size=heads * HEAD_DIM,
         num_attention_heads=heads,
         num_query_groups=groups,
@@ -135,7 +133,7 @@ def check_model(ctx, heads: int, groups: int, sequence_parallel: bool) -> None:
     for attention in ("local", "sdpa"):
         seed_everything(7, ctx)
         models[attention] = build_gpt(
-            ModelConfig(**base, attention=attention),
+            tiny_model_config(**base, attention=attention),
             parallel,
             padded_vocab_size=padded,
             max_seq_length=SEQ,

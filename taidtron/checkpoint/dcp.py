@@ -1,0 +1,539 @@
+"""Model and optimizer state on megatron-core dist_checkpointing: save and load at any tp/pp/dp (a checkpoint saved
+at one layout loads at another), per-rank RNG states, and the checks that keep a checkpoint honest: no NaN or
+infinity is ever saved, a failed write (e.g. a full disk) leaves the previous checkpoint as `latest`, and a
+checkpoint of another architecture is refused before a tensor is read.
+
+Every function takes the run's `ParallelContext`: the rank layout it records and restores RNG states with, and
+whether this rank writes the metadata. All ranks of the world call them together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import errno
+import logging
+import os
+import random
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, tensor_parallel
+from megatron.core.dist_checkpointing.dict_utils import extract_matching_values
+from megatron.core.dist_checkpointing.mapping import ShardedBase, ShardedObject
+from megatron.core.dist_checkpointing.serialization import get_default_load_sharded_strategy, load_sharded_metadata
+from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelLoadStrategyWrapper
+from torch.distributed.checkpoint.api import CheckpointException
+
+from taidtron import overrides
+from taidtron.checkpoint.integrity import choose_another_hint, verify_checkpoint
+from taidtron.checkpoint.meta import FORMAT_VERSION, CheckpointError, CheckpointMeta, Layout, SaveError
+from taidtron.checkpoint.store import (
+    LATEST_FILE,
+    META_FILE,
+    describe_latest,
+    discard,
+    iteration_name,
+    remove_leftovers,
+    replace_dir,
+    resolve_iteration_dir,
+    scan_files,
+    write_latest,
+)
+from taidtron.distributed import ParallelContext
+from taidtron.io import atomic_write_text
+
+RNG_KEY = "rng_state"
+EXTRA_STATE_SUFFIX = "_extra_state"
+"""Transformer Engine modules' FP8 bookkeeping in a state dict; the only keys a load tolerates missing."""
+LOAD_TIMEOUT = datetime.timedelta(hours=2)
+"""Collective timeout while a checkpoint loads: reading a 72B teacher from a shared file system takes minutes."""
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# save
+
+
+def save_checkpoint(
+    ckpt_dir: str | Path,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    optimizer=None,
+    meta: CheckpointMeta,
+    ctx: ParallelContext,
+    keep_last: int = 0,
+) -> Path:
+    """Save model (+ optimizer, + per-rank RNG states when training) under ckpt_dir/iter_<step>. All ranks call it.
+
+    Refused (SaveError, nothing written) when any rank's model or optimizer state holds a NaN or an infinity.
+    Atomic: everything is written to a hidden temporary directory, renamed into place when complete, and only then
+    is `latest` updated (itself via rename). A crash at any point leaves the previous checkpoint as `latest`; a
+    failed write (e.g. no space left) removes the temporary directory and raises SaveError on every rank.
+    `keep_last` > 0 then removes all but the newest `keep_last` iteration directories older than this one (each
+    renamed to a hidden name first, so a kill mid-removal never leaves a partial `iter_*`); iterations newer than
+    this step (from a run resumed at an earlier `checkpoint.load_iteration`) are left until a save replaces them.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    final = ckpt_dir / iteration_name(step)
+    tmp = ckpt_dir / f".tmp_{final.name}"
+    _refuse_non_finite(model, optimizer, ckpt_dir, step, ctx)
+    if ctx.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    _barrier(ctx)
+    error: BaseException | None = None
+    try:
+        _write_iteration(
+            tmp, model=model, optimizer=optimizer, meta=meta, step=step, save_rng=optimizer is not None, ctx=ctx
+        )
+    except (Exception, CheckpointException) as exc:  # torch's CheckpointException is a BaseException
+        error = exc
+    failed, out_of_space = _any_rank(ctx, error is not None, error is not None and _is_out_of_space(error))
+    if failed:
+        if ctx.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        _barrier(ctx)
+        if error is not None and not out_of_space and not _is_os_error(error):
+            raise error  # not the file system: a bug, keep its traceback
+        raise SaveError(_save_failure_message(error, out_of_space, ckpt_dir, step)) from error
+    if ctx.is_main:
+        replace_dir(tmp, final)  # a re-save of the same step (e.g. a signal right after a periodic save)
+        write_latest(ckpt_dir, final)
+        remove_leftovers(ckpt_dir)
+        if keep_last > 0:
+            older = sorted(p for p in ckpt_dir.glob("iter_*") if p.is_dir() and p.name < final.name)
+            for old in older[: max(0, len(older) - (keep_last - 1))]:
+                discard(old)
+    _barrier(ctx)
+    return final
+
+
+def save_model(
+    directory: str | Path,
+    *,
+    model: torch.nn.Module,
+    meta: CheckpointMeta,
+    ctx: ParallelContext,
+    overwrite: bool = False,
+) -> Path:
+    """Write a single iteration directory holding only model weights (what `tools/convert.py import` makes), with
+    the same atomicity as `save_checkpoint`: a hidden sibling is written and renamed to `directory` at the end, and
+    removed if the save fails."""
+    directory = Path(directory)
+    tmp = directory.with_name(f".tmp_{directory.name}")
+    if ctx.is_main:
+        if directory.exists() and any(directory.iterdir()) and not overwrite:
+            raise CheckpointError(f"{directory} exists and is not empty; choose another directory or overwrite it.")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    _barrier(ctx)
+    try:
+        _write_iteration(tmp, model=model, optimizer=None, meta=meta, step=meta.step, save_rng=False, ctx=ctx)
+        if ctx.is_main:
+            replace_dir(tmp, directory)
+    finally:
+        if ctx.is_main and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    _barrier(ctx)
+    return directory
+
+
+def _write_iteration(
+    tmp: Path, *, model, optimizer, meta: CheckpointMeta, step: int, save_rng: bool, ctx: ParallelContext
+) -> None:
+    """All ranks: write model (+ optimizer, + RNG) into `tmp`, then rank 0 adds taidtron.json with the manifest."""
+    if not isinstance(meta, CheckpointMeta):
+        raise TypeError(f"meta must be a CheckpointMeta, got {type(meta).__name__}")
+    if optimizer is not None and not overrides.optimizer_has_state(optimizer):
+        # megatron's DistributedOptimizer.state_dict() asserts on Adam state that only exists after a step.
+        raise CheckpointError(
+            "the optimizer has taken no step yet, so it has no state to save; save after the "
+            "first optimizer step (or save the model alone)."
+        )
+    state = _sharded_state(model, optimizer, is_loading=False)
+    if save_rng:
+        state[RNG_KEY] = _rng_sharded_object(ctx, _rng_state())
+    dist_checkpointing.save(state, str(tmp))
+    _barrier(ctx)  # every rank's files are closed before rank 0 lists them
+    if ctx.is_main:
+        params_dtype = next(iter(model.parameters())).dtype
+        meta = dataclasses.replace(
+            meta,
+            format_version=FORMAT_VERSION,
+            step=step,
+            content_id=meta.content_id or uuid.uuid4().hex,
+            saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            params_dtype=str(params_dtype).removeprefix("torch."),
+            layout=Layout(tp=ctx.tp, pp=ctx.pp, dp=ctx.dp),
+            has_optimizer=optimizer is not None,
+            has_rng=save_rng,
+            files=scan_files(tmp),
+        )
+        atomic_write_text(tmp / META_FILE, meta.to_json())
+
+
+def _refuse_non_finite(model: torch.nn.Module, optimizer, ckpt_dir: Path, step: int, ctx: ParallelContext) -> None:
+    """Every rank checks its own shards; if any holds a non-finite value, every rank raises SaveError before a
+    byte is written."""
+    with torch.no_grad():
+        local = _non_finite_tensors(model, optimizer)
+    (bad,) = _any_rank(ctx, bool(local))
+    if not bad:
+        return
+    where = (
+        (", ".join(local[:3]) + (f" and {len(local) - 3} more" if len(local) > 3 else ""))
+        if local
+        else "tensors on another rank"
+    )
+    raise SaveError(
+        f"step {step} was not saved: the training state holds NaN or infinite values ({where}); "
+        f"{describe_latest(ckpt_dir)}. The run diverged: lower optim.lr and resume with "
+        f"checkpoint.override=[optim.lr] (or an earlier checkpoint with checkpoint.load_iteration)."
+    )
+
+
+def _non_finite_tensors(model: torch.nn.Module, optimizer) -> list[str]:
+    """What of this rank's shards holds a NaN or an infinity: model parameters by name, optimizer state (fp32 main
+    parameters, Adam moments) by kind."""
+    found = [
+        f"student {name}"
+        for name, param in model.named_parameters()
+        if param.is_floating_point() and not bool(torch.isfinite(param).all())
+    ]
+    kinds: dict[str, int] = {}
+    for kind, tensor in overrides.optimizer_state_tensors(optimizer) if optimizer is not None else []:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            kinds[kind] = kinds.get(kind, 0) + 1
+    found += [f"optimizer {kind} ({count} tensor{'s' if count > 1 else ''})" for kind, count in kinds.items()]
+    return found
+
+
+# ----------------------------------------------------------------------------------------------------------
+# why a save failed
+
+
+def _exception_chain(error: BaseException) -> list[BaseException]:
+    """`error`, its causes and contexts, and the per-rank exceptions a torch CheckpointException carries."""
+    seen: list[BaseException] = []
+    todo = [error]
+    while todo:
+        exc = todo.pop()
+        if exc is None or any(exc is s for s in seen):
+            continue
+        seen.append(exc)
+        todo += [exc.__cause__, exc.__context__]
+        for wrapped in getattr(exc, "failures", {}).values():  # {rank: (exception, traceback)}
+            todo.append(wrapped[0] if isinstance(wrapped, tuple) else wrapped)
+    return seen
+
+
+def _is_os_error(error: BaseException) -> bool:
+    return any(isinstance(exc, OSError) for exc in _exception_chain(error))
+
+
+def _is_out_of_space(error: BaseException) -> bool:
+    """ENOSPC or EDQUOT anywhere in the chain. megatron's writer processes report their OSError as the text of a
+    RuntimeError gathered from every rank (the OSError itself does not survive), so the text counts too."""
+    codes = (errno.ENOSPC, errno.EDQUOT)
+    texts = [os.strerror(code) for code in codes]
+    return any(
+        getattr(exc, "errno", None) in codes or any(t in str(exc) for t in texts) for exc in _exception_chain(error)
+    )
+
+
+def _save_failure_message(error: BaseException | None, out_of_space: bool, ckpt_dir: Path, step: int) -> str:
+    free = shutil.disk_usage(ckpt_dir).free if ckpt_dir.exists() else 0
+    previous = describe_latest(ckpt_dir)
+    if out_of_space:
+        need = ""
+        latest = ckpt_dir / LATEST_FILE
+        if latest.is_file() and (ckpt_dir / latest.read_text().strip()).is_dir():
+            size = sum(f.stat().st_size for f in (ckpt_dir / latest.read_text().strip()).rglob("*") if f.is_file())
+            need = f"; one checkpoint takes {_mib(size)}"
+        return (
+            f"no space left on the file system of {ckpt_dir} while saving step {step}: {_mib(free)} free after "
+            f"removing the partial save{need}. The partial save was removed and {previous}. Free space there, "
+            f"lower checkpoint.keep_last, or set checkpoint.dir to a larger file system, then resume."
+        )
+    reason = (
+        "it failed on another rank"
+        if error is None
+        else f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+    )
+    return (
+        f"saving step {step} to {ckpt_dir} failed ({reason}). The partial save was removed and {previous}; "
+        f"check that the directory is writable, then resume."
+    )
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the ranks together
+
+
+def _barrier(ctx: ParallelContext) -> None:
+    if ctx.world_size > 1:
+        dist.barrier()
+
+
+def _any_rank(ctx: ParallelContext, *flags: bool) -> tuple[bool, ...]:
+    """Each flag OR-ed over every rank of the world (one all-reduce); the flags themselves in a world of one."""
+    if ctx.world_size == 1:
+        return tuple(bool(f) for f in flags)
+    values = torch.tensor([float(f) for f in flags], device=ctx.device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return tuple(bool(v) for v in values.tolist())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# RNG states: one object per rank, keyed by its (pp, tp, dp) coordinates
+
+
+def _rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "tracker": {name: state.clone() for name, state in tensor_parallel.get_cuda_rng_tracker().get_states().items()},
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    if state.get("tracker"):
+        tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _rng_sharded_object(ctx: ParallelContext, data) -> ShardedObject:
+    """One object per rank: global shape (pp, tp, dp), this rank at (pp_rank, tp_rank, dp_rank)."""
+    return ShardedObject(RNG_KEY, data, (ctx.pp, ctx.tp, ctx.dp), (ctx.pp_rank, ctx.tp_rank, ctx.dp_rank), replica_id=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what a checkpoint holds, and whether it fits the model
+
+
+def _sharded_state(model: torch.nn.Module, optimizer, *, is_loading: bool) -> dict:
+    model_state = model.sharded_state_dict()
+    state = {"model": model_state}
+    if optimizer is not None:
+        # fully_reshardable: optimizer state in the canonical per-parameter form, so a run saved at one tp/pp/dp
+        # resumes at another (the distributed optimizer gathers it on DP rank 0 while saving).
+        state["optimizer"] = optimizer.sharded_state_dict(
+            model_state, is_loading=is_loading, metadata={"distrib_optim_sharding_type": "fully_reshardable"}
+        )
+    return state
+
+
+def check_architecture(model: torch.nn.Module, meta: CheckpointMeta, where: Path) -> None:
+    """The checkpoint's architecture (`meta.model`) must be the model's, else the load would fail deep inside
+    dist_checkpointing, or worse succeed with a wrong RoPE base or norm epsilon."""
+    saved = meta.model
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    current = {
+        "num_layers": config.num_layers,
+        "hidden_size": config.hidden_size,
+        "num_attention_heads": config.num_attention_heads,
+        "num_query_groups": config.num_query_groups,
+        "ffn_hidden_size": config.ffn_hidden_size,
+        "add_qkv_bias": bool(config.add_qkv_bias),
+        "norm_epsilon": config.layernorm_epsilon,
+        "tie_embeddings": bool(getattr(model, "share_embeddings_and_output_weights", saved.tie_embeddings)),
+    }
+    if hasattr(model, "rotary_base"):
+        current["rotary_base"] = float(model.rotary_base)
+    diffs = []
+    for key, value in current.items():
+        want = getattr(saved, key)
+        same = (
+            abs(float(want) - float(value)) <= 1e-12 * max(1.0, abs(float(want)))
+            if isinstance(value, float)
+            else want == value
+        )
+        if not same:
+            diffs.append(f"{key}: checkpoint {want!r}, model {value!r}")
+    padded = getattr(model, "vocab_size", None)
+    if padded is not None and padded < saved.vocab_size:
+        diffs.append(f"vocab_size: checkpoint {saved.vocab_size}, model's padded vocabulary only {padded}")
+    if diffs:
+        raise CheckpointError(
+            f"{where} holds a different architecture than the model it is loaded into ("
+            + "; ".join(diffs)
+            + f"). Copy the `model` section of {where / META_FILE} into the "
+            f"student/teacher section of the config (tools/convert.py import prints it)."
+        )
+
+
+def _match_checkpoint_keys(state: dict, directory: Path, is_main: bool) -> set[str]:
+    """Check that the checkpoint has every model tensor `state` asks for, before anything is read; drop from `state`
+    the Transformer Engine `_extra_state` entries it lacks and return their state dict names (what the model's
+    load_state_dict will find missing).
+
+    A checkpoint written with the local layer spec (conversion, CPU runs) has no `_extra_state` for the modules only
+    TE gives one (its fused attention and norms; FP8 bookkeeping that starts empty): those are tolerated. Any other
+    key it lacks means another architecture, and the load is refused with the keys named."""
+    saved_keys = {item.key for item in load_sharded_metadata(str(directory)).values()}
+    absent = {
+        value.key
+        for _, value in _flatten(state["model"])
+        if isinstance(value, ShardedBase) and value.key not in saved_keys
+    }
+    other = sorted(key for key in absent if not key.endswith(EXTRA_STATE_SUFFIX))
+    if other:
+        raise CheckpointError(
+            f"{directory} lacks {len(other)} tensor(s) the model has, e.g. {', '.join(other[:4])}: "
+            f"it holds another architecture than the model's. Compare the `model` section of "
+            f"{directory / META_FILE} with the config."
+        )
+    if not absent:
+        return set()
+    dropped, kept = extract_matching_values(state, lambda v: isinstance(v, ShardedBase) and v.key in absent)
+    state.clear()
+    state.update(kept)
+    if is_main:
+        log.info(
+            "%s has no %s (saved without Transformer Engine); they keep their initial values",
+            directory,
+            ", ".join(sorted(absent)),
+        )
+    return {name.removeprefix("model.") for name, _ in _flatten(dropped)}
+
+
+def _flatten(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted name, leaf) of a nested state dict."""
+    items = []
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        items += _flatten(value, name + ".") if isinstance(value, dict) else [(name, value)]
+    return items
+
+
+def _dist_load(state: dict, directory: Path, group) -> dict:
+    """dist_checkpointing.load, split across `group` (ranks holding the same shards each read a part and exchange
+    it; None: every rank reads what it needs), under LOAD_TIMEOUT for `group` and the default group."""
+    strategy = None
+    if group is not None and dist.get_world_size(group) > 1:
+        strategy = FullyParallelLoadStrategyWrapper(get_default_load_sharded_strategy(str(directory)), group)
+    try:
+        with overrides.collective_timeout([group, None], LOAD_TIMEOUT):
+            return dist_checkpointing.load(state, str(directory), sharded_strategy=strategy)
+    except (Exception, CheckpointException) as exc:  # many types (torch's is a BaseException): name the checkpoint
+        hint = (
+            choose_another_hint(directory.parent, exclude=directory)
+            if (directory.parent / LATEST_FILE).is_file()
+            else "Resume from an earlier iteration."
+        )
+        raise CheckpointError(
+            f"could not load {directory}: {type(exc).__name__}: {exc}. The checkpoint may be "
+            f"truncated or corrupted, or was saved from a different architecture (fix the model "
+            f"config: {directory / META_FILE} has the saved architecture). {hint}"
+        ) from exc
+
+
+def _load_model_state(model: torch.nn.Module, loaded: dict, absent_extra_state: set[str], where: Path) -> None:
+    """`model.load_state_dict`, strict except for the `_extra_state` entries the checkpoint lacks."""
+    result = model.load_state_dict(loaded, strict=False)
+    missing = set(result.missing_keys) - absent_extra_state
+    if missing or result.unexpected_keys:
+        raise CheckpointError(
+            f"{where} does not fit the model: missing {sorted(missing)[:5]}, unexpected "
+            f"{sorted(result.unexpected_keys)[:5]}."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# load
+
+
+def load_model_weights(model: torch.nn.Module, path: str | Path, *, group) -> CheckpointMeta:
+    """Load a GPTModel stage's weights from a taidtron checkpoint, whatever tp/pp it was saved with. Embedding and
+    output rows beyond the saved padded vocabulary are zero; rows beyond the model's are dropped.
+
+    `group`: the ranks that load the same shards (the data-parallel group) split the reading; None: each rank
+    reads all it needs. Every rank of the default group calls this."""
+    directory = resolve_iteration_dir(path)
+    meta = verify_checkpoint(directory)
+    check_architecture(model, meta, directory)
+    # Nested as saved: dist_checkpointing merges the checkpoint's common (non-tensor) state, e.g. the optimizer's
+    # param groups of a training checkpoint, into the top level of what it returns.
+    state = _sharded_state(model, None, is_loading=True)
+    absent = _match_checkpoint_keys(state, directory, is_main=not dist.is_initialized() or dist.get_rank() == 0)
+    loaded = _dist_load(state, directory, group)
+    _load_model_state(model, loaded["model"], absent, directory)
+    return meta
+
+
+def load_checkpoint(
+    path: str | Path, *, model: torch.nn.Module, optimizer=None, ctx: ParallelContext
+) -> CheckpointMeta:
+    """Load model (+ optimizer) from a checkpoint saved at any tp/pp; returns its metadata. RNG states are restored
+    when the checkpoint was saved with this run's tp/pp/dp layout, else skipped with a logged note. The data-parallel
+    ranks, which load the same shards, split the reading. Every rank of the world calls this."""
+    directory = resolve_iteration_dir(path)
+    meta = verify_checkpoint(directory)
+    check_architecture(model, meta, directory)
+    if optimizer is not None and not (meta.has_optimizer and meta.trainer is not None):
+        raise CheckpointError(
+            f"{directory} holds no optimizer or trainer state ({meta.source.description}); use it "
+            f"as student.init to start a new run instead of resuming from it."
+        )
+    saved_padded = meta.padded_vocab_size
+    if optimizer is not None and getattr(model, "vocab_size", saved_padded) != saved_padded:
+        raise CheckpointError(
+            f"{directory} was saved with a padded vocabulary of {saved_padded} rows and this run "
+            f"pads to {model.vocab_size} (a multiple of 128 * parallel.tp): the optimizer state "
+            f"of the embedding cannot be resharded across that change. Resume with a "
+            f"parallel.tp that pads to {saved_padded}, or start a new run with "
+            f"student.init={directory}."
+        )
+    if optimizer is not None:
+        overrides.materialize_optimizer_state(optimizer)
+    state = _sharded_state(model, optimizer, is_loading=True)
+    absent = _match_checkpoint_keys(state, directory, ctx.is_main)
+    restore_rng = meta.has_rng and (meta.layout.tp, meta.layout.pp, meta.layout.dp) == (ctx.tp, ctx.pp, ctx.dp)
+    if restore_rng:
+        state[RNG_KEY] = _rng_sharded_object(ctx, None)
+    elif meta.has_rng and ctx.is_main:
+        log.warning(
+            "RNG states not restored: %s was saved at tp=%s pp=%s dp=%s and this run is tp=%s pp=%s dp=%s "
+            "(per-rank random streams do not reshard; weights, optimizer and schedules are restored)",
+            directory,
+            meta.layout.tp,
+            meta.layout.pp,
+            meta.layout.dp,
+            ctx.tp,
+            ctx.pp,
+            ctx.dp,
+        )
+    loaded = _dist_load(state, directory, ctx.dp_group)
+    _load_model_state(model, loaded["model"], absent, directory)
+    if optimizer is not None:
+        # DistributedOptimizer.load_state_dict copies into fp32 parameters in place: autograd must be off.
+        with torch.no_grad():
+            overrides.load_optimizer_state(optimizer, loaded["optimizer"])
+    if restore_rng:
+        _set_rng_state(loaded[RNG_KEY])
+    return meta

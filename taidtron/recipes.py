@@ -1,0 +1,38 @@
+"""Runs derived from an experiment config, shared by the tools that chain runs (`tools/smoke_test.py`, the
+paper-mini experiment): the pretraining run of a config's teacher architecture, with the same trainer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from taidtron.config import load_config
+
+
+def teacher_pretraining_overrides(
+    config: Path, overrides: list[str], teacher_dir: Path, run_dir: Path, steps: int, lr: float
+) -> list[str]:
+    """Overrides that turn the distillation config into the teacher's pretraining run: the student section takes
+    the teacher's architecture, the objective is next-token loss, one micro-batch per step."""
+    cfg = load_config(config, overrides)
+    architecture = [
+        f"student.{f.name}={json.dumps(getattr(cfg.teacher, f.name))}" for f in fields(cfg.teacher) if f.name != "init"
+    ]
+    return [
+        *overrides,
+        *architecture,
+        "student.init=null",
+        "taid.loss=lm",
+        f"parallel.micro_batch_size={cfg.parallel.global_batch_size}",
+        f"optim.train_steps={steps}",
+        f"optim.lr={lr}",
+        f"optim.min_lr={lr / 10}",
+        f"optim.warmup_steps={max(1, steps // 10)}",
+        "logging.eval_interval=0",
+        "logging.eval_iters=0",
+        "checkpoint.save_interval=0",
+        "checkpoint.keep_last=1",
+        f"checkpoint.dir={teacher_dir}",
+        f"logging.run_dir={run_dir}",
+    ]
