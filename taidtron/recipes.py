@@ -7,7 +7,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from taidtron.config import load_config
+from taidtron.config import ModelConfig, load_config
 
 
 def teacher_pretraining_overrides(
@@ -17,7 +17,7 @@ def teacher_pretraining_overrides(
     the teacher's architecture, the objective is next-token loss, one micro-batch per step."""
     cfg = load_config(config, overrides)
     architecture = [
-        f"student.{f.name}={json.dumps(getattr(cfg.teacher, f.name))}" for f in fields(cfg.teacher) if f.name != "init"
+        f"student.{f.name}={json.dumps(getattr(cfg.teacher, f.name))}" for f in fields(ModelConfig) if f.name != "init"
     ]
     return [
         *overrides,
