@@ -7,7 +7,9 @@ One optimizer step (`Trainer.train_step`), top to bottom:
   AdamW step -> LR step -> t update from the global-batch token-mean distillation loss (identical on every rank).
 A step whose loss or gradient norm is not finite is skipped: no weight, optimizer, LR or t change (its batch is
 consumed, as in Megatron-LM); `optim.max_skipped_steps` consecutive skips stop the run.
-With an objective that needs no teacher (`taid.loss=lm`) the same loop trains the student alone.
+With an objective that needs no teacher (`taid.loss=lm`) the same loop trains the student alone; with a teacher
+cache (`teacher.cache`) no teacher is built and the last stage rebuilds each micro-batch's teacher-logit shard from
+the cache's records, read ahead with the batch (`taidtron.cache`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from taidtron.losses import (
     LossTerms,
     TAIDSchedule,
     get_loss,
-    model_roles,
+    run_models,
+    teacher_logits_from_records,
     vocab_parallel_fkl_loss,
     vocab_parallel_lm_loss,
 )
@@ -68,8 +71,8 @@ def params_dtype_for(precision: str, device: torch.device) -> torch.dtype:
 
 class Trainer:
     """The pair on megatron-core (DDP, distributed optimizer, LR schedule, TAID schedule): `train_step` runs one
-    optimizer step, `evaluate` a validation pass. Takes the config sections it uses; `teacher` is None exactly when
-    the objective needs no teacher."""
+    optimizer step, `evaluate` a validation pass. Takes the config sections it uses; `teacher` is None when the
+    objective needs no teacher or when `teacher_cache` (a `taidtron.cache.TeacherCache`) stands in for it."""
 
     def __init__(
         self,
@@ -83,6 +86,7 @@ class Trainer:
         precision: str,
         ctx: ParallelContext,
         vocab_size: int,
+        teacher_cache=None,
     ):
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.distributed.finalize_model_grads import finalize_model_grads
@@ -93,14 +97,19 @@ class Trainer:
         from taidtron.overrides.pipeline import pipeline_config, student_grad_schedule
 
         self.objective = get_loss(taid)
-        if self.objective.needs_teacher != (teacher is not None):
+        if teacher is not None and teacher_cache is not None:
+            raise ValueError("a teacher model and a teacher cache were both given; distil from one of them.")
+        if self.objective.needs_teacher != (teacher is not None or teacher_cache is not None):
             raise ValueError(
                 f"taid.loss={taid.loss} {'needs' if self.objective.needs_teacher else 'takes no'} teacher."
             )
         self.ctx, self.parallel, self.optim_cfg, self.seq_length = ctx, parallel, optim, seq_length
+        self.teacher_cache = teacher_cache
         models = [m for m in (student, teacher) if m is not None]
         self.vocab_size = vocab_size
-        self.padded_vocab_size = padded_vocab_size(models, parallel.tp)
+        # Padded over the cached teacher's vocabulary too: the same logit shards (and student) as the online run.
+        cached = [teacher_cache.manifest.teacher_model] if teacher_cache is not None else []
+        self.padded_vocab_size = padded_vocab_size(models + cached, parallel.tp)
         if vocab_size > min(m.vocab_size for m in models):
             sizes = " and ".join(
                 f"{role}.vocab_size={m.vocab_size}"
@@ -129,6 +138,8 @@ class Trainer:
             if model_cfg is not None and model_cfg.init:
                 checkpoint.load_model_weights(model, model_cfg.init, group=ctx.dp_group)
         self.teacher_source = checkpoint.describe_source(teacher.init) if teacher is not None and teacher.init else None
+        if teacher_cache is not None:
+            self.teacher_source = teacher_cache.source  # a resume with another cache is refused
         count = partial(
             count_parameters,
             tp_group=ctx.tp_group,
@@ -234,6 +245,14 @@ class Trainer:
         if not self.ctx.is_last_stage:
             return output, None
         student_logits, teacher_logits = output  # [b, s, V_padded / tp] each (teacher: None without one)
+        if self.teacher_cache is not None:  # the teacher's shard from the records the batch carries
+            teacher_logits = teacher_logits_from_records(
+                batch,
+                vocab_size=self.vocab_size,
+                local_vocab=student_logits.shape[-1],
+                rank=self.ctx.tp_rank,
+                like=student_logits,
+            )
         # non_blocking: a blocking host-to-device copy waits for the stream, a host sync per micro-batch
         labels = batch["labels"].to(self.ctx.device, non_blocking=True)
         loss_mask = batch["loss_mask"].to(self.ctx.device, non_blocking=True).float()
@@ -416,9 +435,9 @@ def _masked_token_sums(loss_mask: torch.Tensor, terms: LossTerms, extra: dict[st
     return (total * loss_mask).sum(), num_tokens.to(torch.int), stats
 
 
-def build_trainer(cfg: TrainConfig, ctx: ParallelContext, vocab_size: int) -> Trainer:
-    """The Trainer of an experiment: hands it the config sections it uses."""
-    teacher = cfg.teacher if "teacher" in model_roles(cfg.taid) else None
+def build_trainer(cfg: TrainConfig, ctx: ParallelContext, vocab_size: int, teacher_cache=None) -> Trainer:
+    """The Trainer of an experiment: hands it the config sections it uses (and the opened `teacher.cache`)."""
+    teacher = cfg.teacher if "teacher" in run_models(cfg) else None
     return Trainer(
         student=cfg.student,
         teacher=teacher,
@@ -429,6 +448,7 @@ def build_trainer(cfg: TrainConfig, ctx: ParallelContext, vocab_size: int) -> Tr
         precision=cfg.precision,
         ctx=ctx,
         vocab_size=vocab_size,
+        teacher_cache=teacher_cache,
     )
 
 
@@ -445,8 +465,10 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     tokenizer = load_shared_tokenizer(cfg.data)
     datasets = check_blend(cfg.data, tokenizer)  # files, index, sizes and tokenizer, before any model is built
     checkpointer = Checkpointer(cfg, ctx)
-    resume = checkpointer.plan(TokenizerRef.of(cfg.data.tokenizer, tokenizer.fingerprint()))  # before building
-    trainer = build_trainer(cfg, ctx, tokenizer.vocab_size)
+    tokenizer_ref = TokenizerRef.of(cfg.data.tokenizer, tokenizer.fingerprint())
+    resume = checkpointer.plan(tokenizer_ref)  # before building
+    teacher_cache = _open_teacher_cache(cfg, ctx, tokenizer_ref, resume)  # its refusals too
+    trainer = build_trainer(cfg, ctx, tokenizer.vocab_size, teacher_cache)
     checkpointer.restore(trainer, resume)
     started = resume.describe() if resume is not None else None
     if ctx.is_main:
@@ -462,7 +484,10 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
         train_steps=cfg.optim.train_steps,
         eval_iters=cfg.logging.eval_iters,
         consumed_samples=trainer.consumed_samples,
+        dataset_samples=teacher_cache.dataset_samples if teacher_cache is not None else None,
     )
+    if teacher_cache is not None and ctx.is_last_stage:  # only the loss reads the records
+        train_iter, make_valid_iter = _with_cache_records(trainer, teacher_cache, train_iter, make_valid_iter)
     logger = MetricsLogger(
         cfg.logging,
         enabled=ctx.is_main,
@@ -500,8 +525,37 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
                 return PREEMPTED_EXIT_CODE
         return 0
     finally:
+        if hasattr(train_iter, "close"):
+            train_iter.close()
         logger.close()
         trainer.close()
+
+
+def _open_teacher_cache(cfg: TrainConfig, ctx: ParallelContext, tokenizer_ref, resume):
+    """The run's `teacher.cache`, checked against the run and for every shard it still reads; None without one."""
+    if not cfg.teacher.cache:
+        return None
+    from taidtron.cache import open_teacher_cache
+    from taidtron.data.validate import parse_split
+
+    consumed = int(resume.meta.trainer["consumed_samples"]) if resume is not None else 0
+    needs_valid = cfg.logging.eval_iters > 0 and parse_split(cfg.data.split)[1] > 0
+    return open_teacher_cache(cfg, ctx, tokenizer_ref, consumed_samples=consumed, needs_valid=needs_valid)
+
+
+def _with_cache_records(trainer: Trainer, cache, train_iter, make_valid_iter):
+    """The iterators with each micro-batch's teacher records added (read ahead), for the last pipeline stage."""
+    local = trainer.padded_vocab_size // trainer.ctx.tp
+    first = trainer.ctx.tp_rank * local
+    attach = partial(
+        cache.attach,
+        columns=slice(first, max(first, min(first + local, trainer.vocab_size))),
+        pin_memory=trainer.ctx.device.type == "cuda",
+    )
+    train_iter = attach(train_iter, "train")
+    if make_valid_iter is None:
+        return train_iter, None
+    return train_iter, lambda: attach(make_valid_iter(), "valid")
 
 
 def _step_row(trainer: Trainer, result: StepResult, cfg: TrainConfig, peak, world_size: int) -> dict:
