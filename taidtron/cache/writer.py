@@ -83,6 +83,17 @@ class _Progress:
     seconds: float = 0.0
     forward_seconds: float = 0.0
 
+    def forward(self, seconds: float) -> None:
+        self.forward_seconds += seconds
+
+    def shard(self, tokens: int, written: int) -> None:
+        self.shards += 1
+        self.tokens += tokens
+        self.bytes += written
+
+    def elapsed(self, seconds: float) -> None:
+        self.seconds = seconds
+
 
 def plan_manifest(cfg, tokenizer, options: CacheOptions) -> CacheManifest:
     """The manifest this job writes (or must find): K, dtype, shard size, sample counts and the fingerprints."""
@@ -351,7 +362,7 @@ def write_cache(cfg, ctx, options: CacheOptions, stop=None) -> dict:
             batches = load_batches(datasets[split], micro)
             tick = time.perf_counter()
             records += [r for r in runner.run(batches, len(micro)) if r is not None]
-            progress.forward_seconds += time.perf_counter() - tick
+            progress.forward(time.perf_counter() - tick)
             if bar is not None:
                 bar.update((end - first) * cfg.data.seq_length)
             elif report and time.perf_counter() - last_line >= LOG_SECONDS:  # a batch log hears from a long shard
@@ -366,10 +377,8 @@ def write_cache(cfg, ctx, options: CacheOptions, stop=None) -> dict:
             layout = f"tp {ctx.tp} pp {ctx.pp} dp {ctx.dp}"
             who = f"{socket.gethostname()} pid {os.getpid()} rank {ctx.rank} ({layout})"
             written = write_shard(directory, manifest, split, index, records, written_by=who)
-            progress.shards += 1
-            progress.tokens += len(samples) * cfg.data.seq_length
-            progress.bytes += written
-        progress.seconds = time.perf_counter() - start
+            progress.shard(len(samples) * cfg.data.seq_length, written)
+        progress.elapsed(time.perf_counter() - start)
         if bar is not None:
             bar.set_postfix(shards=f"{progress.shards}/{len(mine)}", MiB=f"{progress.bytes / 2**20:,.1f}")
         elif report:
