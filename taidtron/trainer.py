@@ -467,7 +467,12 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     checkpointer = Checkpointer(cfg, ctx)
     tokenizer_ref = TokenizerRef.of(cfg.data.tokenizer, tokenizer.fingerprint())
     resume = checkpointer.plan(tokenizer_ref)  # before building
-    teacher_cache = _open_teacher_cache(cfg, ctx, tokenizer_ref, resume)  # its refusals too
+    teacher_cache = None
+    if cfg.teacher.cache:  # checked against the run, with every shard it still reads: its refusals come here
+        from taidtron.cache import open_run_cache
+
+        consumed = int(resume.meta.trainer["consumed_samples"]) if resume is not None else 0
+        teacher_cache = open_run_cache(cfg, ctx, tokenizer_ref, consumed_samples=consumed)
     trainer = build_trainer(cfg, ctx, tokenizer.vocab_size, teacher_cache)
     checkpointer.restore(trainer, resume)
     started = resume.describe() if resume is not None else None
@@ -487,7 +492,8 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
         dataset_samples=teacher_cache.dataset_samples if teacher_cache is not None else None,
     )
     if teacher_cache is not None and ctx.is_last_stage:  # only the loss reads the records
-        train_iter, make_valid_iter = _with_cache_records(trainer, teacher_cache, train_iter, make_valid_iter)
+        vocab = dict(padded_vocab_size=trainer.padded_vocab_size, vocab_size=trainer.vocab_size)
+        train_iter, make_valid_iter = teacher_cache.attach_run(train_iter, make_valid_iter, ctx=ctx, **vocab)
     logger = MetricsLogger(
         cfg.logging,
         enabled=ctx.is_main,
@@ -529,33 +535,6 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
             train_iter.close()
         logger.close()
         trainer.close()
-
-
-def _open_teacher_cache(cfg: TrainConfig, ctx: ParallelContext, tokenizer_ref, resume):
-    """The run's `teacher.cache`, checked against the run and for every shard it still reads; None without one."""
-    if not cfg.teacher.cache:
-        return None
-    from taidtron.cache import open_teacher_cache
-    from taidtron.data.validate import parse_split
-
-    consumed = int(resume.meta.trainer["consumed_samples"]) if resume is not None else 0
-    needs_valid = cfg.logging.eval_iters > 0 and parse_split(cfg.data.split)[1] > 0
-    return open_teacher_cache(cfg, ctx, tokenizer_ref, consumed_samples=consumed, needs_valid=needs_valid)
-
-
-def _with_cache_records(trainer: Trainer, cache, train_iter, make_valid_iter):
-    """The iterators with each micro-batch's teacher records added (read ahead), for the last pipeline stage."""
-    local = trainer.padded_vocab_size // trainer.ctx.tp
-    first = trainer.ctx.tp_rank * local
-    attach = partial(
-        cache.attach,
-        columns=slice(first, max(first, min(first + local, trainer.vocab_size))),
-        pin_memory=trainer.ctx.device.type == "cuda",
-    )
-    train_iter = attach(train_iter, "train")
-    if make_valid_iter is None:
-        return train_iter, None
-    return train_iter, lambda: attach(make_valid_iter(), "valid")
 
 
 def _step_row(trainer: Trainer, result: StepResult, cfg: TrainConfig, peak, world_size: int) -> dict:

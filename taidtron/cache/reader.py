@@ -14,6 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,20 @@ class TeacherCache:
             f"of {written} ({model.family}, {model.num_layers} layers, hidden {model.hidden_size}); no teacher "
             f"model built or loaded"
         )
+
+    def attach_run(self, train_iter, make_valid_iter, *, padded_vocab_size: int, vocab_size: int, ctx):
+        """A run's iterators (`taidtron.data.build_data_iterators`) with each micro-batch's records added, on the
+        last pipeline stage: this TP rank's columns, pinned for a GPU."""
+        local = padded_vocab_size // ctx.tp
+        first = ctx.tp_rank * local
+        attach = partial(
+            self.attach,
+            columns=slice(first, max(first, min(first + local, vocab_size))),
+            pin_memory=ctx.device.type == "cuda",
+        )
+        if make_valid_iter is None:
+            return attach(train_iter, "train"), None
+        return attach(train_iter, "train"), lambda: attach(make_valid_iter(), "valid")
 
     def attach(
         self, batches: Iterator[dict], split: str, *, columns: slice, pin_memory: bool = False, depth: int = 2
@@ -232,6 +247,15 @@ def open_teacher_cache(cfg, ctx, tokenizer: TokenizerRef, *, consumed_samples: i
         more = f" ({len(problems) - 1} more shards have problems)" if len(problems) > 1 else ""
         raise CacheError(f"{problems[0]}{more}")
     return TeacherCache(directory, manifest)
+
+
+def open_run_cache(cfg, ctx, tokenizer: TokenizerRef, *, consumed_samples: int) -> TeacherCache:
+    """`open_teacher_cache` for a training run of `cfg` that has consumed `consumed_samples` (a resume): the valid
+    split is checked when the run validates."""
+    from taidtron.data.validate import parse_split
+
+    needs_valid = cfg.logging.eval_iters > 0 and parse_split(cfg.data.split)[1] > 0
+    return open_teacher_cache(cfg, ctx, tokenizer, consumed_samples=consumed_samples, needs_valid=needs_valid)
 
 
 def _shards_for(manifest: CacheManifest, start: int, end: int) -> range:
