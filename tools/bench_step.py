@@ -99,15 +99,10 @@ class Timer:
         return time.perf_counter() - start
 
 
-def bench_pair(
-    name: str, config: str, overrides: list[str], ctx, *, repeats: int, warmup: int, precision: str, baseline: bool
-) -> dict:
-    import torch
-
-    from taidtron.config import ConfigError, TAIDConfig, load_config
-    from taidtron.distributed import seed_everything
-    from taidtron.flops import peak_flops
-    from taidtron.trainer import Trainer
+def bench_config(config: str, overrides: list[str], precision: str, ctx):
+    """A pair's config as the benchmark runs it: random weights (init checkpoints dropped), no warm-up, a long
+    schedule, the layout checked against this world."""
+    from taidtron.config import load_config
 
     cfg = load_config(
         REPO / config,
@@ -121,6 +116,20 @@ def bench_pair(
         ],
     )
     cfg.validate_layout(ctx.world_size)
+    return cfg
+
+
+def bench_pair(
+    name: str, config: str, overrides: list[str], ctx, *, repeats: int, warmup: int, precision: str, baseline: bool
+) -> dict:
+    import torch
+
+    from taidtron.config import ConfigError, TAIDConfig
+    from taidtron.distributed import seed_everything
+    from taidtron.flops import peak_flops
+    from taidtron.trainer import Trainer
+
+    cfg = bench_config(config, overrides, precision, ctx)
     if (cfg.parallel.tp, cfg.parallel.pp) != (1, 1):
         raise ConfigError(f"pair {name}: the benchmark runs in one process; set parallel.tp=1 parallel.pp=1.")
     vocab = min(cfg.student.vocab_size, cfg.teacher.vocab_size)
@@ -229,6 +238,115 @@ def loss_alone(distill, student, batch: dict, vocab: int, timer, repeats: int, w
     return {f"{key}_ms": statistics.median(values) * 1e3 for key, values in times.items()}
 
 
+def bench_cache_pair(
+    name: str, config: str, overrides: list[str], ctx, *, repeats: int, warmup: int, precision: str, top_k: int
+) -> dict:
+    """The distillation step from a teacher cache (`teacher.cache`, top-`top_k`) against the student-only step and the
+    online-teacher step, all three `Trainer.train_step` on the same micro-batches, interleaved, median of `repeats`:
+      cache    the student's forward and backward, each micro-batch's records read from the cache's shard by the
+               prefetch thread while the step runs (as in training), the teacher's logit shard rebuilt from them,
+               the TAID loss, the same optimizer step; no teacher built
+      student  `taid.loss=lm`, as `bench_pair`'s; online  `taid.loss=taid` with the teacher, as `bench_pair`'s distill
+    A cache is keyed by sample number, so the micro-batches are the config's first global batch of real data (the
+    cache is written for it first, from the randomly initialised teacher). ratios: cache / student (the cache's goal
+    is <= 1.10) and cache / online. `rebuild_ms`: rebuilding the teacher's logits from the records alone, per step."""
+    import tempfile
+
+    import torch
+
+    from taidtron.cache import CacheOptions, TeacherCache, read_manifest, write_cache
+    from taidtron.config import TAIDConfig
+    from taidtron.data import build_data_iterators, load_shared_tokenizer
+    from taidtron.distributed import seed_everything
+    from taidtron.losses import teacher_logits_from_records
+    from taidtron.trainer import Trainer
+
+    cfg = bench_config(config, overrides, precision, ctx)
+    tokenizer = load_shared_tokenizer(cfg.data)
+    vocab, gbs = tokenizer.vocab_size, cfg.parallel.global_batch_size
+    with tempfile.TemporaryDirectory() as tmp:
+        options = CacheOptions(out=tmp, top_k=top_k, splits=("train",), samples=(0, gbs), shard_samples=gbs)
+        write_cache(cfg, ctx, options)  # only the first global batch: the one the steps read
+        cache = TeacherCache(Path(tmp), read_manifest(tmp))
+        common = dict(
+            student=cfg.student,
+            parallel=cfg.parallel,
+            optim=cfg.optim,
+            seq_length=cfg.data.seq_length,
+            precision=cfg.precision,
+            ctx=ctx,
+            vocab_size=vocab,
+        )
+        trainers = {}
+        for key, teacher, taid, teacher_cache in (
+            ("cache", None, cfg.taid, cache),
+            ("student", None, TAIDConfig(loss="lm"), None),
+            ("online", cfg.teacher, cfg.taid, None),
+        ):
+            seed_everything(cfg.seed, ctx)  # the same student weights in all three
+            trainers[key] = Trainer(teacher=teacher, taid=taid, teacher_cache=teacher_cache, **common)
+        train_iter, _ = build_data_iterators(
+            cfg.data,
+            tokenizer,
+            micro_batch_size=cfg.parallel.micro_batch_size,
+            global_batch_size=gbs,
+            dp_rank=0,
+            dp_size=1,
+            train_steps=1,
+            eval_iters=0,
+            dataset_samples=cache.dataset_samples,
+        )
+        batches = [next(train_iter) for _ in range(trainers["cache"].accumulation_steps)]
+        columns = slice(0, vocab)
+        steps = {
+            "cache": lambda: trainers["cache"].train_step(cache.attach(iter(batches), "train", columns=columns)),
+            "student": lambda: trainers["student"].train_step(iter(batches)),
+            "online": lambda: trainers["online"].train_step(iter(batches)),
+        }
+        records = [next(cache.attach(iter([batch]), "train", columns=columns)) for batch in batches]
+        like = torch.empty((1, 1, trainers["cache"].padded_vocab_size), dtype=trainers["cache"].params_dtype)
+
+        def rebuild():
+            for batch in records:
+                teacher_logits_from_records(
+                    batch, vocab_size=vocab, local_vocab=like.shape[-1], rank=0, like=like.to(ctx.device)
+                )
+
+        steps["rebuild"] = rebuild
+        timer = Timer(ctx.device)
+        times: dict[str, list[float]] = {key: [] for key in steps}
+        order = list(steps)
+        for round_ in range(warmup + repeats):
+            for key in order[round_ % len(order) :] + order[: round_ % len(order)]:
+                seconds = timer(steps[key])
+                if round_ >= warmup:
+                    times[key].append(seconds)
+        for trainer in trainers.values():
+            trainer.close()
+    result = {
+        "pair": name,
+        "top_k": top_k,
+        "config": config,
+        "overrides": overrides,
+        "device": str(ctx.device),
+        "micro_batches": len(batches),
+        "tokens_per_step": gbs * cfg.data.seq_length,
+        "repeats": repeats,
+        **{f"{key}_ms": statistics.median(values) * 1e3 for key, values in times.items()},
+    }
+    result["cache_vs_student"] = result["cache_ms"] / result["student_ms"]
+    result["cache_vs_online"] = result["cache_ms"] / result["online_ms"]
+    return result
+
+
+def render_cache(r: dict) -> str:
+    return (
+        f"{r['pair']} from a top-{r['top_k']} cache: cache {r['cache_ms']:.2f} ms   student {r['student_ms']:.2f} ms   "
+        f"online {r['online_ms']:.2f} ms   cache/student {r['cache_vs_student']:.3f}   cache/online "
+        f"{r['cache_vs_online']:.3f}   (rebuilding the teacher logits: {r['rebuild_ms']:.2f} ms per step)"
+    )
+
+
 def render(results: list[dict]) -> str:
     lines = []
     for r in results:
@@ -279,6 +397,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="time the distillation step only (throughput / MFU; no student or teacher baseline)",
     )
+    parser.add_argument(
+        "--cache",
+        type=int,
+        metavar="K",
+        help="also time the step from a top-K teacher cache against the student and online steps (bench_cache_pair)",
+    )
     parser.add_argument("--json", help="write the results here as JSON (atomically)")
     args = parser.parse_args(argv)
     pairs = [p for p in args.pairs.split(",") if p]
@@ -321,6 +445,19 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             print(render(results[-1:]), flush=True)
+            if args.cache:
+                cached = bench_cache_pair(
+                    name,
+                    config,
+                    [*overrides, *args.overrides],
+                    ctx,
+                    repeats=args.repeats,
+                    warmup=args.warmup,
+                    precision=args.precision,
+                    top_k=args.cache,
+                )
+                results[-1]["cache"] = cached
+                print(render_cache(cached), flush=True)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -52,3 +52,16 @@ def test_unknown_pair_and_a_layout_it_cannot_run_exit_2_with_one_line():
     proc = run_cli(str(SCRIPT), "--pairs", "smoke", "parallel.tp=2", expect_ok=False, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_cache_case_times_the_step_from_a_cache_against_the_student_and_online_steps(tmp_path):
+    out = tmp_path / "bench_step.json"
+    args = ["--pairs", "smoke", "--repeats", "1", "--warmup", "0", "--cache", "8", "--json", str(out)]
+    proc = run_cli(str(SCRIPT), *args, "parallel.global_batch_size=8", timeout=900)
+    (result,) = json.loads(out.read_text())["results"]
+    cache = result["cache"]
+    assert cache["top_k"] == 8 and cache["micro_batches"] == 2
+    for key in ("cache_ms", "student_ms", "online_ms", "rebuild_ms"):
+        assert cache[key] > 0, key
+    assert cache["cache_vs_student"] == cache["cache_ms"] / cache["student_ms"]
+    assert "from a top-8 cache" in proc.stdout
