@@ -418,7 +418,7 @@ def write_shard(
     tensors = {key: np.ascontiguousarray(np.concatenate([r[key] for r in records])) for key in records[0]}
     if tensors["sample_digest"].shape[0] != len(samples):
         raise RuntimeError(f"{name}: {tensors['sample_digest'].shape[0]} records for {len(samples)} samples")
-    metadata = {"format": manifest.format, "split": split, "first_sample": str(samples.start)}
+    metadata = {"format": manifest.format}  # one key: safetensors orders several at random; equal shards, equal bytes
     path = directory / f"{name}.safetensors"
     with atomic_output(path, "wb") as f:
         f.write(save(tensors, metadata=metadata))

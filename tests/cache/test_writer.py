@@ -81,7 +81,7 @@ def test_a_job_killed_with_sigkill_continues_where_it_stopped(reference):
         job.wait()
     written = [p.name for p in out.glob("*.json") if p.name != "manifest.json"]
     assert 1 <= len(written) < 7, written  # killed half way
-    proc = run_cli(*cache_command(args, out)[1:])  # the same command again, without --shard-samples
+    proc = run_cli(*cache_command(args, out, "--shard-samples", "4")[1:])  # the same command again
     assert f"{7 - len(written)} shards to write" in proc.stdout
     assert read_manifest(out).shard_samples == 4
     for split in ("train", "valid"):  # the same records as the uninterrupted job's, shard size aside
