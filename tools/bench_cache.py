@@ -217,7 +217,7 @@ def measure_error(config: str, overrides: list[str], *, batches: int, ks: list[i
             eval_iters=batches,
         )
         variants = [(str(k), k, "float16") for k in ks] + [("full float16", vocab, "float16")]
-        errors = {(v, o): {"loss": [], "grad": []} for v, _, _ in variants for o, _, _ in objectives}
+        errors = {(v, o): {"loss": [], "grad": [], "exact": []} for v, _, _ in variants for o, _, _ in objectives}
         for batch in make_valid():
             with torch.no_grad():
                 student, teacher = pair(batch["tokens"], batch["position_ids"])
@@ -243,6 +243,7 @@ def measure_error(config: str, overrides: list[str], *, batches: int, ks: list[i
                     exact, g_exact = _loss_and_grad(LOSSES[loss], student, teacher, t, vocab, options.get(loss, {}))
                     approx, g_approx = _loss_and_grad(LOSSES[loss], student, rebuilt, t, vocab, options.get(loss, {}))
                     errors[(label, name)]["loss"].append((approx - exact).abs().flatten())
+                    errors[(label, name)]["exact"].append(exact.flatten())
                     relative = (g_approx - g_exact).norm(dim=-1) / g_exact.norm(dim=-1).clamp_min(1e-30)
                     errors[(label, name)]["grad"].append(relative.flatten())
         trainer.close()
@@ -254,6 +255,7 @@ def measure_error(config: str, overrides: list[str], *, batches: int, ks: list[i
                 "k": label,
                 "objective": name,
                 "tokens": loss.numel(),
+                "loss_mean": torch.cat(values["exact"]).mean().item(),
                 "loss_error_mean": loss.mean().item(),
                 "loss_error_max": loss.max().item(),
                 "grad_error_mean": grad.mean().item(),
@@ -276,12 +278,13 @@ def _loss_and_grad(fn, student, teacher, t, vocab, options):
 def render_error(result: dict) -> str:
     lines = [
         f"vocabulary {result['vocab']:,}, {result['rows'][0]['tokens']:,} tokens",
-        "| K | objective | loss error mean / worst (nats) | gradient error mean / worst (relative) |",
-        "|---|---|---|---|",
+        "| K | objective | loss (mean) | loss error mean / worst (nats) | gradient error mean / worst (relative) |",
+        "|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['k']} | {r['objective']} | {r['loss_error_mean']:.2e} / {r['loss_error_max']:.2e} | "
+            f"| {r['k']} | {r['objective']} | {r['loss_mean']:.3f} | {r['loss_error_mean']:.2e} / "
+            f"{r['loss_error_max']:.2e} | "
             f"{r['grad_error_mean']:.2e} / {r['grad_error_max']:.2e} |"
         )
     return "\n".join(lines)
