@@ -21,9 +21,23 @@ from functools import partial
 
 import torch
 import torch.distributed as dist
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from taidtron import overrides
-from taidtron.config import ModelConfig, OptimConfig, ParallelConfig, TAIDConfig, TrainConfig, padded_vocab_size
+from taidtron import checkpoint, console, overrides
+from taidtron.checkpoint import Checkpointer, TokenizerRef, describe_latest
+from taidtron.config import (
+    ModelConfig,
+    OptimConfig,
+    ParallelConfig,
+    TAIDConfig,
+    TrainConfig,
+    padded_vocab_size,
+    record_run_config,
+)
+from taidtron.data import build_data_iterators, check_blend, load_shared_tokenizer
 from taidtron.distributed import ParallelContext
 from taidtron.flops import count_parameters, distillation_flops_per_token, peak_flops
 from taidtron.losses import (
@@ -35,7 +49,9 @@ from taidtron.losses import (
     vocab_parallel_fkl_loss,
     vocab_parallel_lm_loss,
 )
+from taidtron.metrics import MetricsLogger
 from taidtron.models import DistillationPair, build_gpt
+from taidtron.overrides.pipeline import pipeline_config, student_grad_schedule
 from taidtron.preemption import PREEMPTED_EXIT_CODE, StopSignal
 
 Batch = dict[str, torch.Tensor]
@@ -88,13 +104,6 @@ class Trainer:
         vocab_size: int,
         teacher_cache=None,
     ):
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-        from megatron.core.distributed.finalize_model_grads import finalize_model_grads
-        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-
-        from taidtron import checkpoint
-        from taidtron.overrides.pipeline import pipeline_config, student_grad_schedule
 
         self.objective = get_loss(taid)
         if teacher is not None and teacher_cache is not None:
@@ -456,11 +465,6 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     """The whole run: build, resume, train with periodic eval/checkpoints, final eval and save. Returns the
     process exit code: 0 when done, PREEMPTED_EXIT_CODE after a signal-triggered save. `stop` should be created at
     process start, so a signal that arrives while the run is being built still ends in a save."""
-    from taidtron import console
-    from taidtron.checkpoint import Checkpointer, TokenizerRef
-    from taidtron.config import record_run_config
-    from taidtron.data import build_data_iterators, check_blend, load_shared_tokenizer
-    from taidtron.metrics import MetricsLogger
 
     tokenizer = load_shared_tokenizer(cfg.data)
     datasets = check_blend(cfg.data, tokenizer)  # files, index, sizes and tokenizer, before any model is built
@@ -566,7 +570,6 @@ def _step_row(trainer: Trainer, result: StepResult, cfg: TrainConfig, peak, worl
 def _on_skipped_step(result: StepResult, trainer: Trainer, optim: OptimConfig, ckpt_dir, logger) -> None:
     """Say that a step was skipped; stop the run (TrainingDiverged, exit code 2) after optim.max_skipped_steps in a
     row."""
-    from taidtron.checkpoint import describe_latest
 
     streak = trainer.consecutive_skips
     logger.write_console(
