@@ -5,6 +5,9 @@
 #                                   naming the problem (exit 2).
 # launch_find_python REPO        -> sets PYTHON: $PYTHON if set, else REPO/.venv/bin/python when it exists (no
 #                                   need to activate the venv), else python3 from PATH.
+# launch_module SCRIPT           -> sets MODULE, what the ranks run: $TAIDTRON_MODULE if set (taidtron.train or
+#                                   taidtron.cache_teacher, whose own options, e.g. --out DIR --top-k K, follow
+#                                   CONFIG), else taidtron.train.
 # launch_dry_run CMD...          -> with DRY_RUN=1: prints CMD (shell-quoted) and exits 0, before anything runs.
 
 launch_usage() {  # the comment block at the top of the script, without the shebang
@@ -34,6 +37,15 @@ launch_find_python() {
     else
         PYTHON=python3
     fi
+}
+
+launch_module() {
+    MODULE="${TAIDTRON_MODULE:-taidtron.train}"
+    case "$MODULE" in
+        taidtron.train|taidtron.cache_teacher) ;;
+        *) echo "$(basename "$1"): TAIDTRON_MODULE=$MODULE is not an entry point; use taidtron.train (the default)" \
+                "or taidtron.cache_teacher" >&2; exit 2 ;;
+    esac
 }
 
 launch_dry_run() {

@@ -16,7 +16,8 @@
 # $HOME, or the file DS_ENV_FILE names: put NCCL_* / GLOO_SOCKET_IFNAME settings there.
 # Environment: HOSTFILE (default ./hostfile), MASTER_PORT (default 29500), MASTER_ADDR (default: the first IP that
 # `ssh <first host> hostname -I` prints; set it to pick the fast network), PYTHON (default: <repo>/.venv/bin/python
-# when it exists, else python3), DS_LAUNCHER_ARGS (extra launcher flags, e.g. "--include host1:0-3", or
+# when it exists, else python3), TAIDTRON_MODULE (taidtron.train, the default, or taidtron.cache_teacher: the
+# ranks write a teacher cache, its --out DIR --top-k K after CONFIG), DS_LAUNCHER_ARGS (extra launcher flags, e.g. "--include host1:0-3", or
 # "--no_ssh_check" when `ssh <first host>` alone cannot log in but pdsh can), DRY_RUN=1 (print the launcher
 # command instead of running it).
 # Preemption: send SIGUSR1 to the trainer processes on every node (not to the launcher, which kills its children);
@@ -26,6 +27,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$REPO/launch/common.sh"
 launch_parse_args "$0" "$@"
 launch_find_python "$REPO"
+launch_module "$0"
 HOSTFILE="${HOSTFILE:-hostfile}"
 [ -f "$HOSTFILE" ] || { echo "deepspeed.sh: no hostfile at $HOSTFILE: write one (see --help) or set HOSTFILE=..." >&2; exit 2; }
 export PYTHONUNBUFFERED=1
@@ -36,6 +38,6 @@ addr=()
 # shellcheck disable=SC2206  # DS_LAUNCHER_ARGS is a list of flags
 extra=(${DS_LAUNCHER_ARGS:-})
 cmd=("$PYTHON" -m deepspeed.launcher.runner --hostfile="$HOSTFILE" --master_port="${MASTER_PORT:-29500}"
-     "${addr[@]}" "${extra[@]}" --no_local_rank --module taidtron.train --config "$CONFIG" "${OVERRIDES[@]}")
+     "${addr[@]}" "${extra[@]}" --no_local_rank --module "$MODULE" --config "$CONFIG" "${OVERRIDES[@]}")
 launch_dry_run "${cmd[@]}"
 exec "${cmd[@]}"

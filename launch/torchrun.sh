@@ -5,6 +5,8 @@
 #     launch/torchrun.sh CONFIG [section.key=value ...]
 #     launch/torchrun.sh configs/smoke.yaml                                # one rank per GPU (1 on a CPU machine)
 #     NPROC=2 launch/torchrun.sh configs/smoke.yaml optim.train_steps=20   # trailing args: config overrides
+#     TAIDTRON_MODULE=taidtron.cache_teacher launch/torchrun.sh configs/smoke.yaml --out DIR --top-k 32
+#                                              # the ranks write a teacher cache instead (docs/teacher_cache.md)
 #
 # Several nodes: run the same command on every node, with NNODES, MASTER_ADDR and a NODE_RANK per node:
 #     node-a$ NNODES=2 NODE_RANK=0 MASTER_ADDR=node-a launch/torchrun.sh configs/qwen2_7b_to_1.5b.yaml
@@ -16,8 +18,9 @@
 #
 # Environment: NPROC (ranks per node; default: the number of visible GPUs, else 1), NNODES (default 1),
 # NODE_RANK and MASTER_ADDR (required when NNODES > 1), MASTER_PORT (default 29500 with several nodes; one node
-# picks a free port), PYTHON (default: <repo>/.venv/bin/python when it exists, else python3), DRY_RUN=1 (print
-# the torchrun command instead of running it).
+# picks a free port), PYTHON (default: <repo>/.venv/bin/python when it exists, else python3), TAIDTRON_MODULE
+# (taidtron.train, the default, or taidtron.cache_teacher), DRY_RUN=1 (print the torchrun command instead of
+# running it).
 # Preemption: `kill -USR1 <torchrun pid>` (or SIGTERM) is forwarded to every rank of that node; the trainer
 # finishes its step, saves a checkpoint and exits 75 (with several nodes, signal every node's torchrun: the ranks
 # agree on the step, so all of them stop there). torchrun itself then exits non-zero (it reports any non-zero
@@ -28,6 +31,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$REPO/launch/common.sh"
 launch_parse_args "$0" "$@"
 launch_find_python "$REPO"
+launch_module "$0"
 NNODES="${NNODES:-1}"
 [[ "$NNODES" =~ ^[1-9][0-9]*$ ]] || { echo "torchrun.sh: NNODES must be a positive integer, got '$NNODES'" >&2; exit 2; }
 NPROC="${NPROC:-$("$PYTHON" -c 'import torch; print(torch.cuda.device_count() or 1)')}"
@@ -56,6 +60,6 @@ else
            --rdzv-id=taidtron --rdzv-conf="is_host=$([ "$NODE_RANK" -eq 0 ] && echo true || echo false)")
 fi
 cmd=("$PYTHON" -m torch.distributed.run "${nodes[@]}" --nproc-per-node="$NPROC"
-     -m taidtron.train --config "$CONFIG" "${OVERRIDES[@]}")
+     -m "$MODULE" --config "$CONFIG" "${OVERRIDES[@]}")
 launch_dry_run "${cmd[@]}"
 exec "${cmd[@]}"

@@ -114,6 +114,17 @@ class ModelConfig:
 
 
 @dataclass(kw_only=True)
+class TeacherConfig(ModelConfig):
+    """The frozen model distilled from: a Llama / Qwen2 decoder (same tokenizer as the student), or its stored
+    log-probs (`cache`)."""
+
+    cache: str | None = None
+    """A teacher cache written by `python -m taidtron.cache_teacher` (docs/teacher_cache.md): the run distils from
+    its stored log-probs and builds no teacher (the architecture keys above are not used; `init`, when set, must be
+    the checkpoint the cache was written from). None: the teacher runs beside the student."""
+
+
+@dataclass(kw_only=True)
 class ParallelConfig:
     """Layout shared by teacher and student. Data parallelism is what is left: world / (tp * pp)."""
 
@@ -392,7 +403,7 @@ class TrainConfig:
 
     student: ModelConfig = field(default_factory=partial(ModelConfig, role="student"))
     """The model being trained."""
-    teacher: ModelConfig = field(default_factory=partial(ModelConfig, role="teacher"))
+    teacher: TeacherConfig = field(default_factory=partial(TeacherConfig, role="teacher"))
     """The frozen model distilled from (same tokenizer as the student)."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     taid: TAIDConfig = field(default_factory=TAIDConfig)
@@ -581,10 +592,12 @@ def _documented_keys() -> list[tuple[str, str, Any, str]]:
 
     def docs(cls: type) -> dict[str, str]:
         out: dict[str, str] = {}
-        body = ast.parse(inspect.getsource(cls)).body[0].body
-        for node, nxt in zip(body, body[1:]):
-            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-                out[node.target.id] = " ".join(str(nxt.value.value).split())
+        for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):  # inherited fields too
+            body = ast.parse(inspect.getsource(klass)).body[0].body
+            for node, nxt in zip(body, body[1:]):
+                documented = isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                if isinstance(node, ast.AnnAssign) and documented:
+                    out[node.target.id] = " ".join(str(nxt.value.value).split())
         return out
 
     rows: list[tuple[str, str, Any, str]] = []

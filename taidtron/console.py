@@ -150,7 +150,9 @@ def banner(cfg, ctx, trainer, *, datasets: list, resumed: str | None = None, wan
             f"{_count(params)} parameters ({params:,}); attention {_ATTENTION[resolve_attention(model.attention)]}; "
             f"{source}"
         )
-    if "teacher" not in models:
+    if trainer.teacher_cache is not None:
+        lines.append(f"teacher     {trainer.teacher_cache.describe()}")
+    elif "teacher" not in models:
         lines.append(f"teacher     none (taid.loss={taid.loss} trains the student alone)")
     _, weights = parse_blend(data.blend)
     weights = weights or [1.0]

@@ -13,6 +13,7 @@ initial state: t = t_start for taid), plus the batches and tokens read.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -25,6 +26,8 @@ def evaluate(cfg, ctx, *, split: str = "test", max_batches: int | None = None) -
     from taidtron.losses import run_models
     from taidtron.trainer import build_trainer
 
+    if cfg.teacher.cache:  # the cache holds the training samples only: the teacher runs itself here
+        cfg = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, cache=None))
     missing = [f"{role}.init" for role, model in run_models(cfg).items() if not model.init]
     if missing:
         raise ValueError(

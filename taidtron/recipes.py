@@ -7,7 +7,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from taidtron.config import ROLES, load_config
+from taidtron.config import ROLES, ModelConfig, load_config
 
 
 def pretraining_overrides(
@@ -20,7 +20,9 @@ def pretraining_overrides(
         raise ValueError(f"role={role!r} must be one of {', '.join(ROLES)}.")
     cfg = load_config(config, overrides)
     model = getattr(cfg, role)
-    architecture = [f"student.{f.name}={json.dumps(getattr(model, f.name))}" for f in fields(model) if f.name != "init"]
+    architecture = [
+        f"student.{f.name}={json.dumps(getattr(model, f.name))}" for f in fields(ModelConfig) if f.name != "init"
+    ]
     return [
         *overrides,
         *architecture,

@@ -66,16 +66,16 @@ def user_error(kind: str, exc: Exception) -> int:
 
 
 @contextlib.contextmanager
-def session(cfg, *, launch=None) -> Iterator:
+def session(cfg, *, launch=None, roles=None) -> Iterator:
     """The distributed world of one run: process groups for `cfg.parallel` (`launch`: where this process sits; by
-    default the launcher's environment), the layout checked against the models, every RNG seeded; torn down on exit,
-    also when any of it fails. Yields the `ParallelContext`."""
+    default the launcher's environment), the layout checked against the models (`roles`; by default those the run
+    builds), every RNG seeded; torn down on exit, also when any of it fails. Yields the `ParallelContext`."""
     from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
-    from taidtron.losses import model_roles
+    from taidtron.losses import run_models
 
     try:
         ctx = init_distributed(cfg.parallel, launch=launch)
-        cfg.validate_layout(ctx.world_size, model_roles(cfg.taid))
+        cfg.validate_layout(ctx.world_size, tuple(run_models(cfg)) if roles is None else roles)
         seed_everything(cfg.seed, ctx)
         yield ctx
     finally:
@@ -91,15 +91,21 @@ def run(cfg, *, launch=None, stop=None) -> int:
         return fit(cfg, ctx, stop)
 
 
-def main(argv: list[str] | None = None) -> int:
+def start_process():
+    """First thing in an entry point, before torch is imported: a SIGUSR1/SIGTERM during start-up must not kill the
+    rank, every helper process forked from here on dies with this one, and this rank dies with its launcher
+    (torchrun, DeepSpeed's). Returns the `StopSignal` that records a stop signal from now on."""
     from taidtron import lifetime
     from taidtron.preemption import StopSignal
 
-    # First thing, before torch is imported: a SIGUSR1/SIGTERM during start-up must not kill the rank, every helper
-    # process forked from here on dies with this one, and this rank dies with its launcher (torchrun, DeepSpeed's).
     stop = StopSignal()
     lifetime.install()
     lifetime.die_with_launcher()
+    return stop
+
+
+def main(argv: list[str] | None = None) -> int:
+    stop = start_process()
     from taidtron.config import ConfigError, load_config
 
     args = parse_args(argv)

@@ -7,7 +7,9 @@ One optimizer step (`Trainer.train_step`), top to bottom:
   AdamW step -> LR step -> t update from the global-batch token-mean distillation loss (identical on every rank).
 A step whose loss or gradient norm is not finite is skipped: no weight, optimizer, LR or t change (its batch is
 consumed, as in Megatron-LM); `optim.max_skipped_steps` consecutive skips stop the run.
-With an objective that needs no teacher (`taid.loss=lm`) the same loop trains the student alone.
+With an objective that needs no teacher (`taid.loss=lm`) the same loop trains the student alone; with a teacher
+cache (`teacher.cache`) no teacher is built and the last stage rebuilds each micro-batch's teacher-logit shard from
+the cache's records, read ahead with the batch (`taidtron.cache`).
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ from taidtron.losses import (
     ObjectiveParameters,
     TAIDSchedule,
     get_loss,
-    model_roles,
+    run_models,
+    teacher_logits_from_records,
     vocab_parallel_fkl_loss,
     vocab_parallel_lm_loss,
 )
@@ -87,8 +90,8 @@ def params_dtype_for(precision: str, device: torch.device) -> torch.dtype:
 
 class Trainer:
     """The pair on megatron-core (DDP, distributed optimizer, LR schedule, TAID schedule): `train_step` runs one
-    optimizer step, `evaluate` a validation pass. Takes the config sections it uses; `teacher` is None exactly when
-    the objective needs no teacher."""
+    optimizer step, `evaluate` a validation pass. Takes the config sections it uses; `teacher` is None when the
+    objective needs no teacher or when `teacher_cache` (a `taidtron.cache.TeacherCache`) stands in for it."""
 
     def __init__(
         self,
@@ -102,17 +105,23 @@ class Trainer:
         precision: str,
         ctx: ParallelContext,
         vocab_size: int,
+        teacher_cache=None,
     ):
 
         self.objective = get_loss(taid)
-        if self.objective.needs_teacher != (teacher is not None):
+        if teacher is not None and teacher_cache is not None:
+            raise ValueError("a teacher model and a teacher cache were both given; distil from one of them.")
+        if self.objective.needs_teacher != (teacher is not None or teacher_cache is not None):
             raise ValueError(
                 f"taid.loss={taid.loss} {'needs' if self.objective.needs_teacher else 'takes no'} teacher."
             )
         self.ctx, self.parallel, self.optim_cfg, self.seq_length = ctx, parallel, optim, seq_length
+        self.teacher_cache = teacher_cache
         models = [m for m in (student, teacher) if m is not None]
         self.vocab_size = vocab_size
-        self.padded_vocab_size = padded_vocab_size(models, parallel.tp)
+        # Padded over the cached teacher's vocabulary too: the same logit shards (and student) as the online run.
+        cached = [teacher_cache.manifest.teacher_model] if teacher_cache is not None else []
+        self.padded_vocab_size = padded_vocab_size(models + cached, parallel.tp)
         if vocab_size > min(m.vocab_size for m in models):
             sizes = " and ".join(
                 f"{role}.vocab_size={m.vocab_size}"
@@ -141,6 +150,8 @@ class Trainer:
             if model_cfg is not None and model_cfg.init:
                 checkpoint.load_model_weights(model, model_cfg.init, group=ctx.dp_group)
         self.teacher_source = checkpoint.describe_source(teacher.init) if teacher is not None and teacher.init else None
+        if teacher_cache is not None:
+            self.teacher_source = teacher_cache.source  # a resume with another cache is refused
         count = partial(
             count_parameters,
             tp_group=ctx.tp_group,
@@ -249,6 +260,14 @@ class Trainer:
         if not self.ctx.is_last_stage:
             return output, None
         student_logits, teacher_logits = output  # [b, s, V_padded / tp] each (teacher: None without one)
+        if self.teacher_cache is not None:  # the teacher's shard from the records the batch carries
+            teacher_logits = teacher_logits_from_records(
+                batch,
+                vocab_size=self.vocab_size,
+                local_vocab=student_logits.shape[-1],
+                rank=self.ctx.tp_rank,
+                like=student_logits,
+            )
         # non_blocking: a blocking host-to-device copy waits for the stream, a host sync per micro-batch
         labels = batch["labels"].to(self.ctx.device, non_blocking=True)
         loss_mask = batch["loss_mask"].to(self.ctx.device, non_blocking=True).float()
@@ -463,9 +482,9 @@ def _masked_token_sums(loss_mask: torch.Tensor, terms: LossTerms, extra: dict[st
     return (total * loss_mask).sum(), num_tokens.to(torch.int), stats
 
 
-def build_trainer(cfg: TrainConfig, ctx: ParallelContext, vocab_size: int) -> Trainer:
-    """The Trainer of an experiment: hands it the config sections it uses."""
-    teacher = cfg.teacher if "teacher" in model_roles(cfg.taid) else None
+def build_trainer(cfg: TrainConfig, ctx: ParallelContext, vocab_size: int, teacher_cache=None) -> Trainer:
+    """The Trainer of an experiment: hands it the config sections it uses (and the opened `teacher.cache`)."""
+    teacher = cfg.teacher if "teacher" in run_models(cfg) else None
     return Trainer(
         student=cfg.student,
         teacher=teacher,
@@ -476,6 +495,7 @@ def build_trainer(cfg: TrainConfig, ctx: ParallelContext, vocab_size: int) -> Tr
         precision=cfg.precision,
         ctx=ctx,
         vocab_size=vocab_size,
+        teacher_cache=teacher_cache,
     )
 
 
@@ -487,8 +507,15 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     tokenizer = load_shared_tokenizer(cfg.data)
     datasets = check_blend(cfg.data, tokenizer)  # files, index, sizes and tokenizer, before any model is built
     checkpointer = Checkpointer(cfg, ctx)
-    resume = checkpointer.plan(TokenizerRef.of(cfg.data.tokenizer, tokenizer.fingerprint()))  # before building
-    trainer = build_trainer(cfg, ctx, tokenizer.vocab_size)
+    tokenizer_ref = TokenizerRef.of(cfg.data.tokenizer, tokenizer.fingerprint())
+    resume = checkpointer.plan(tokenizer_ref)  # before building
+    teacher_cache = None
+    if cfg.teacher.cache:  # checked against the run, with every shard it still reads: its refusals come here
+        from taidtron.cache import open_run_cache
+
+        consumed = int(resume.meta.trainer["consumed_samples"]) if resume is not None else 0
+        teacher_cache = open_run_cache(cfg, ctx, tokenizer_ref, consumed_samples=consumed)
+    trainer = build_trainer(cfg, ctx, tokenizer.vocab_size, teacher_cache)
     checkpointer.restore(trainer, resume)
     started = resume.describe() if resume is not None else None
     if ctx.is_main:
@@ -504,7 +531,11 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
         train_steps=cfg.optim.train_steps,
         eval_iters=cfg.logging.eval_iters,
         consumed_samples=trainer.consumed_samples,
+        dataset_samples=teacher_cache.dataset_samples if teacher_cache is not None else None,
     )
+    if teacher_cache is not None and ctx.is_last_stage:  # only the loss reads the records
+        vocab = dict(padded_vocab_size=trainer.padded_vocab_size, vocab_size=trainer.vocab_size)
+        train_iter, make_valid_iter = teacher_cache.attach_run(train_iter, make_valid_iter, ctx=ctx, **vocab)
     logger = MetricsLogger(
         cfg.logging,
         enabled=ctx.is_main,
@@ -542,6 +573,8 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
                 return PREEMPTED_EXIT_CODE
         return 0
     finally:
+        if hasattr(train_iter, "close"):
+            train_iter.close()
         logger.close()
         trainer.close()
 

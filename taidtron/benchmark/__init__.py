@@ -1,5 +1,5 @@
 """Benchmarks and the one-call GPU check: the library behind `tools/bench_loss.py`, `tools/bench_step.py`,
-`tools/bench_attention.py` and `tools/gpu_check.py` (docs/performance.md).
+`tools/bench_attention.py`, `tools/bench_cache.py` and `tools/gpu_check.py` (docs/performance.md).
 
     measure      timers that sync the device, median of N interleaved rounds, peak-memory probes, the machine's
                  name, measured copy bandwidth and the bandwidth floors of the loss (docs/losses.md)
@@ -7,6 +7,8 @@
     loss         the TAID loss, forward + backward: every implementation against the official formula, their
                  agreement with a float64 reference, the five-pass floor
     step         a distillation step against a student step plus a teacher forward; throughput and MFU
+    cache        the teacher cache: bytes per token, write throughput, top-K error, held-out loss, and the step
+                 from a cache against the student and online steps (tools/bench_cache.py, bench_step.py --cache)
     attention    one decoder layer with each core attention
     environment  versions, the device and its peak FLOP/s (the GPU check's first record)
     runner       running checks in their own process groups under budgets and one deadline (standard library only)

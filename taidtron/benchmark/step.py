@@ -260,6 +260,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="time the distillation step only (throughput / MFU; no student or teacher baseline)",
     )
+    parser.add_argument(
+        "--cache",
+        type=int,
+        metavar="K",
+        help="also time the step from a top-K teacher cache against the student and online steps "
+        "(taidtron.benchmark.cache.bench_cache_pair)",
+    )
     parser.add_argument("--json", help="write the results here as JSON (atomically)")
     return parser.parse_args(argv)
 
@@ -295,11 +302,22 @@ def main(argv: list[str] | None = None) -> int:
                 bench_pair(name, cfg, repeats=args.repeats, warmup=args.warmup, baseline=not args.no_baseline)
             )
             print(render(results[-1:]), flush=True)
+            if args.cache:
+                results[-1]["cache"] = _bench_cache(name, cfg, args)
             if args.json:  # after every pair: a run stopped from outside keeps what finished
                 atomic_write_json(args.json, {"command": " ".join(sys.argv), "results": results})
     except ConfigError as exc:
         return _usage_error(" ".join(str(exc).split()))
     return 0
+
+
+def _bench_cache(name: str, cfg, args: argparse.Namespace) -> dict:
+    """--cache K: the step from a top-K teacher cache (its own function and module, taidtron.benchmark.cache)."""
+    from taidtron.benchmark.cache import bench_cache_pair, render_cache
+
+    result = bench_cache_pair(name, cfg, repeats=args.repeats, warmup=args.warmup, top_k=args.cache)
+    print(render_cache(result), flush=True)
+    return result
 
 
 def _usage_error(message: str) -> int:

@@ -27,7 +27,7 @@ def check_teacher_unchanged(saved: TeacherSource | None, current: TeacherSource 
         raise CheckpointError(
             f"the teacher changed since the checkpoint was written: checkpoint used "
             f"{describe(saved)}, this run has {describe(current)}. Resume with the original "
-            f"teacher.init, or start a new run directory (checkpoint.dir) for a new teacher."
+            f"teacher.init (or teacher.cache), or start a new run directory (checkpoint.dir) for a new teacher."
         )
     if saved.path != current.path:
         return f"teacher checkpoint moved from {saved.path} to {current.path} (same content); continuing"
@@ -63,11 +63,12 @@ RESUME_FREE_KEYS = (
     "data.cache_dir",
     "student.init",
     "teacher.init",
+    "teacher.cache",
     "optim.max_skipped_steps",
 )
 """Config keys (a trailing dot: a whole section) a resumed run may change freely: they change how the run is
 logged, saved, laid out or computed, not what it trains. The layout reshards on load; the tokenizer is compared by
-its fingerprint and the teacher by its content instead of by path."""
+its fingerprint and the teacher (checkpoint or cache) by its content instead of by path."""
 RESUME_FROZEN_KEYS = {
     "student.": "the checkpoint holds a student of this architecture",
     "teacher.": "the run distils from this teacher (start a new run for another one)",

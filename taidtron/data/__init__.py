@@ -10,7 +10,14 @@ and held-out evaluation (`taidtron.evaluate`) reads the test split with `build_t
 """
 
 from taidtron.data.indexed import build_indexed_dataset
-from taidtron.data.loader import PretrainingBatchSampler, build_data_iterators, build_datasets, build_test_iterator
+from taidtron.data.loader import (
+    PretrainingBatchSampler,
+    build_data_iterators,
+    build_datasets,
+    build_test_iterator,
+    dataset_content_key,
+    load_batches,
+)
 from taidtron.data.tokenizer import Tokenizer, check_same_tokenizer, load_shared_tokenizer, load_tokenizer
 from taidtron.data.tokenizer_training import train_sentencepiece
 from taidtron.data.validate import DataError, DatasetSummary, check_blend
@@ -26,6 +33,8 @@ __all__ = [
     "build_test_iterator",
     "check_blend",
     "check_same_tokenizer",
+    "dataset_content_key",
+    "load_batches",
     "load_shared_tokenizer",
     "load_tokenizer",
     "train_sentencepiece",

@@ -3,7 +3,8 @@
     train_iter, make_valid_iter = build_data_iterators(
         data_cfg, tokenizer, micro_batch_size=2, global_batch_size=16, dp_rank=r, dp_size=4,
         train_steps=1000, eval_iters=10, consumed_samples=step * 16)
-    batch = next(train_iter)   # tokens/labels/position_ids [b, s] int64, loss_mask [b, s] float32
+    batch = next(train_iter)   # tokens/labels/position_ids [b, s] int64, loss_mask [b, s] float32,
+                               # sample_index [b] int64
 
 Samples. megatron-core's `BlendedMegatronDatasetBuilder` turns `data_cfg.blend` (one prefix, or weights and
 prefixes) and `data_cfg.split` into a train and a valid dataset of exactly the sizes asked for (train:
@@ -34,7 +35,7 @@ import fcntl
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,14 +52,14 @@ from taidtron.lifetime import die_with_parent
 logger = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
-BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
+BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "sample_index")
 
 
 # ----------------------------------------------------------------------------------------------------------
 # blend, split and cache
 
 
-def _content_key(prefixes: list[str]) -> str:
+def dataset_content_key(prefixes: list[str]) -> str:
     """A digest of the datasets' content (.idx bytes and .bin size), independent of mtime and location."""
     h = hashlib.sha256()
     for prefix in prefixes:
@@ -73,7 +74,7 @@ def _content_key(prefixes: list[str]) -> str:
 def index_cache_dir(cache_dir: str | None, prefixes: list[str]) -> str:
     """Where megatron-core keeps this blend's sample indices: `<cache_dir or data dir/cache>/<content digest>`."""
     root = Path(cache_dir) if cache_dir else Path(prefixes[0]).parent / "cache"
-    return str(root / _content_key(prefixes))
+    return str(root / dataset_content_key(prefixes))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -186,6 +187,19 @@ class PretrainingBatchSampler:
         return steps * (self.per_rank // self.micro_batch_size)
 
 
+class _NumberedSamples(torch.utils.data.Dataset):
+    """A dataset whose samples also carry their number in it (`sample_index`): what a teacher cache is keyed by."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], "sample_index": torch.tensor(index, dtype=torch.int64)}
+
+
 def collate(samples: list[dict]) -> Batch:
     """Stack GPTDataset samples into a micro-batch (dropping the blend's `dataset_id`)."""
     batch = {key: torch.stack([s[key] for s in samples]) for key in BATCH_KEYS}
@@ -197,10 +211,11 @@ def _worker_dies_with(parent_pid: int, _worker_id: int) -> None:
     die_with_parent(parent_pid)
 
 
-def _loader(dataset, sampler: PretrainingBatchSampler, num_workers: int) -> Iterator[Batch]:
+def load_batches(dataset, sampler: Iterable[list[int]], num_workers: int = 0) -> Iterator[Batch]:
+    """Micro-batches of `dataset` (megatron's GPTDataset), one per list of sample numbers `sampler` yields."""
     # Workers die with this process at once (torch's own watchdog would notice a dead parent only within seconds).
     loader = torch.utils.data.DataLoader(
-        dataset,
+        _NumberedSamples(dataset),
         batch_sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate,
@@ -222,6 +237,7 @@ def build_data_iterators(
     eval_iters: int,
     consumed_samples: int = 0,
     num_workers: int = 0,
+    dataset_samples: tuple[int, int] | None = None,
 ) -> tuple[Iterator[Batch], Callable[[], Iterator[Batch]] | None]:
     """(train iterator, factory of validation iterators) for this data-parallel rank.
 
@@ -229,7 +245,12 @@ def build_data_iterators(
     up to train_steps, global_batch_size / (micro_batch_size * dp_size) per step, then stops. Each call of the
     factory returns a fresh iterator over the same eval_iters global batches of the valid split (this rank's
     parts); the factory is None when data.split has no valid share or eval_iters is 0. Every batch is a dict of
-    `tokens`, `labels`, `position_ids` ([b, s] int64) and `loss_mask` ([b, s] float32); attention is causal.
+    `tokens`, `labels`, `position_ids` ([b, s] int64), `loss_mask` ([b, s] float32) and `sample_index` ([b] int64,
+    each sample's number in its split); attention is causal.
+
+    `dataset_samples`: the (train, valid) sizes to build the datasets with, at least what the run reads (default:
+    exactly that). megatron's shuffle depends on them, so a run that distils from a teacher cache passes the
+    cache's and reads the samples the cache holds.
 
     Collective when torch.distributed is initialised: every rank of the default group must call it (all TP/PP
     ranks of a data-parallel replica pass the same dp_rank and read the same batches).
@@ -243,13 +264,12 @@ def build_data_iterators(
             f"consumed_samples={consumed_samples} is beyond the run's {train_samples} samples "
             f"(train_steps * global_batch_size); raise optim.train_steps to train further."
         )
-    train_ds, valid_ds = build_datasets(
-        data_cfg, tokenizer, train_samples=train_samples, valid_samples=max(0, eval_iters) * global_batch_size
-    )
+    built_train, built_valid = dataset_samples or (train_samples, max(0, eval_iters) * global_batch_size)
+    train_ds, valid_ds = build_datasets(data_cfg, tokenizer, train_samples=built_train, valid_samples=built_valid)
     common = dict(
         micro_batch_size=micro_batch_size, global_batch_size=global_batch_size, dp_rank=dp_rank, dp_size=dp_size
     )
-    train_iter = _loader(
+    train_iter = load_batches(
         train_ds,
         PretrainingBatchSampler(total_samples=train_samples, consumed_samples=consumed_samples, **common),
         num_workers,
@@ -259,7 +279,7 @@ def build_data_iterators(
     valid_samples = eval_iters * global_batch_size
 
     def make_valid_iter() -> Iterator[Batch]:
-        return _loader(
+        return load_batches(
             valid_ds, PretrainingBatchSampler(total_samples=valid_samples, consumed_samples=0, **common), num_workers
         )
 
@@ -310,4 +330,4 @@ def build_test_iterator(
         dp_rank=dp_rank,
         dp_size=dp_size,
     )
-    return _loader(test_ds, sampler, num_workers), num_batches
+    return load_batches(test_ds, sampler, num_workers), num_batches

@@ -33,6 +33,9 @@ OBJECTIVES = (*LOSSES, "lm")
 """Every value `taid.loss` accepts."""
 FUSED = ("taid", "fkl")
 """The losses with a Triton kernel (`taid.loss_impl`)."""
+FROM_LOG_PROBS = ("taid", "fkl", "rkl", "tvd", "skew_fkl", "skew_rkl", "js")
+"""The objectives that see the teacher only through softmax(teacher logits), which a per-token constant does not
+change: they give the same loss from log p_T, so they can distil from a teacher cache (`teacher.cache`)."""
 
 
 @dataclass(frozen=True)
@@ -98,14 +101,16 @@ def objective_needs_teacher(name: str) -> bool:
 
 
 def model_roles(taid: TAIDConfig) -> tuple[str, ...]:
-    """The model sections a run with this objective builds: the student, and the teacher when the objective needs one
+    """The model sections a run with this objective uses: the student, and the teacher when the objective needs one
     (every `taid.loss` but `lm`)."""
     return ("student", "teacher") if objective_needs_teacher(taid.loss) else ("student",)
 
 
 def run_models(cfg: TrainConfig) -> dict[str, ModelConfig]:
-    """The model sections a run builds, by role (`model_roles`)."""
-    return {role: getattr(cfg, role) for role in model_roles(cfg.taid)}
+    """The model sections a run builds, by role: `model_roles`, less the teacher when it comes from a cache
+    (`teacher.cache`: its stored log-probs stand in for it)."""
+    roles = [role for role in model_roles(cfg.taid) if not (role == "teacher" and cfg.teacher.cache)]
+    return {role: getattr(cfg, role) for role in roles}
 
 
 def get_loss(taid: TAIDConfig) -> Objective:

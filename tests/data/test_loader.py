@@ -44,8 +44,9 @@ def test_batches_have_the_right_shapes_dtypes_and_labels_are_tokens_shifted_by_o
     train, _ = iterators(data_cfg([smoke_prefix], tmp_path), smoke_tok, mbs=3, gbs=12, steps=2)
     batches = list(train)
     assert len(batches) == 2 * 12 // 3
-    for batch in batches:
-        assert set(batch) == {"tokens", "labels", "loss_mask", "position_ids"}
+    for number, batch in enumerate(batches):
+        assert set(batch) == {"tokens", "labels", "loss_mask", "position_ids", "sample_index"}
+        assert torch.equal(batch["sample_index"], torch.arange(3 * number, 3 * number + 3))  # dp 1: in order
         for key, dtype in (
             ("tokens", torch.int64),
             ("labels", torch.int64),
@@ -88,6 +89,31 @@ def test_resuming_from_consumed_samples_yields_exactly_the_next_batches(tmp_path
     assert len(rest) == 4
     for a, b in zip(all_batches[8:], rest):
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sample_numbers_follow_the_sampler_and_the_dataset_sizes_fix_the_samples(tmp_path, smoke_prefix, smoke_tok):
+    """A teacher cache is keyed by sample number, and fixes the sizes megatron builds the datasets with (its shuffle
+    depends on them): a run with `dataset_samples` reads the samples of a run of that length."""
+    cfg = data_cfg([smoke_prefix], tmp_path)
+    resumed, _ = iterators(cfg, smoke_tok, dp_rank=1, dp_size=2, steps=3, consumed=8)
+    numbers = [batch["sample_index"].tolist() for batch in resumed]
+    assert numbers == [[12, 13], [14, 15], [20, 21], [22, 23]]  # rank 1's halves of global batches 1 and 2
+    long_run, _ = iterators(cfg, smoke_tok, steps=1000)  # 8,000 samples: more than one epoch of the corpus
+    short_run, _ = iterators(cfg, smoke_tok, steps=2)
+    short_as_long = build_data_iterators(
+        cfg,
+        smoke_tok,
+        micro_batch_size=2,
+        global_batch_size=8,
+        dp_rank=0,
+        dp_size=1,
+        train_steps=2,
+        eval_iters=2,
+        dataset_samples=(1000 * 8, 2 * 8),
+    )[0]
+    long_batches, short_batches, sized = (take(it, 8) for it in (long_run, short_run, short_as_long))
+    assert all(torch.equal(a["tokens"], b["tokens"]) for a, b in zip(long_batches, sized))
+    assert not all(torch.equal(a["tokens"], b["tokens"]) for a, b in zip(long_batches, short_batches))
 
 
 def test_dp_ranks_get_disjoint_parts_that_together_are_the_global_batch(tmp_path, smoke_prefix, smoke_tok):

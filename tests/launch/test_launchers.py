@@ -165,6 +165,22 @@ def test_torchrun_on_several_nodes_meets_at_a_c10d_store_hosted_by_node_rank_0()
     assert missing.returncode == 2 and "needs MASTER_ADDR" in missing.stderr and missing.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("launcher", ["launch/torchrun.sh", "launch/deepspeed.sh"])
+def test_taidtron_module_picks_what_the_ranks_run(launcher, tmp_path):
+    (tmp_path / "hostfile").write_text("gpu-node-01 slots=8\n")
+    env = {"DRY_RUN": "1", "NPROC": "2", "HOSTFILE": str(tmp_path / "hostfile")}
+    args = [launcher, "configs/smoke.yaml", "--out", "runs/x", "--top-k", "32", "parallel.tp=2"]
+    default = dry_run_command(run(args[:2], env=env).stdout)
+    assert "taidtron.train" in default and "taidtron.cache_teacher" not in default
+    proc = run(args, env={**env, "TAIDTRON_MODULE": "taidtron.cache_teacher"})
+    cmd = dry_run_command(proc.stdout)
+    module = cmd.index("taidtron.cache_teacher")
+    assert cmd[module + 1 :] == ["--config", "configs/smoke.yaml", "--out", "runs/x", "--top-k", "32", "parallel.tp=2"]
+    wrong = run(args[:2], env={**env, "TAIDTRON_MODULE": "os"})
+    assert wrong.returncode == 2 and "TAIDTRON_MODULE=os is not an entry point" in wrong.stderr
+    assert wrong.stderr.count("\n") == 1
+
+
 # ---- every documented launch command -----------------------------------------------------------------------------
 
 
@@ -199,6 +215,10 @@ def test_documented_launch_command_runs_as_written(doc, command, tmp_path):
 
     config = cmd[cmd.index("--config") + 1]
     overrides = cmd[cmd.index("--config") + 2 :]
+    if "taidtron.cache_teacher" in cmd:  # the cache writer's own options follow the config
+        from taidtron.cache_teacher import parse_args
+
+        overrides = parse_args(cmd[cmd.index("taidtron.cache_teacher") + 1 :]).overrides
     world = world_size(cmd, command)
     cfg = load_config(tmp_path / config, overrides)
     cfg.validate_layout(world)

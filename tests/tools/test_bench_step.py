@@ -64,3 +64,16 @@ def test_a_pair_that_needs_the_whole_gpu_refuses_a_baseline_beside_it():
         "error: pair 1.5b-7b needs most of one GPU's memory: its student-only baseline trainer must not be built "
         "beside it (out of memory on an H100); add --no-baseline or leave the pair out"
     )
+
+
+def test_cache_case_times_the_step_from_a_cache_against_the_student_and_online_steps(tmp_path):
+    out = tmp_path / "bench_step.json"
+    args = ["--pairs", "smoke", "--repeats", "1", "--warmup", "0", "--cache", "8", "--json", str(out)]
+    proc = run_cli(str(SCRIPT), *args, "parallel.global_batch_size=8", timeout=900)
+    (result,) = json.loads(out.read_text())["results"]
+    cache = result["cache"]
+    assert cache["top_k"] == 8 and cache["micro_batches"] == 2
+    for key in ("cache_ms", "student_ms", "online_ms", "rebuild_ms"):
+        assert cache[key] > 0, key
+    assert cache["cache_vs_student"] == cache["cache_ms"] / cache["student_ms"]
+    assert "from a top-8 cache" in proc.stdout

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from taidtron.experiments.paper_mini.dataset import prefix, tokenizer_path
@@ -100,12 +100,12 @@ def plan_jobs(work: Path, design: Design, data_fingerprint: dict) -> tuple[list[
     def pretraining_eval(steps: int) -> list[str]:
         return [f"logging.eval_interval={max(1, steps // 10)}", f"logging.eval_iters={design.pretraining_eval_iters}"]
 
-    def add_train(name, overrides, run_dir, steps, group, deps=(), teacher: Teacher | None = None) -> Job:
+    def add_train(
+        name, overrides, run_dir, steps, group, deps=(), teacher: Teacher | None = None, run: dict | None = None
+    ) -> Job:
         flops = 6 * _matmul_params(overrides, "student") + (2 * _matmul_params(overrides, "teacher") if teacher else 0)
-        job = Job(
-            name, "train", overrides, run_dir / "job.json", group, steps, list(deps), flops * tokens_per_step * steps
-        )
-        job.run_dir = run_dir
+        cost = flops * tokens_per_step * steps
+        job = Job(name, "train", overrides, run_dir / "job.json", group, steps, list(deps), cost, run_dir, run=run)
         jobs.append(job)
         return job
 
@@ -210,8 +210,8 @@ def plan_jobs(work: Path, design: Design, data_fingerprint: dict) -> tuple[list[
                     group,
                     deps,
                     teacher,
+                    run={"variant": variant, "arm": arm, "teacher": teacher.name if teacher else None, "seed": seed},
                 )
-                run.run = {"variant": variant, "arm": arm, "teacher": teacher.name if teacher else None, "seed": seed}
                 measured.append((arm, teacher, run_dir, run.name))
             for arm, trained_with, run_dir, train_name in measured:
                 for teacher in teachers if trained_with is None else (trained_with,):
@@ -240,16 +240,16 @@ def plan_jobs(work: Path, design: Design, data_fingerprint: dict) -> tuple[list[
                             max_batches=design.test_batches if variant == GENERAL else design.transfer.test_batches,
                         )
                     )
-    _assign_specs(jobs, data_fingerprint)
-    return jobs, cells
+    return _with_specs(jobs, data_fingerprint), cells
 
 
-def _assign_specs(jobs: list[Job], data_fingerprint: dict) -> None:
+def _with_specs(jobs: list[Job], data_fingerprint: dict) -> list[Job]:
     """Each job's spec: a hash of its resolved configuration (not its overrides: an edit of configs/paper_mini.yaml
     reruns what it changes), its measurement size, the data and its dependencies' specs."""
     from taidtron.config import load_config
 
     specs: dict[str, str] = {}
+    out = []
     for job in jobs:  # dependencies come first in the list
         payload = {
             "kind": job.kind,
@@ -258,7 +258,9 @@ def _assign_specs(jobs: list[Job], data_fingerprint: dict) -> None:
             "data": data_fingerprint,
             "deps": [specs[d] for d in job.deps],
         }
-        job.spec = specs[job.name] = hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
+        specs[job.name] = hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
+        out.append(replace(job, spec=specs[job.name]))
+    return out
 
 
 def finished(job: Job) -> dict | None:
