@@ -19,9 +19,23 @@ from functools import partial
 
 import torch
 import torch.distributed as dist
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from taidtron import overrides
-from taidtron.config import ModelConfig, OptimConfig, ParallelConfig, TAIDConfig, TrainConfig, padded_vocab_size
+from taidtron import checkpoint, console, overrides
+from taidtron.checkpoint import Checkpointer, TokenizerRef, describe_latest
+from taidtron.config import (
+    ModelConfig,
+    OptimConfig,
+    ParallelConfig,
+    TAIDConfig,
+    TrainConfig,
+    padded_vocab_size,
+    record_run_config,
+)
+from taidtron.data import build_data_iterators, check_blend, load_shared_tokenizer
 from taidtron.distributed import ParallelContext
 from taidtron.flops import count_parameters, distillation_flops_per_token, peak_flops
 from taidtron.losses import (
@@ -32,7 +46,10 @@ from taidtron.losses import (
     vocab_parallel_fkl_loss,
     vocab_parallel_lm_loss,
 )
+from taidtron.losses.diagnostics import vocab_parallel_entropy, vocab_parallel_top1_agreement
+from taidtron.metrics import MetricsLogger
 from taidtron.models import DistillationPair, build_gpt
+from taidtron.overrides.pipeline import pipeline_config, student_grad_schedule
 from taidtron.preemption import PREEMPTED_EXIT_CODE, StopSignal
 
 Batch = dict[str, torch.Tensor]
@@ -84,13 +101,6 @@ class Trainer:
         ctx: ParallelContext,
         vocab_size: int,
     ):
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-        from megatron.core.distributed.finalize_model_grads import finalize_model_grads
-        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-
-        from taidtron import checkpoint
-        from taidtron.overrides.pipeline import pipeline_config, student_grad_schedule
 
         self.objective = get_loss(taid)
         if self.objective.needs_teacher != (teacher is not None):
@@ -250,11 +260,15 @@ class Trainer:
 
     def _validation_terms(self, student_logits, teacher_logits, labels, terms: LossTerms) -> dict[str, torch.Tensor]:
         """Per-token validation metrics beyond the objective: the student's (and teacher's) next-token loss and
-        KL(teacher || student), over the true vocabulary."""
-        lm = partial(vocab_parallel_lm_loss, labels=labels, vocab_size=self.vocab_size, group=self.ctx.tp_group)
+        entropy, KL(teacher || student) and top-1 agreement, over the true vocabulary."""
+        shards = {"vocab_size": self.vocab_size, "group": self.ctx.tp_group}
+        lm = partial(vocab_parallel_lm_loss, labels=labels, **shards)
         out = {"student_lm": terms.lm if terms.lm is not None else lm(student_logits)}
+        out["student_entropy"] = vocab_parallel_entropy(student_logits, **shards)
         if teacher_logits is not None:
             out["teacher_lm"] = lm(teacher_logits)
+            out["teacher_entropy"] = vocab_parallel_entropy(teacher_logits, **shards)
+            out["top1_agreement"] = vocab_parallel_top1_agreement(student_logits, teacher_logits, **shards)
             out["kl_teacher_student"] = vocab_parallel_fkl_loss(
                 student_logits,
                 teacher_logits,
@@ -315,8 +329,9 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, batches: Iterator[Batch], num_steps: int) -> dict[str, float]:
-        """Validation at the current t (t is not updated): the objective's terms, the student's next-token loss and,
-        with a teacher, the teacher's next-token loss and KL(teacher || student)."""
+        """Validation at the current t (t is not updated): the objective's terms, the student's next-token loss and
+        entropy and, with a teacher, the teacher's next-token loss and entropy, KL(teacher || student) and top-1
+        agreement (the fraction of tokens whose most likely next token is the same for both)."""
         self.model.eval()
         totals: dict[str, float] = {}
         for _ in range(num_steps):
@@ -338,6 +353,9 @@ class Trainer:
             "student_lm": "valid_student_lm_loss",
             "teacher_lm": "valid_teacher_lm_loss",
             "kl_teacher_student": "valid_kl_teacher_student",
+            "top1_agreement": "valid_top1_agreement",
+            "student_entropy": "valid_student_entropy",
+            "teacher_entropy": "valid_teacher_entropy",
         }
         return {names[key]: totals[key] / tokens for key in names if key in totals}
 
@@ -348,9 +366,9 @@ class Trainer:
         if self.objective.distill_fn is None or self.objective.lm_loss_weight > 0:
             names.append("lm")
         if evaluate:
-            names += (
-                ["student_lm", "teacher_lm", "kl_teacher_student"] if self.objective.needs_teacher else ["student_lm"]
-            )
+            names += ["student_lm", "student_entropy"]
+            if self.objective.needs_teacher:
+                names += ["teacher_lm", "kl_teacher_student", "top1_agreement", "teacher_entropy"]
         return names
 
     def _global_sums(self, per_micro_batch: list[dict], *, evaluate: bool = False) -> dict[str, float]:
@@ -436,11 +454,6 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     """The whole run: build, resume, train with periodic eval/checkpoints, final eval and save. Returns the
     process exit code: 0 when done, PREEMPTED_EXIT_CODE after a signal-triggered save. `stop` should be created at
     process start, so a signal that arrives while the run is being built still ends in a save."""
-    from taidtron import console
-    from taidtron.checkpoint import Checkpointer, TokenizerRef
-    from taidtron.config import record_run_config
-    from taidtron.data import build_data_iterators, check_blend, load_shared_tokenizer
-    from taidtron.metrics import MetricsLogger
 
     tokenizer = load_shared_tokenizer(cfg.data)
     datasets = check_blend(cfg.data, tokenizer)  # files, index, sizes and tokenizer, before any model is built
@@ -533,7 +546,6 @@ def _step_row(trainer: Trainer, result: StepResult, cfg: TrainConfig, peak, worl
 def _on_skipped_step(result: StepResult, trainer: Trainer, optim: OptimConfig, ckpt_dir, logger) -> None:
     """Say that a step was skipped; stop the run (TrainingDiverged, exit code 2) after optim.max_skipped_steps in a
     row."""
-    from taidtron.checkpoint import describe_latest
 
     streak = trainer.consecutive_skips
     logger.write_console(
