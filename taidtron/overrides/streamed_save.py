@@ -1,5 +1,5 @@
 """A dist-checkpoint save that asks for each tensor as it writes it, so that a model never has to be in memory whole
-(checked: megatron-core 0.16.1, torch 2.13).
+(checked: megatron-core 0.16.1 and 0.19.2, torch 2.13).
 
 megatron-core's own torch_dist writer (`FileSystemWriterAsync.prepare_write_data`) resolves every tensor of the
 state dict before it writes the first byte; that is right for a training save, whose tensors exist anyway, and
@@ -13,8 +13,12 @@ What it relies on of megatron-core's torch_dist format, which its loader reads b
   private `strategies.torch._replace_state_dict_keys_with_sharded_keys` does, restated here with public names);
 - `strategies.torch.mcore_to_pyt_state_dict` turns those groups into what torch DCP saves, and
   `MCoreSavePlanner` plans them (both used as megatron-core uses them, with the meta tensors as data);
-- `metadata.json` (backend `torch_dist`, version 1) and `common.pt` are written by `dist_checkpointing.save`
-  itself, which calls this strategy for the sharded part.
+- `metadata.json` (backend `torch_dist`, version 1) and the common state (`common.pt` on 0.16; on 0.19 a
+  `common_state` ShardedObject handed to this strategy with the rest) are written by `dist_checkpointing.save`
+  itself, which calls this strategy for the sharded part;
+- megatron-core 0.19 replaces any strategy that is not a `strategies.torch.TorchDistSaveShardedStrategy` with its
+  default one (which would resolve every meta tensor at once), so from 0.19 the strategy subclasses that class and
+  overrides its `save`; 0.16's `strategies.base.SaveShardedStrategy` is gone in 0.19.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from pathlib import Path
 
 import torch
 
-CHECKED_MEGATRON_CORE = ("0.16.1",)
+from taidtron.overrides.versions import megatron_core_at_least
+
+CHECKED_MEGATRON_CORE = ("0.16.1", "0.19.2")
 
 Materialize = Callable[[str, tuple[int, ...], tuple[int, ...]], torch.Tensor]
 """(DCP key, chunk offsets, chunk sizes) -> the chunk's values, a tensor of exactly `sizes` (layer axis included)."""
@@ -38,8 +44,12 @@ def streamed_save_strategy(materialize: Materialize):
     import torch.distributed.checkpoint as dcp
     from megatron.core.dist_checkpointing.dict_utils import nested_values
     from megatron.core.dist_checkpointing.mapping import ShardedObject, is_main_replica
-    from megatron.core.dist_checkpointing.strategies.base import SaveShardedStrategy
     from megatron.core.dist_checkpointing.strategies.torch import MCoreSavePlanner, mcore_to_pyt_state_dict
+
+    if megatron_core_at_least("0.19"):
+        from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy as SaveStrategy
+    else:
+        from megatron.core.dist_checkpointing.strategies.base import SaveShardedStrategy as SaveStrategy
     from torch.distributed.checkpoint import FileSystemWriter
     from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.planner import WriteItemType
@@ -60,7 +70,7 @@ def streamed_save_strategy(materialize: Materialize):
                 )
             return tensor
 
-    class _StreamedSave(SaveShardedStrategy):
+    class _StreamedSave(SaveStrategy):
         def __init__(self) -> None:
             super().__init__("torch_dist", 1)  # what megatron-core's loader reads
 
