@@ -34,23 +34,29 @@ import time
 from pathlib import Path
 
 from taidtron.io import atomic_write_json  # no torch: this process stays small (see above)
+from taidtron.lifetime import die_with_parent
 
 REPO = Path(__file__).resolve().parents[2]
 MIB = 2**20
 
 
 def run(command: list[str], env: dict | None = None) -> tuple[int, float, str]:
-    """Run `command`: its peak resident set size in bytes, its wall time and its stdout. Fails on a non-zero exit."""
+    """Run `command`: its peak resident set size in bytes, its wall time and its stdout. Fails on a non-zero exit.
+    The command ends with this process (`die_with_parent`)."""
+    parent = os.getpid()
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         start = time.perf_counter()
-        proc = subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)  # reaps it: Popen must not wait for it again
+        proc = subprocess.Popen(
+            command, env=env, stdout=stdout, stderr=stderr, text=True, preexec_fn=lambda: die_with_parent(parent)
+        )
+        _, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage, which Popen.wait does not give
         seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.wait()  # already reaped: Popen only records that the process is gone
+        code = os.waitstatus_to_exitcode(status)
         stdout.seek(0)
         stderr.seek(0)
-        if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(command)} exited {proc.returncode}:\n{stderr.read()[-3000:]}")
+        if code != 0:
+            raise SystemExit(f"{' '.join(command)} exited {code}:\n{stderr.read()[-3000:]}")
         return usage.ru_maxrss * 1024, seconds, stdout.read()  # ru_maxrss is in KiB on Linux
 
 
