@@ -164,8 +164,8 @@ class TAIDConfig:
     """The training objective and TAID's adaptive interpolation schedule (docs/taid.md)."""
 
     loss: str = "taid"
-    """Objective: taid; a baseline fkl, rkl, tvd, skew_fkl, skew_rkl, js; or lm (next-token training of the student
-    alone: no teacher is built, the teacher section is ignored)."""
+    """Objective: taid; a baseline fkl, rkl, tvd, skew_fkl, skew_rkl, js, akl, ctkd, dkd; or lm (next-token training
+    of the student alone: no teacher is built, the teacher section is ignored). docs/taid.md defines each."""
     t_start: float = 0.4
     """Interpolation t at step 0."""
     t_end: float = 1.0
@@ -181,6 +181,22 @@ class TAIDConfig:
     js_beta: float = 0.1
     """Teacher weight of the generalized Jensen-Shannon baseline (js): beta KL(p_T || m) + (1 - beta) KL(q || m),
     m = beta p_T + (1 - beta) q. 0.1 as in the official TAID code."""
+    akl_mu: float = 0.5
+    """akl: the head is the teacher's likeliest tokens, holding mass 1 - akl_mu (the official mu, 0.5)."""
+    dkd_alpha: float = 1.0
+    """dkd: weight of the target-class term TCKD (official 1.0)."""
+    dkd_beta: float = 0.5
+    """dkd: weight of the non-target term NCKD (official 0.5)."""
+    dkd_temperature: float = 1.0
+    """dkd: softmax temperature tau; the loss is scaled by tau^2 (official 1.0)."""
+    ctkd_min_temperature: float = 1.0
+    """ctkd: the learned temperature is min + (max - min) * sigmoid(theta) (official 1 + 20 * sigmoid(theta))."""
+    ctkd_max_temperature: float = 21.0
+    """ctkd: upper bound of the learned temperature."""
+    ctkd_lambda_max: float = 1.0
+    """ctkd: the largest strength of the gradient reversal on the temperature (CTKD: 1)."""
+    ctkd_ramp_fraction: float = 10 / 240
+    """ctkd: share of optim.train_steps over which that strength rises from 0 (CTKD: 10 of 240 epochs)."""
     lm_loss_weight: float = 0.0
     """Weight of the next-token cross-entropy added to a distillation loss (0: pure distillation, as the paper). t is
     driven by the distillation term alone."""
@@ -192,7 +208,7 @@ class TAIDConfig:
     loss picks about 2**20 logits per chunk on CPU and 2**26 on GPU."""
 
     def __post_init__(self) -> None:
-        valid = ("taid", "fkl", "rkl", "tvd", "skew_fkl", "skew_rkl", "js", "lm")  # = taidtron.losses.OBJECTIVES
+        valid = ("taid", "fkl", "rkl", "tvd", "skew_fkl", "skew_rkl", "js", "akl", "ctkd", "dkd", "lm")  # = OBJECTIVES
         if self.loss not in valid:
             raise ConfigError(f"taid.loss={self.loss!r} is unknown; choose one of {', '.join(valid)}.")
         if not 0.0 <= self.t_start <= self.t_end <= 1.0:
@@ -207,6 +223,26 @@ class TAIDConfig:
             raise ConfigError(f"taid.loss_impl={self.loss_impl!r}; use auto, triton or torch.")
         if self.lm_loss_weight < 0:
             raise ConfigError(f"taid.lm_loss_weight={self.lm_loss_weight} must be >= 0.")
+        for ok, problem in (  # the baselines' own keys (docs/taid.md)
+            (0.0 < self.akl_mu < 1.0, f"taid.akl_mu={self.akl_mu} must be in (0, 1)"),
+            (
+                self.dkd_alpha >= 0 and self.dkd_beta >= 0,
+                f"taid.dkd_alpha ({self.dkd_alpha}) and taid.dkd_beta ({self.dkd_beta}) must be >= 0",
+            ),
+            (self.dkd_temperature > 0, f"taid.dkd_temperature={self.dkd_temperature} must be > 0"),
+            (
+                0.0 < self.ctkd_min_temperature < self.ctkd_max_temperature,
+                f"need 0 < taid.ctkd_min_temperature ({self.ctkd_min_temperature}) < taid.ctkd_max_temperature "
+                f"({self.ctkd_max_temperature})",
+            ),
+            (self.ctkd_lambda_max >= 0, f"taid.ctkd_lambda_max={self.ctkd_lambda_max} must be >= 0"),
+            (
+                0.0 <= self.ctkd_ramp_fraction <= 1.0,
+                f"taid.ctkd_ramp_fraction={self.ctkd_ramp_fraction} must be in [0, 1]",
+            ),
+        ):
+            if not ok:
+                raise ConfigError(problem + ".")
 
 
 @dataclass(kw_only=True)

@@ -12,6 +12,7 @@ With an objective that needs no teacher (`taid.loss=lm`) the same loop trains th
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from taidtron.distributed import ParallelContext
 from taidtron.flops import count_parameters, distillation_flops_per_token, peak_flops
 from taidtron.losses import (
     LossTerms,
+    ObjectiveParameters,
     TAIDSchedule,
     get_loss,
     model_roles,
@@ -203,6 +205,9 @@ class Trainer:
         self.schedule = TAIDSchedule(
             t_start=taid.t_start, t_end=taid.t_end, alpha=taid.alpha, beta=taid.beta, adaptive=taid.adaptive
         )
+        # The objective's own parameters (ctkd's temperature), trained beside the student by an AdamW of their own.
+        trainable = self.objective.trainable
+        self.objective_parameters = None if trainable is None else ObjectiveParameters(trainable, optim, ctx.device)
 
         # megatron's schedules read their hooks from the model config.
         model_config = pair.config
@@ -286,6 +291,8 @@ class Trainer:
         self.model.train()
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
+        if self.objective_parameters is not None:
+            self.objective_parameters.start_step(min(self.step, self.schedule_steps), self.schedule_steps)
         per_micro_batch = self.forward_backward(
             forward_step_func=self._forward_step,
             data_iterator=micro_batches,
@@ -299,10 +306,22 @@ class Trainer:
         tokens = max(sums["tokens"], 1.0)
         loss = (sums["distill"] if self.objective.needs_teacher else sums["lm"]) / tokens
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses, before the scheduler moves it
-        # Decided from the global loss and the global gradient norm, so every rank applies or skips alike.
-        applied, grad_norm = overrides.step_if_finite(self.optimizer, loss=loss, clip_grad=self.optim_cfg.clip_grad)
+        finite = True
+        if self.objective_parameters is not None:  # like the loss, their gradient lives on the last stage
+            finite = self.objective_parameters.reduce_gradients(
+                holds_gradient=self.ctx.is_last_stage and self.ctx.tp_rank == 0,
+                tokens=tokens,
+                group=dist.group.WORLD if self.ctx.world_size > 1 else None,
+            )
+        # Decided from the global loss and the global gradient norm, so every rank applies or skips alike (a
+        # non-finite gradient of the objective's own parameters counts as a non-finite loss).
+        applied, grad_norm = overrides.step_if_finite(
+            self.optimizer, loss=loss if finite else math.nan, clip_grad=self.optim_cfg.clip_grad
+        )
         taid_t = self.schedule.t if self.objective.uses_t else None
         if applied:
+            if self.objective_parameters is not None:
+                self.objective_parameters.step(lr)
             self.scheduler.step(increment=1)
             if self.objective.uses_t:
                 # t moves once per optimizer step from the global mean, so every rank and layout sees the same t;
@@ -387,7 +406,7 @@ class Trainer:
     # state for checkpoints
 
     def state_dict(self) -> dict:
-        return {
+        state = {
             "step": self.step,
             "consumed_samples": self.consumed_samples,
             "taid": self.schedule.state_dict(),
@@ -395,6 +414,9 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "consecutive_skips": self.consecutive_skips,
         }
+        if self.objective_parameters is not None:
+            state["objective"] = self.objective_parameters.state_dict()
+        return state
 
     def load_state_dict(self, state: dict, *, stretch_schedule: bool = False) -> None:
         """Restore the trainer's part of a checkpoint (after `checkpoint.load_checkpoint` restored the weights and
@@ -406,6 +428,13 @@ class Trainer:
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.consecutive_skips = int(state.get("consecutive_skips", 0))
         self.schedule.load_state_dict(state["taid"])
+        if self.objective_parameters is not None:
+            if "objective" not in state:
+                raise ValueError(
+                    f"taid.loss={self.objective.name} trains parameters of its own, but the checkpoint holds none; "
+                    "resume it with the objective it was trained with, or start a new run."
+                )
+            self.objective_parameters.load_state_dict(state["objective"])
         self.scheduler.load_state_dict(state["scheduler"])
         horizon = (
             self.optim_cfg.train_steps if stretch_schedule else overrides.saved_schedule_horizon(state["scheduler"])

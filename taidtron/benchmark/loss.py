@@ -18,6 +18,9 @@ Variants:
   triton     the same with impl="triton": the Triton kernels (default on CUDA; on CPU only under TRITON_INTERPRET=1,
              where the timing means nothing)
   copy       not a loss: copies one logits-sized tensor, giving the memory bandwidth (read + write) of this run
+  loss:NAME  taidtron.losses.LOSSES[NAME] (any registered loss; taid and fkl on their torch path), e.g. loss:fkl,
+             loss:akl; ctkd with a temperature that requires grad (its initial 1 + 20 sigmoid(1)), dkd with random
+             labels. Compare them with --baseline loss:fkl; being other objectives, they get no agreement check.
 
 Agreement: every loss variant also reports its loss and its gradient on 8 sampled rows; the driver compares the
 losses with the official formula's and the gradient rows with the official formula evaluated in float64 on those
@@ -80,6 +83,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="also time the Triton kernels at these launch configurations (TILE_ELEMENTS, MAX_BLOCK_V, "
         "NUM_WARPS[, NUM_STAGES] of triton_taid.py), one row each, e.g. 2048x2048x8,512x512x2",
     )
+    p.add_argument(
+        "--baseline",
+        default="official",
+        help="the variant the speedup and memory ratios are against (default official), e.g. loss:fkl",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_grads", type=Path, default=None, help=argparse.SUPPRESS)
@@ -140,7 +148,29 @@ def _loss_function(variant: str, args):
     if variant == "chunked" or variant.startswith("triton"):
         impl = "torch" if variant == "chunked" else "triton"
         return lambda a, b: vocab_parallel_taid_loss(a, b, args.t, chunk_tokens=args.chunk_tokens, impl=impl).mean()
+    if variant.startswith("loss:"):
+        return _registered_loss(variant.split(":", 1)[1], args)
     raise ValueError(f"unknown variant {variant}")
+
+
+def _registered_loss(name: str, args):
+    """A loss of the registry with the options it needs, reduced to a mean like the other variants."""
+    import torch
+
+    from taidtron.losses import LOSSES
+
+    device = torch.device(args.device)
+    options = {"impl": "torch"} if name in ("taid", "fkl") else {}
+    if name == "ctkd":
+        options["temperature"] = (1 + 20 * torch.sigmoid(torch.ones((), device=device))).requires_grad_(True)
+    if name == "dkd":
+        generator = torch.Generator(device=device).manual_seed(1)
+        options["labels"] = torch.randint(0, args.vocab, (args.tokens,), generator=generator, device=device)
+
+    def loss(a, b):
+        return LOSSES[name](a, b, t=args.t, vocab_size=None, group=None, chunk_tokens=args.chunk_tokens, **options)
+
+    return lambda a, b: loss(a, b).mean()
 
 
 @contextlib.contextmanager
@@ -269,7 +299,8 @@ def run_workers(variants: list[str], argv: list[str], device: str, grads: Path):
 
 def agreement(grads: Path, args, variants: list[str]) -> dict:
     """Each variant's loss against the official formula's, its gradient rows against the official formula in float64
-    on the same rows (the mean over all tokens: each row's gradient is divided by --tokens)."""
+    on the same rows (the mean over all tokens: each row's gradient is divided by --tokens). loss:NAME variants are
+    other objectives than the official formula's and are not compared."""
     import torch
 
     inputs = torch.load(grads / "inputs.pt")
@@ -282,7 +313,7 @@ def agreement(grads: Path, args, variants: list[str]) -> dict:
     out = {}
     for variant in variants:
         path = grads / f"{variant.replace(':', '_')}.pt"
-        if variant == "copy" or not path.is_file():
+        if variant == "copy" or variant.startswith("loss:") or not path.is_file():
             continue
         got = torch.load(path)
         grad_error = (got["grad_rows"] - reference).abs().max().item() / scale
@@ -330,6 +361,7 @@ def main(argv=None) -> int:
         "loadavg_before": os.getloadavg(),
         "gradient_bytes": grad_bytes,
         "command": "python tools/bench_loss.py " + " ".join(raw),
+        "baseline": args.baseline,
         "agreement_tolerance": {"grad_relative_to_max": GRAD_TOLERANCE[args.dtype], "loss_relative": LOSS_TOLERANCE},
     }
     start, results = time.monotonic(), []
@@ -364,17 +396,17 @@ def _summarize(info: dict, results: list[dict], grad_bytes: int, start: float) -
     info["all_agree"] = bool(checked) and all(r["agrees"] for r in checked)
     info["loadavg_after"] = os.getloadavg()
     info["seconds"] = round(time.monotonic() - start, 1)
-    _add_ratios(results, grad_bytes, info.get("floor_5_passes_ms"))
+    _add_ratios(results, grad_bytes, info.get("floor_5_passes_ms"), info["baseline"])
 
 
-def _add_ratios(results: list[dict], grad_bytes: int, floor_5: float | None) -> None:
-    base = next((r for r in results if r["variant"] == "official" and "error" not in r), None)
+def _add_ratios(results: list[dict], grad_bytes: int, floor_5: float | None, baseline: str) -> None:
+    base = next((r for r in results if r["variant"] == baseline and "error" not in r), None)
     for r in results:
         if "error" in r or r["variant"] == "copy":
             continue
         if base:
-            r["speedup_vs_official"] = base["median_ms"] / r["median_ms"]
-            r["memory_ratio_vs_official"] = base["extra_peak_bytes"] / max(r["extra_peak_bytes"], 1)
+            r["speedup_vs_baseline"] = base["median_ms"] / r["median_ms"]
+            r["memory_ratio_vs_baseline"] = base["extra_peak_bytes"] / max(r["extra_peak_bytes"], 1)
         r["extra_peak_vs_gradient"] = r["extra_peak_bytes"] / grad_bytes
         if floor_5:
             r["vs_floor_5_passes"] = r["median_ms"] / floor_5
@@ -383,8 +415,8 @@ def _add_ratios(results: list[dict], grad_bytes: int, floor_5: float | None) -> 
 def render(info: dict, results: list[dict]) -> str:
     width = max(10, *(len(r["variant"]) for r in results))
     lines = [
-        f"TAID loss fwd+bwd, {info['tokens']} tokens x {info['vocab']} vocab, {info['dtype']}, {info['machine']}, "
-        f"median of {info['repeats']}",
+        f"loss fwd+bwd, {info['tokens']} tokens x {info['vocab']} vocab, {info['dtype']}, {info['machine']}, "
+        f"median of {info['repeats']}; ratios against {info['baseline']}",
         f"{'variant':<{width}} {'median ms':>10} {'min ms':>8} {'speedup':>8} {'extra peak GB':>14} {'x grad':>7} "
         f"{'less memory':>12} {'x floor5':>9} {'loss':>10} {'agrees':>7}",
     ]
@@ -398,8 +430,8 @@ def render(info: dict, results: list[dict]) -> str:
             )
         else:
             speed, memory = (
-                (f"{r['speedup_vs_official']:.2f}x", f"{r['memory_ratio_vs_official']:.2f}x")
-                if "speedup_vs_official" in r
+                (f"{r['speedup_vs_baseline']:.2f}x", f"{r['memory_ratio_vs_baseline']:.2f}x")
+                if "speedup_vs_baseline" in r
                 else ("-", "-")
             )
             floor = f"{r['vs_floor_5_passes']:.2f}x" if "vs_floor_5_passes" in r else "-"
@@ -416,11 +448,12 @@ def render(info: dict, results: list[dict]) -> str:
             "backward reads s and T again: the Triton kernels' floor)"
         )
     tol = info["agreement_tolerance"]
-    lines.append(
-        f"agreement: losses within {tol['loss_relative']:g} of the official formula's, gradients on "
-        f"{SAMPLED_ROWS} sampled rows within {tol['grad_relative_to_max']:g} of the largest float64 reference value: "
-        f"{'all agree' if info['all_agree'] else 'NOT ALL AGREE'}"
-    )
+    if any("agrees" in r for r in results):  # loss:NAME rows are other objectives: nothing to compare
+        lines.append(
+            f"agreement: losses within {tol['loss_relative']:g} of the official formula's, gradients on "
+            f"{SAMPLED_ROWS} sampled rows within {tol['grad_relative_to_max']:g} of the largest float64 reference "
+            f"value: {'all agree' if info['all_agree'] else 'NOT ALL AGREE'}"
+        )
     method = next((r["memory_method"] for r in results if "memory_method" in r), "?")
     lines.append(
         f"(the gradient alone is {info['gradient_bytes'] / 1e9:.3f} GB; GB = 1e9 bytes; memory: {method}; "

@@ -10,6 +10,9 @@ callable, so nothing outside `taidtron.losses` branches on loss names.
 Objectives: `taid` and the baselines of `LOSSES` (distillation; `taid.lm_loss_weight` > 0 adds that weight times the
 next-token cross-entropy to the total), and `lm`, plain next-token training of the student without a teacher (teacher
 pretraining, the no-teacher floor of comparisons).
+
+An objective may have parameters of its own (`ctkd`: its learned temperature, `Objective.trainable`), trained beside
+the student: the trainer wraps them in `ObjectiveParameters` (their AdamW, gradient reduction and checkpoint state).
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import torch
+import torch.distributed
 
-from taidtron.config import ModelConfig, TAIDConfig, TrainConfig
+from taidtron.config import ModelConfig, OptimConfig, TAIDConfig, TrainConfig
+from taidtron.losses.ctkd import CurriculumTemperature
 from taidtron.losses.lm import vocab_parallel_lm_loss
-from taidtron.losses.vocab_parallel import LOSSES
+from taidtron.losses.registry import LOSSES
 
 OBJECTIVES = (*LOSSES, "lm")
 """Every value `taid.loss` accepts."""
@@ -54,6 +59,8 @@ class Objective:
     distill_fn: Callable[..., torch.Tensor] | None
     options: dict[str, float] = field(default_factory=dict)
     """The `taid` keys that parametrise this loss and their values (e.g. {"skew": 0.1}), for the start-up banner."""
+    trainable: CurriculumTemperature | None = None
+    """The loss's own parameters (ctkd's temperature), trained beside the student; None for every other loss."""
 
     def __call__(
         self,
@@ -67,7 +74,10 @@ class Objective:
     ) -> LossTerms:
         distill = lm = None
         if self.distill_fn is not None:
-            distill = self.distill_fn(student_logits, teacher_logits, t=t, vocab_size=vocab_size, group=group)
+            extra = {} if self.trainable is None else {"temperature": self.trainable()}
+            distill = self.distill_fn(
+                student_logits, teacher_logits, t=t, vocab_size=vocab_size, group=group, labels=labels, **extra
+            )
         if self.distill_fn is None or self.lm_loss_weight > 0:
             lm = vocab_parallel_lm_loss(
                 student_logits, labels, vocab_size=vocab_size, group=group, chunk_tokens=self.chunk_tokens
@@ -99,7 +109,8 @@ def run_models(cfg: TrainConfig) -> dict[str, ModelConfig]:
 
 
 def get_loss(taid: TAIDConfig) -> Objective:
-    """The objective `taid.loss` names, with the section's options (skew, js_beta, chunk_tokens, lm_loss_weight)."""
+    """The objective `taid.loss` names, with the section's options (skew, js_beta, akl_mu, dkd_*, ctkd_*,
+    chunk_tokens, loss_impl, lm_loss_weight); for ctkd with a fresh temperature (`Objective.trainable`)."""
     _check_name(taid.loss)
     if taid.loss_impl != "auto" and taid.loss not in FUSED:
         raise ValueError(
@@ -120,10 +131,21 @@ def get_loss(taid: TAIDConfig) -> Objective:
     if taid.loss in FUSED:
         options["impl"] = taid.loss_impl
     shown: dict[str, float] = {}
+    trainable = None
     if taid.loss in ("skew_fkl", "skew_rkl"):
         options["skew"] = shown["skew"] = taid.skew
     elif taid.loss == "js":
         options["beta"] = shown["js_beta"] = taid.js_beta
+    elif taid.loss == "akl":
+        options["mu"] = shown["akl_mu"] = taid.akl_mu
+    elif taid.loss == "dkd":
+        options["alpha"] = shown["dkd_alpha"] = taid.dkd_alpha
+        options["beta"] = shown["dkd_beta"] = taid.dkd_beta
+        options["temperature"] = shown["dkd_temperature"] = taid.dkd_temperature
+    elif taid.loss == "ctkd":
+        ctkd = {key: getattr(taid, f"ctkd_{key}") for key in CTKD_KEYS}
+        trainable = CurriculumTemperature(**ctkd)
+        shown.update({f"ctkd_{key}": value for key, value in ctkd.items()})
     return Objective(
         name=taid.loss,
         needs_teacher=True,
@@ -133,7 +155,93 @@ def get_loss(taid: TAIDConfig) -> Objective:
         impl=taid.loss_impl,
         distill_fn=partial(LOSSES[taid.loss], **options),
         options=shown,
+        trainable=trainable,
     )
+
+
+CTKD_KEYS = ("min_temperature", "max_temperature", "lambda_max", "ramp_fraction")
+"""The `taid.ctkd_*` keys, `CurriculumTemperature`'s arguments."""
+
+
+class ObjectiveParameters:
+    """The objective's own parameters (`Objective.trainable`: ctkd's temperature) as the trainer drives them, beside
+    megatron's optimizer of the student: their own AdamW (the run's betas and eps and the student's learning rate
+    of each step; no weight decay), their gradient summed over data-parallel ranks per global token like the
+    student's, and their state in the trainer's checkpoint state (JSON numbers, restored exactly).
+
+    Per optimizer step: `start_step` (before the micro-batches), `reduce_gradients` (after them, on every rank),
+    then `step` when the trainer applies the step.
+    """
+
+    def __init__(self, module: CurriculumTemperature, optim: OptimConfig, device: torch.device):
+        self.module = module.to(device)
+        self.parameters = list(module.parameters())
+        self.optimizer = torch.optim.AdamW(
+            self.parameters,
+            lr=optim.lr,
+            betas=(optim.adam_beta1, optim.adam_beta2),
+            eps=optim.adam_eps,
+            weight_decay=0.0,
+        )
+
+    def start_step(self, step: int, total_steps: int) -> None:
+        """Zero the gradients and set the curriculum for the step after `step` optimizer steps of `total_steps`."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.module.set_progress(step, total_steps)
+
+    def reduce_gradients(self, *, holds_gradient: bool, tokens: float, group) -> bool:
+        """Make every rank's gradient the global one: the sum over the ranks with `holds_gradient` (the last
+        pipeline stage's tensor-parallel rank 0 of each data-parallel replica: the other TP ranks hold copies)
+        divided by the global token count, as megatron does for the student. One SUM all-reduce over `group` (the
+        whole world; None: a single process). Returns whether the gradient is finite (else the step must be
+        skipped)."""
+        flat = torch.cat(
+            [
+                p.grad.reshape(-1).float() if holds_gradient and p.grad is not None else p.new_zeros(p.numel())
+                for p in self.parameters
+            ]
+        )
+        if group is not None:
+            torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM, group=group)
+        flat /= tokens
+        offset = 0
+        for p in self.parameters:
+            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+        return bool(torch.isfinite(flat).all())
+
+    def step(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+
+    def state_dict(self) -> dict:
+        """The parameters and AdamW's state as JSON numbers (fp32 values are exact as Python floats)."""
+        state = self.optimizer.state_dict()["state"]
+        return {
+            "parameters": [p.detach().reshape(-1).tolist() for p in self.parameters],
+            "adam": [
+                {key: torch.as_tensor(value).reshape(-1).tolist() for key, value in state[i].items()}
+                if i in state
+                else {}
+                for i in range(len(self.parameters))
+            ],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for p, values in zip(self.parameters, state["parameters"], strict=True):
+                p.copy_(torch.tensor(values, dtype=p.dtype).view_as(p))
+        full = self.optimizer.state_dict()
+        full["state"] = {
+            i: {
+                key: torch.tensor(values, dtype=torch.float32).reshape(() if key == "step" else p.shape)
+                for key, values in saved.items()
+            }
+            for i, (p, saved) in enumerate(zip(self.parameters, state["adam"], strict=True))
+            if saved
+        }
+        self.optimizer.load_state_dict(full)
 
 
 def _check_name(name: str) -> None:

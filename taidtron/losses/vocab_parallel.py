@@ -10,15 +10,9 @@ Conventions shared by every loss here (megatron layout):
     `group`. Each rank back-propagates its own copy (as megatron's vocab_parallel_cross_entropy): the gradient it
     receives is for its own vocabulary slice, in the logits' dtype. The teacher never receives a gradient.
   * No temperature; all statistics in fp32. Logits in the true vocabulary must be finite (padding may hold anything).
+    (The baselines in `akl.py`, `ctkd.py` and `dkd.py` follow the same conventions; ctkd and dkd have temperatures.)
 
-Every loss is also in `LOSSES` under one uniform signature, so a trainer can call any of them the same way:
-
-    per_token = LOSSES[name](student_logits, teacher_logits, t=t, vocab_size=V, group=tp_group, **options)
-
-(`taidtron.losses.get_loss(taid_cfg)` binds the options from the config for the trainer.)
-
-`t` is used by `taid` only (the others ignore it); options are `chunk_tokens` (all), `impl` (taid, fkl: "auto",
-"triton" or "torch"), `skew` (skew_fkl, skew_rkl) and `beta` (js). An option a loss does not take raises TypeError.
+Every loss is also in `taidtron.losses.registry.LOSSES` under one uniform signature (`registry.py`).
 """
 
 from __future__ import annotations
@@ -376,13 +370,22 @@ def _divergence_chunk(student, teacher, group, terms, options):
     return _SumOverVocabShards.apply(terms(log_p, log_q, **options).sum(dim=-1), group)
 
 
-def _vocab_parallel_divergence(student_logits, teacher_logits, vocab_size, group, chunk_tokens, terms, **options):
-    """Sum over the sharded vocabulary of `terms(log_p_teacher, log_q_student)`, per token, chunked over tokens.
+def vocab_parallel_chunks(
+    student_logits,
+    teacher_logits,
+    vocab_size,
+    group,
+    chunk_tokens,
+    chunk_loss: Callable,
+    prepare: Callable | None = None,
+) -> torch.Tensor:
+    """Per-token `chunk_loss(student_chunk, teacher_chunk, *prepare(teacher_chunk))` over chunks of tokens, on this
+    rank's valid (non-padding) columns; the losses that autograd differentiates (the baselines) run on it.
 
     With gradients on, each chunk runs under activation checkpointing, so only the logits are kept between forward
-    and backward and the fp32 temporaries are bounded by one chunk (recomputed in the backward). Collectives per
-    chunk: forward 3 all-reduces (MAX [chunk, 2], SUM [chunk, 2] for both log-softmaxes, SUM [chunk] of the
-    partial divergences); backward 3 (the recompute's MAX and SUM, and SUM [chunk] of the log-sum-exp gradient).
+    and backward and the fp32 temporaries are bounded by one chunk (recomputed in the backward). `prepare` (optional)
+    runs once per chunk outside the checkpoint, without gradients, so what it computes from the teacher (AKL's
+    head/tail split) and its collectives are not repeated by the backward's recompute.
     """
     _, _, n_valid, chunk_tokens = _check_inputs(student_logits, teacher_logits, vocab_size, group, chunk_tokens)
     lead, local_vocab = student_logits.shape[:-1], student_logits.shape[-1]
@@ -393,13 +396,28 @@ def _vocab_parallel_divergence(student_logits, teacher_logits, vocab_size, group
     grad_needed = torch.is_grad_enabled() and student.requires_grad
     losses = []
     for s_chunk, t_chunk in zip(torch.split(student, chunk_tokens), torch.split(teacher, chunk_tokens)):
-        if grad_needed:
-            losses.append(checkpoint(_divergence_chunk, s_chunk, t_chunk, group, terms, options, use_reentrant=False))
+        if prepare is None:
+            extra = ()
         else:
-            losses.append(_divergence_chunk(s_chunk, t_chunk, group, terms, options))
+            with torch.no_grad():
+                extra = prepare(t_chunk)
+        if grad_needed:
+            losses.append(checkpoint(chunk_loss, s_chunk, t_chunk, *extra, use_reentrant=False))
+        else:
+            losses.append(chunk_loss(s_chunk, t_chunk, *extra))
     if not losses:  # zero tokens
         return student_logits.new_zeros(lead, dtype=torch.float32)
     return torch.cat(losses).view(lead)
+
+
+def _vocab_parallel_divergence(student_logits, teacher_logits, vocab_size, group, chunk_tokens, terms, **options):
+    """Sum over the sharded vocabulary of `terms(log_p_teacher, log_q_student)`, per token, chunked over tokens
+    (`vocab_parallel_chunks`). Collectives per chunk: forward 3 all-reduces (MAX [chunk, 2], SUM [chunk, 2] for
+    both log-softmaxes, SUM [chunk] of the partial divergences); backward 3 (the recompute's MAX and SUM, and SUM
+    [chunk] of the log-sum-exp gradient).
+    """
+    chunk_loss = functools.partial(_divergence_chunk, group=group, terms=terms, options=options)
+    return vocab_parallel_chunks(student_logits, teacher_logits, vocab_size, group, chunk_tokens, chunk_loss)
 
 
 def _check_weight(name: str, value: float, low_open: bool) -> float:
@@ -447,32 +465,3 @@ def vocab_parallel_js_loss(student_logits, teacher_logits, *, beta=0.1, vocab_si
     return _vocab_parallel_divergence(
         student_logits, teacher_logits, vocab_size, group, chunk_tokens, _math.js_terms, beta=beta
     )
-
-
-# ---- registry -----------------------------------------------------------------------------------------------------
-
-
-def _uniform(fn: Callable, takes_t: bool) -> Callable:
-    def loss(student_logits, teacher_logits, *, t, vocab_size, group, **options):
-        if takes_t:
-            return fn(student_logits, teacher_logits, t, vocab_size=vocab_size, group=group, **options)
-        return fn(student_logits, teacher_logits, vocab_size=vocab_size, group=group, **options)
-
-    loss.__name__ = loss.__qualname__ = fn.__name__
-    loss.__doc__ = (fn.__doc__ or "") + (
-        "\n\nRegistry form: (student_logits, teacher_logits, *, t, vocab_size, group, **options)"
-        + ("" if takes_t else "; t is ignored.")
-    )
-    return loss
-
-
-LOSSES: dict[str, Callable[..., torch.Tensor]] = {
-    "taid": _uniform(vocab_parallel_taid_loss, takes_t=True),
-    "fkl": _uniform(vocab_parallel_fkl_loss, takes_t=False),
-    "rkl": _uniform(vocab_parallel_rkl_loss, takes_t=False),
-    "tvd": _uniform(vocab_parallel_tvd_loss, takes_t=False),
-    "skew_fkl": _uniform(vocab_parallel_skew_fkl_loss, takes_t=False),
-    "skew_rkl": _uniform(vocab_parallel_skew_rkl_loss, takes_t=False),
-    "js": _uniform(vocab_parallel_js_loss, takes_t=False),
-}
-"""name -> loss with the uniform signature (student_logits, teacher_logits, *, t, vocab_size, group, **options)."""

@@ -116,3 +116,81 @@ def make_labels(shape_lead, seed: int, vocab=VOCAB) -> torch.Tensor:
     labels = torch.randint(0, vocab, shape_lead, generator=torch.Generator().manual_seed(seed))
     labels.view(-1)[:2] = torch.tensor([0, vocab - 1])
     return labels
+
+
+# ---- the official code's other baselines (SakanaAI/TAID src/distil_losses/: adaptive_kl.py, dkd.py, ctkd.py) --------
+
+
+def akl_head_mask(teacher, vocab: int, mu: float) -> torch.Tensor:
+    """[..., vocab] bool: v is in the head when the teacher's mass on tokens with a strictly larger logit is at most
+    1 - mu. Written pairwise in float64 (no sort), so ties fall on one side, as taidtron's definition says."""
+    T = _valid(teacher, vocab)
+    p = torch.softmax(T, dim=-1)
+    strictly_above = (T.unsqueeze(-2) > T.unsqueeze(-1)).to(torch.float64)  # [..., v, u]: T_u > T_v
+    mass_above = (strictly_above * p.unsqueeze(-2)).sum(-1)
+    return mass_above <= 1 - mu
+
+
+def akl_sorted_head_mask(teacher, vocab: int, mu: float) -> torch.Tensor:
+    """The official head mask: ascending sort of the teacher's logits, cumulative softmax >= mu, in *sorted* order
+    (float64 here). `scatter_back` of it gives the mask in vocabulary order."""
+    sorted_logits, order = torch.sort(_valid(teacher, vocab), descending=False)
+    return sorted_logits.softmax(dim=-1).cumsum(dim=-1) >= mu, order
+
+
+def akl_reference(student, teacher, vocab: int, mu: float = 0.5, grad_loss=None, head=None, literal=False):
+    """(loss [...], d sum(loss * grad_loss) / d student [..., padded]): the official AKL formula in float64 autograd:
+    weights from the head and tail gaps (not detached), w_head * CE(p, q) + w_tail * KL(q || p).
+
+    head: the head mask in vocabulary order (default `akl_head_mask`). literal=True applies the official sorted-order
+    mask to the unsorted gaps, exactly as the official code does."""
+    s = _valid(student, vocab).requires_grad_(True)
+    T = _valid(teacher, vocab)
+    p, q = torch.softmax(T, dim=-1), torch.softmax(s, dim=-1)
+    if literal:
+        head, _ = akl_sorted_head_mask(teacher, vocab, mu)
+    elif head is None:
+        head = akl_head_mask(teacher, vocab, mu)
+    gap = (p - q).abs()
+    head_gap, tail_gap = (head * gap).sum(-1), (~head * gap).sum(-1)
+    ce = -(p * torch.log_softmax(s, dim=-1)).sum(-1)
+    rkl = (q * (torch.log_softmax(s, dim=-1) - torch.log_softmax(T, dim=-1))).sum(-1)
+    loss = (head_gap * ce + tail_gap * rkl) / (head_gap + tail_gap)
+    weights = torch.ones_like(loss) if grad_loss is None else grad_loss.to(torch.float64)
+    (grad,) = torch.autograd.grad((loss * weights).sum(), s)
+    return loss.detach(), _pad(grad, student.shape[-1])
+
+
+def dkd_reference(student, teacher, labels, vocab: int, alpha=1.0, beta=0.5, temperature=1.0, grad_loss=None):
+    """(loss [...], d sum(loss * grad_loss) / d student [..., padded]): the official DKD per token in float64
+    autograd (binary target / rest KL, then KL of the non-target softmaxes with the target pushed down by 1000 / tau
+    as the official code does), tau^2 (alpha TCKD + beta NCKD); tokens whose label is not in [0, vocab) give 0."""
+    s = _valid(student, vocab).requires_grad_(True)
+    T = _valid(teacher, vocab)
+    valid = (labels >= 0) & (labels < vocab)
+    gt = torch.nn.functional.one_hot(torch.where(valid, labels, 0), vocab).bool()
+    p, q = torch.softmax(T / temperature, dim=-1), torch.softmax(s / temperature, dim=-1)
+    p_bin = torch.stack([(p * gt).sum(-1), (p * ~gt).sum(-1)], dim=-1)
+    q_bin = torch.stack([(q * gt).sum(-1), (q * ~gt).sum(-1)], dim=-1)
+    tckd = torch.nn.functional.kl_div(q_bin.log(), p_bin, reduction="none").sum(-1)
+    p_rest = torch.softmax(T / temperature - 1000.0 * gt, dim=-1)
+    log_q_rest = torch.log_softmax(s / temperature - 1000.0 * gt, dim=-1)
+    nckd = torch.nn.functional.kl_div(log_q_rest, p_rest, reduction="none").sum(-1)
+    loss = torch.where(valid, temperature**2 * (alpha * tckd + beta * nckd), 0.0)
+    weights = torch.ones_like(loss) if grad_loss is None else grad_loss.to(torch.float64)
+    (grad,) = torch.autograd.grad((loss * weights).sum(), s)
+    return loss.detach(), _pad(grad, student.shape[-1])
+
+
+def ctkd_reference(student, teacher, temperature: float, vocab: int, grad_loss=None):
+    """(loss [...], d sum(loss * grad_loss) / d student [..., padded], d sum(loss * grad_loss) / d tau): CTKD's
+    distillation term tau^2 KL(softmax(T / tau) || softmax(s / tau)) in float64 autograd (KLDivLoss of the CTKD
+    code; the official TAID code's cross-entropy differs by tau^2 times the teacher's tempered entropy)."""
+    s = _valid(student, vocab).requires_grad_(True)
+    tau = torch.tensor(temperature, dtype=torch.float64, requires_grad=True)
+    log_p = torch.log_softmax(_valid(teacher, vocab) / tau, dim=-1)
+    log_q = torch.log_softmax(s / tau, dim=-1)
+    loss = tau**2 * (log_p.exp() * (log_p - log_q)).sum(-1)
+    weights = torch.ones_like(loss) if grad_loss is None else grad_loss.to(torch.float64)
+    grad, grad_tau = torch.autograd.grad((loss * weights).sum(), (s, tau))
+    return loss.detach(), _pad(grad, student.shape[-1]), grad_tau

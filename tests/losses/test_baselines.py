@@ -1,4 +1,5 @@
-"""Baseline divergences (fkl, rkl, tvd, skew_fkl, skew_rkl, js) against float64 references, and the loss registry.
+"""Baseline divergences (fkl, rkl, tvd, skew_fkl, skew_rkl, js) against float64 references, and the loss registry
+(akl, ctkd and dkd: test_official_baselines.py).
 
 The TP=2/TP=4 runs of every baseline are in test_taid_loss.py (one torchrun launch checks all losses).
 """
@@ -10,7 +11,15 @@ import torch
 
 from taidtron.losses import LOSSES, vocab_parallel_fkl_loss, vocab_parallel_taid_loss
 
-from .loss_reference import OPTIONS, REFERENCE_OPTION, VOCAB, divergence_reference, make_logits, upstream_grad
+from .loss_reference import (
+    OPTIONS,
+    REFERENCE_OPTION,
+    VOCAB,
+    divergence_reference,
+    make_labels,
+    make_logits,
+    upstream_grad,
+)
 
 SEQ, BATCH = 7, 3
 BASELINES = ["fkl", "rkl", "tvd", "skew_fkl", "skew_rkl", "js"]
@@ -109,20 +118,31 @@ def test_no_grad_baseline_forward_works_for_validation():
 
 
 def test_registry_holds_exactly_the_documented_names():
-    assert list(LOSSES) == ["taid", *BASELINES]
+    assert list(LOSSES) == ["taid", *BASELINES, "akl", "ctkd", "dkd"]  # the last three: test_official_baselines.py
 
 
-def test_every_registry_entry_takes_the_uniform_signature_and_only_taid_uses_t():
+def test_every_registry_entry_takes_the_uniform_signature_only_taid_uses_t_and_only_dkd_labels():
     student, teacher = make_logits((SEQ, BATCH), "unit", seed=38)
+    labels = [make_labels((SEQ, BATCH), seed) for seed in (1, 2)]
     for name, fn in LOSSES.items():
-        at_0 = fn(student, teacher, t=0.0, vocab_size=VOCAB, group=None, chunk_tokens=4)
-        at_1 = fn(student, teacher, t=1.0, vocab_size=VOCAB, group=None, chunk_tokens=4)
-        assert at_0.shape == (SEQ, BATCH)
+        options = {"temperature": 2.0} if name == "ctkd" else {}
+        results = {
+            (t, i): fn(student, teacher, t=t, vocab_size=VOCAB, group=None, labels=labels[i], chunk_tokens=4, **options)
+            for t in (0.0, 1.0)
+            for i in (0, 1)
+        }
+        assert results[0.0, 0].shape == (SEQ, BATCH)
         if name == "taid":
-            assert not torch.allclose(at_0, at_1)
-            torch.testing.assert_close(at_1, vocab_parallel_taid_loss(student, teacher, 1.0, vocab_size=VOCAB))
+            assert not torch.allclose(results[0.0, 0], results[1.0, 0])
+            torch.testing.assert_close(
+                results[1.0, 0], vocab_parallel_taid_loss(student, teacher, 1.0, vocab_size=VOCAB)
+            )
         else:
-            torch.testing.assert_close(at_0, at_1)
+            torch.testing.assert_close(results[0.0, 0], results[1.0, 0])
+        if name == "dkd":
+            assert not torch.allclose(results[0.0, 0], results[0.0, 1])
+        else:
+            torch.testing.assert_close(results[0.0, 0], results[0.0, 1])
 
 
 def test_registry_rejects_options_a_loss_does_not_take():

@@ -23,7 +23,9 @@ def test_config_accepts_exactly_the_objectives_of_the_registry():
         TAIDConfig(loss=name)
     with pytest.raises(ConfigError, match="taid.loss='kl' is unknown"):
         TAIDConfig(loss="kl")
-    with pytest.raises(ValueError, match="choose one of taid, fkl, rkl, tvd, skew_fkl, skew_rkl, js, lm"):
+    with pytest.raises(
+        ValueError, match="choose one of taid, fkl, rkl, tvd, skew_fkl, skew_rkl, js, akl, ctkd, dkd, lm"
+    ):
         objective_needs_teacher("kl")
 
 

@@ -56,8 +56,9 @@ def _teacher_entropy(T: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(-1)
 
 
-@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize("name", [name for name in LOSSES if name not in ("akl", "ctkd", "dkd")])
 def test_values_match_the_official_formulas_up_to_the_documented_entropy_term(name):
+    """(akl, ctkd, dkd against their official formulas: test_official_baselines.py.)"""
     student, teacher = make_logits((SEQ, BATCH), "wide", seed=61)
     options = {"skew": W} if name.startswith("skew") else {}
     ours = LOSSES[name](student, teacher, t=0.4, vocab_size=VOCAB, group=None, **options).double()

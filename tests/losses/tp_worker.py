@@ -1,6 +1,8 @@
 """torchrun worker for the tensor-parallel loss tests (gloo, CPU). Run by tests/losses/test_*.py via run_torchrun.
 
-    python -m torch.distributed.run --nproc-per-node N tests/losses/tp_worker.py {taid|count} [torch|triton]
+    python -m torch.distributed.run --nproc-per-node N tests/losses/tp_worker.py MODE [torch|triton]
+
+MODE: taid (taid and the baselines of vocab_parallel.py), lm, baselines (akl, ctkd, dkd) or count (collectives).
 
 The optional second argument is the `impl` of the fused losses (taid, fkl); default "auto" (the torch path on CPU).
 "triton" needs TRITON_INTERPRET=1 (CPU) and then checks only the fused losses, walking the kernels' vocabulary
@@ -19,7 +21,10 @@ from loss_reference import (  # noqa: E402
     OPTIONS,
     REFERENCE_OPTION,
     VOCAB,
+    akl_reference,
+    ctkd_reference,
     divergence_reference,
+    dkd_reference,
     lm_reference,
     make_labels,
     make_logits,
@@ -33,6 +38,7 @@ from tests.support import report  # noqa: E402
 SEQ, BATCH, CHUNK = 7, 3, 5
 IMPL = sys.argv[2] if len(sys.argv) > 2 else "auto"
 FUSED = ("taid", "fkl")  # the losses that take `impl`
+OFFICIAL_BASELINES = ("akl", "ctkd", "dkd")  # checked by `check_official` (mode baselines)
 
 
 def upstream() -> torch.Tensor:
@@ -80,13 +86,50 @@ def check(name, student, teacher, *, t, vocab_size, group, rank, world, tol):
     assert torch.all(grad[padding] == 0), f"{ctx}: non-zero gradient in padding columns"
 
 
+def check_official(name, student, teacher, labels, *, vocab_size, group, rank, world, tol):
+    """akl, ctkd, dkd: sharded == unsharded == float64 reference (loss, gradient slice; ctkd: tau's gradient too,
+    identical on every rank), zero gradient in padding columns."""
+    g = upstream()
+    results = []
+    for s, te, grp in ((shard(student, rank, world), shard(teacher, rank, world), group), (student, teacher, None)):
+        x = s.clone().requires_grad_(True)
+        tau = torch.tensor(2.5, requires_grad=True)
+        options = {"akl": {"mu": 0.5}, "ctkd": {"temperature": tau}, "dkd": {"labels": labels, "temperature": 1.5}}
+        loss = LOSSES[name](x, te, t=0.4, vocab_size=vocab_size, group=grp, chunk_tokens=CHUNK, **options[name])
+        (loss * g.to(loss.dtype)).sum().backward()
+        results.append((loss.detach(), x.grad, tau.grad))
+    (loss, grad, tau_grad), (full_loss, full_grad, full_tau_grad) = results
+    if name == "akl":
+        ref_loss, ref_grad = akl_reference(student, teacher, vocab_size, 0.5, g)
+    elif name == "ctkd":
+        ref_loss, ref_grad, ref_tau_grad = ctkd_reference(student, teacher, 2.5, vocab_size, g)
+    else:
+        ref_loss, ref_grad = dkd_reference(student, teacher, labels, vocab_size, temperature=1.5, grad_loss=g)
+    ctx = f"{name} dtype={student.dtype} rank={rank}/{world} vocab={vocab_size}"
+    same = {"rtol": tol["same"], "atol": tol["same"], "msg": lambda m: f"{ctx}: {m}"}
+    torch.testing.assert_close(loss, full_loss, **same)
+    torch.testing.assert_close(grad, shard(full_grad, rank, world), **same)
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=tol["loss"], atol=tol["loss"], msg=same["msg"])
+    torch.testing.assert_close(
+        grad.double(), shard(ref_grad, rank, world), rtol=tol["grad"], atol=tol["grad"], msg=same["msg"]
+    )
+    if name == "ctkd":
+        all_tau = [torch.zeros(()) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(all_tau, tau_grad, group=group)
+        assert all(torch.equal(x, tau_grad) for x in all_tau), f"{ctx}: tau's gradient differs across ranks"
+        torch.testing.assert_close(tau_grad, full_tau_grad, rtol=1e-4, atol=1e-4, msg=same["msg"])
+        torch.testing.assert_close(tau_grad.double(), ref_tau_grad, rtol=1e-3, atol=1e-3, msg=same["msg"])
+    first = rank * grad.shape[-1]
+    assert torch.all(grad[..., max(0, vocab_size - first) :] == 0), f"{ctx}: non-zero gradient in padding columns"
+
+
 FP32 = {"same": 2e-5, "loss": 3e-5, "grad": 2e-5}
 BF16 = {"same": 2e-2, "loss": 2e-4, "grad": 5e-3}
 
 
 def main(mode: str) -> None:
     dist.init_process_group("gloo")
-    names = FUSED if IMPL == "triton" else tuple(LOSSES)  # the baselines have no Triton path
+    names = FUSED if IMPL == "triton" else tuple(n for n in LOSSES if n not in OFFICIAL_BASELINES)
     if IMPL == "triton":
         from taidtron.losses import triton_taid
 
@@ -126,6 +169,25 @@ def main(mode: str) -> None:
             for name in [n for n in ("taid", "tvd") if n in names]:
                 check(name, student, teacher, t=0.93, vocab_size=VOCAB, group=pair, rank=rank % 2, world=2, tol=FP32)
             report(tp2_subgroups="ok")
+
+    elif mode == "baselines":
+        student, teacher = make_logits((SEQ, BATCH), "wide", seed=27)
+        labels = make_labels((SEQ, BATCH), seed=28)
+        labels[1, 1], labels[3, 2] = -100, VOCAB + 2  # ignored tokens
+        per_rank = 1008 // world
+        labels[0, 0], labels[5, 1] = per_rank - 1, per_rank  # labels at the edges of rank 0's slice
+        loose = {"same": 5e-5, "loss": 1e-4, "grad": 2e-5}  # akl, ctkd: nats of a wider scale than taid's check
+        for name in OFFICIAL_BASELINES:
+            check_official(name, student, teacher, labels, vocab_size=VOCAB, group=group, rank=rank, world=world,
+                           tol=loose)  # fmt: skip
+            s16, t16 = make_logits((SEQ, BATCH), "wide", seed=29, dtype=torch.bfloat16)
+            check_official(name, s16, t16, labels, vocab_size=VOCAB, group=group, rank=rank, world=world, tol=BF16)
+        report(baselines="ok")
+        if world == 4:  # vocab 700 of 1008 columns: rank 3 holds only padding
+            for name in OFFICIAL_BASELINES:
+                check_official(name, student, teacher, labels % 700, vocab_size=700, group=group, rank=rank,
+                               world=world, tol=loose)  # fmt: skip
+            report(all_padding_rank="ok")
 
     elif mode == "lm":
         logits, _ = make_logits((SEQ, BATCH), "extreme", seed=24)
@@ -188,6 +250,19 @@ def main(mode: str) -> None:
             lm_forward, lm_backward = count(
                 lambda s, _: vocab_parallel_lm_loss(s, labels, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK)
             )
+            options = {
+                "akl": {},
+                "ctkd": {"temperature": torch.tensor(2.0, requires_grad=True)},
+                "dkd": {"labels": labels},
+            }
+            official = {
+                name: count(
+                    lambda s, te, name=name: LOSSES[name](
+                        s, te, t=0.4, vocab_size=VOCAB, group=group, chunk_tokens=CHUNK, **options[name]
+                    )
+                )
+                for name in OFFICIAL_BASELINES
+            }
         finally:
             torch.distributed.all_reduce = original
         report(
@@ -195,6 +270,7 @@ def main(mode: str) -> None:
             fkl_collectives={"forward": fkl_forward, "backward": fkl_backward},
             rkl_collectives={"forward": len(rkl_forward), "backward": len(rkl_backward)},
             lm_collectives={"forward": lm_forward, "backward": lm_backward},
+            **{f"{name}_collectives": {"forward": f, "backward": b} for name, (f, b) in official.items()},
         )
     else:
         raise SystemExit(f"unknown mode {mode!r}")

@@ -43,9 +43,9 @@ ALLOWED_ATTRIBUTE_WRITES = {
     "restored around one benchmark variant",
     ("hf/config.py", "config.dtype"): "a transformers PretrainedConfig being written for export, not megatron",
     ("hf/config.py", "config.torch_dtype"): "the same config, under its older transformers name",
-    ("losses/vocab_parallel.py", "loss.__name__"): "naming a function taidtron defines",
-    ("losses/vocab_parallel.py", "loss.__qualname__"): "naming a function taidtron defines",
-    ("losses/vocab_parallel.py", "loss.__doc__"): "naming a function taidtron defines",
+    ("losses/registry.py", "loss.__name__"): "naming a function taidtron defines",
+    ("losses/registry.py", "loss.__qualname__"): "naming a function taidtron defines",
+    ("losses/registry.py", "loss.__doc__"): "naming a function taidtron defines",
     ("trainer.py", "model_config.no_sync_func"): "a public ModelParallelConfig hook megatron's schedules read; "
     "Megatron-LM's own training loop sets it the same way",
     ("trainer.py", "model_config.finalize_model_grads_func"): "a public ModelParallelConfig hook (as above)",

@@ -35,6 +35,9 @@ ARMS: dict[str, Arm] = {
     "rkl": Arm("RKL", "tab:orange", ("taid.loss=rkl",)),
     "tvd": Arm("TVD", "tab:green", ("taid.loss=tvd",)),
     "js": Arm("JS", "tab:cyan", ("taid.loss=js",)),
+    "akl": Arm("AKL", "tab:olive", ("taid.loss=akl",)),
+    "ctkd": Arm("CTKD", "tab:gray", ("taid.loss=ctkd",)),
+    "dkd": Arm("DKD", "gold", ("taid.loss=dkd",)),
     "lm": Arm("no teacher (LM)", "black", ("taid.loss=lm",), needs_teacher=False),
 }
 """Every arm the experiment can run, by key; a design picks its headline arms from these."""
@@ -132,7 +135,7 @@ DISTILL_DATA_SEED_OFFSET = 1000
 EVAL_DATA_SEED = 1234
 """Data seed of every test measurement, so every run is measured on the same batches."""
 
-HEADLINE = ("taid", "taid_linear", "fkl", "skew_fkl", "skew_rkl", "lm")
+HEADLINE = ("taid", "taid_linear", "fkl", "skew_fkl", "skew_rkl", "akl", "lm")
 
 FULL = Design(
     teachers=(
