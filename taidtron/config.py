@@ -58,7 +58,8 @@ class ModelConfig:
     `sdpa`), `sdpa` (torch scaled_dot_product_attention in megatron's local layers: flash kernels, no [seq, seq]
     tensor kept) or `local` (megatron-core's unfused DotProductAttention, keeps the [seq, seq] probabilities)."""
     init: str | None = None
-    """Checkpoint to start from: a taidtron checkpoint directory (see `tools/convert.py import`). None: random."""
+    """Checkpoint to start from: a taidtron checkpoint directory (see `tools/convert.py import`). None: random. The
+    architecture keys the section leaves out come from the checkpoint; those it sets must match it."""
     role: InitVar[str] = "model"
     """Not a key: the section this model sits in (student / teacher), so that errors name the key the user wrote."""
 
@@ -550,7 +551,8 @@ def _read_yaml(path: Path) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML file (or start from defaults) and apply `section.key=value` overrides."""
+    """Read a YAML file (or start from defaults), apply `section.key=value` overrides, and take the architecture of
+    a model section with an `init` checkpoint from it (`taidtron.architecture`)."""
     tree = _read_yaml(Path(path)) if path is not None else {}
     for item in overrides or []:
         item = item[2:] if item.startswith("--") else item
@@ -558,6 +560,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. optim.lr=3e-4).")
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), raw.strip())
+    from taidtron.architecture import resolve_architectures  # it reads checkpoints, which import this module
+
+    resolve_architectures(tree, _READER)
     return _READER.build(TrainConfig, tree)
 
 

@@ -147,8 +147,9 @@ def banner(cfg, ctx, trainer, *, datasets: list, resumed: str | None = None, wan
         source = f"init {model.init}" if model.init else "random init"
         lines.append(
             f"{role:<11} {model.family}, {model.num_layers} layers, hidden {model.hidden_size}, "
-            f"{_count(params)} parameters ({params:,}); attention {_ATTENTION[resolve_attention(model.attention)]}; "
-            f"{source}"
+            f"{model.num_attention_heads} heads / {model.num_query_groups} kv groups, ffn {model.ffn_hidden_size}, "
+            f"vocab {model.vocab_size}, {_count(params)} parameters ({params:,}); "
+            f"attention {_ATTENTION[resolve_attention(model.attention)]}; {source}"
         )
     if trainer.teacher_cache is not None:
         lines.append(f"teacher     {trainer.teacher_cache.describe()}")

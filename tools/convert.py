@@ -55,8 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if "torch" not in sys.modules:
-        # The conversion is CPU work that needs a big node's host memory (the 72B import: ~150 GB), often a GPU
-        # node: hide the GPUs from this process, before torch is imported, so megatron-core takes its CPU path.
+        # The conversion is CPU work (streamed: about one tensor beyond the process itself, docs/checkpoints.md),
+        # often on a GPU node: hide the GPUs from this process, before torch is imported, so megatron-core takes its
+        # CPU path.
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     from taidtron.checkpoint import CheckpointError
     from taidtron.hf import ConvertError, export_hf, import_hf, model_yaml

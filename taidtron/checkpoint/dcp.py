@@ -18,6 +18,7 @@ import random
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from taidtron.checkpoint.store import (
 )
 from taidtron.distributed import ParallelContext
 from taidtron.io import atomic_write_text
+from taidtron.overrides.streamed_save import Materialize
 
 RNG_KEY = "rng_state"
 EXTRA_STATE_SUFFIX = "_extra_state"
@@ -126,10 +128,17 @@ def save_model(
     meta: CheckpointMeta,
     ctx: ParallelContext,
     overwrite: bool = False,
+    materialize: Materialize | None = None,
+    content_id: Callable[[], str] | None = None,
 ) -> Path:
     """Write a single iteration directory holding only model weights (what `tools/convert.py import` makes), with
     the same atomicity as `save_checkpoint`: a hidden sibling is written and renamed to `directory` at the end, and
-    removed if the save fails."""
+    removed if the save fails.
+
+    `materialize`: for a model built on the meta device (its structure, no weights), the function that gives each
+    tensor chunk as it is written (`overrides.streamed_save_strategy`), so that only one is in memory at a time.
+    `content_id`: called once every tensor is written, for a content id known only then (an import hashes the
+    weights it streams); None: `meta.content_id`."""
     directory = Path(directory)
     tmp = directory.with_name(f".tmp_{directory.name}")
     if ctx.is_main:
@@ -141,7 +150,17 @@ def save_model(
         tmp.mkdir()
     _barrier(ctx)
     try:
-        _write_iteration(tmp, model=model, optimizer=None, meta=meta, step=meta.step, save_rng=False, ctx=ctx)
+        _write_iteration(
+            tmp,
+            model=model,
+            optimizer=None,
+            meta=meta,
+            step=meta.step,
+            save_rng=False,
+            ctx=ctx,
+            materialize=materialize,
+            content_id=content_id,
+        )
         if ctx.is_main:
             replace_dir(tmp, directory)
     finally:
@@ -152,9 +171,19 @@ def save_model(
 
 
 def _write_iteration(
-    tmp: Path, *, model, optimizer, meta: CheckpointMeta, step: int, save_rng: bool, ctx: ParallelContext
+    tmp: Path,
+    *,
+    model,
+    optimizer,
+    meta: CheckpointMeta,
+    step: int,
+    save_rng: bool,
+    ctx: ParallelContext,
+    materialize: Materialize | None = None,
+    content_id: Callable[[], str] | None = None,
 ) -> None:
-    """All ranks: write model (+ optimizer, + RNG) into `tmp`, then rank 0 adds taidtron.json with the manifest."""
+    """All ranks: write model (+ optimizer, + RNG) into `tmp`, then rank 0 adds taidtron.json with the manifest.
+    `materialize`, `content_id`: see `save_model`."""
     if not isinstance(meta, CheckpointMeta):
         raise TypeError(f"meta must be a CheckpointMeta, got {type(meta).__name__}")
     if optimizer is not None and not overrides.optimizer_has_state(optimizer):
@@ -166,7 +195,8 @@ def _write_iteration(
     state = _sharded_state(model, optimizer, is_loading=False)
     if save_rng:
         state[RNG_KEY] = _rng_sharded_object(ctx, _rng_state())
-    dist_checkpointing.save(state, str(tmp))
+    strategy = overrides.streamed_save_strategy(materialize) if materialize is not None else None
+    dist_checkpointing.save(state, str(tmp), sharded_strategy=strategy)
     _barrier(ctx)  # every rank's files are closed before rank 0 lists them
     if ctx.is_main:
         params_dtype = next(iter(model.parameters())).dtype
@@ -174,7 +204,7 @@ def _write_iteration(
             meta,
             format_version=FORMAT_VERSION,
             step=step,
-            content_id=meta.content_id or uuid.uuid4().hex,
+            content_id=(content_id() if content_id is not None else meta.content_id) or uuid.uuid4().hex,
             saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             params_dtype=str(params_dtype).removeprefix("torch."),
             layout=Layout(tp=ctx.tp, pp=ctx.pp, dp=ctx.dp),

@@ -2,7 +2,8 @@
 
 import: a local HF directory (config.json + model.safetensors, or shards with model.safetensors.index.json) becomes
     one taidtron iteration directory without optimizer state, loadable as `teacher.init` / `student.init` at any
-    tp/pp. The model is built once at tp=pp=1 and filled one HF tensor at a time.
+    tp/pp. The model's structure is built at tp=pp=1 on the meta device (no weights) and the checkpoint written
+    from it one tensor at a time, each read from the safetensors as it is stored (`taidtron.hf.streaming`).
 export: the model of any taidtron checkpoint (the student of a distillation run; a run's directory, following
     `latest`, or one iteration directory, saved at any tp/pp) becomes an HF directory that
     `AutoModelForCausalLM.from_pretrained` loads, with the run's tokenizer. One layer at a time is read.
@@ -16,7 +17,6 @@ removed on any error. A process that sees CUDA is refused: hide the GPUs before 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -30,8 +30,9 @@ from taidtron.checkpoint import CheckpointMeta
 from taidtron.config import ModelConfig
 from taidtron.hf.config import hf_config, model_config_from_hf, read_hf_config
 from taidtron.hf.errors import ConvertError
-from taidtron.hf.keymap import expected_hf_keys, hf_shapes, key_map, to_hf, to_megatron
+from taidtron.hf.keymap import expected_hf_keys, hf_shapes, key_map, to_hf
 from taidtron.hf.shards import SAFETENSORS_DTYPES, SafetensorsReader, ShardWriter, parse_size
+from taidtron.hf.streaming import StreamedWeights, check_shapes
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -176,48 +177,34 @@ def import_hf(
 
     padded_vocab = -(-model_cfg.vocab_size // 128) * 128  # any tp pads further at load time (zero rows)
     with _world_of_one() as ctx:
-        model = build_gpt(
+        model = build_gpt(  # on the meta device: the structure and shapes to save, no weights
             model_cfg,
             ParallelConfig(),
             padded_vocab_size=padded_vocab,
             max_seq_length=int(hf.get("max_position_embeddings", 4096)),
             pp_rank=0,
             params_dtype=params_dtype,
-            device=torch.device("cpu"),
+            device=torch.device("meta"),
             initialize=False,
         )
-        params = dict(model.named_parameters())
+        params = {name: tuple(param.shape) for name, param in model.named_parameters()}
         targets = {megatron for _, _, megatron, _, _ in entries}
         assert set(params) == targets, f"key map out of date: {sorted(set(params) ^ targets)}"
-        digest = hashlib.sha256()  # content id: the source weights, so re-importing the same model is recognised
-        with torch.no_grad(), _progress(len(entries), f"import {hf_dir.name}", quiet) as bar:
-            for entry, _, megatron, _, names in entries:
-                hf_tensors = [reader.get(name) for name in names]
-                for name, tensor in zip(names, hf_tensors):
-                    digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-                    digest.update(tensor.contiguous().view(torch.uint8).numpy())
-                value = to_megatron(entry, hf_tensors, model_cfg, padded_vocab)
-                param = params[megatron]
-                if tuple(value.shape) != tuple(param.shape):
-                    raise ConvertError(
-                        f"{', '.join(names)} give {megatron} the shape {tuple(value.shape)}, the "
-                        f"config implies {tuple(param.shape)}; config.json and weights disagree."
-                    )
-                param.copy_(value)
-                del hf_tensors, value
-                bar.update(1)
+        check_shapes(reader, model_cfg, padded_vocab, params, hf_dir)
         source = checkpoint.WeightsSource(
             kind="hf_import",
             description=f"tools/convert.py import of {hf_dir}",
             path=str(hf_dir.resolve()),
             hf_config=hf,
         )
-        meta = CheckpointMeta(
-            model=model_cfg, padded_vocab_size=padded_vocab, source=source, content_id="sha256:" + digest.hexdigest()
-        )
-        checkpoint.save_model(
-            out, model=model, meta=meta, ctx=ctx, overwrite=True
-        )  # atomic: a temporary sibling, renamed
+        meta = CheckpointMeta(model=model_cfg, padded_vocab_size=padded_vocab, source=source)
+        with _progress(len(entries), f"import {hf_dir.name}", quiet) as bar:
+            # Each weight is read from the safetensors when the writer stores it; the content id hashes what was
+            # read, so that re-importing the same weights is recognised.
+            weights = StreamedWeights(reader, model_cfg, padded_vocab, params_dtype, on_read=lambda: bar.update(1))
+            checkpoint.save_model(  # atomic: a temporary sibling, renamed
+                out, model=model, meta=meta, ctx=ctx, overwrite=True, materialize=weights, content_id=weights.content_id
+            )
     return checkpoint.read_meta(out)
 
 

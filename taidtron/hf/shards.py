@@ -1,8 +1,9 @@
 """safetensors files of a Hugging Face model directory: reading one tensor at a time, and writing shards.
 
-Reading: `model.safetensors`, or the shards listed in `model.safetensors.index.json`, memory-mapped by safetensors;
-nothing is read before `get`. Writing: shards planned from tensor sizes before any tensor exists (so their names,
-`model-0000k-of-0000n.safetensors`, are final), filled in order, with the index transformers reads.
+Reading: `model.safetensors`, or the shards listed in `model.safetensors.index.json`, one tensor at a time (its file
+opened for the read and closed after); nothing but the headers is read before `get`. Writing: shards planned from
+tensor sizes before any tensor exists (so their names, `model-0000k-of-0000n.safetensors`, are final), filled in
+order, with the index transformers reads.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ INDEX_FILE = "model.safetensors.index.json"
 
 
 class SafetensorsReader:
-    """Tensors of an HF directory by name, from one file or from shards listed in model.safetensors.index.json."""
+    """Tensors of an HF directory by name, from one file or from shards listed in model.safetensors.index.json.
+
+    Every read opens its file and closes it again: safetensors maps the file into memory, and the pages a mapping
+    has read count as this process's memory for as long as it stays open, so shards left open would make the
+    memory of an import grow with the model. Headers (dtype, shape) are read once per file."""
 
     def __init__(self, hf_dir: Path):
-        from safetensors import safe_open
-
-        self._safe_open = safe_open
         index = hf_dir / INDEX_FILE
+        self._headers: dict[str, tuple[str, tuple[int, ...]]] = {}
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
@@ -49,22 +52,42 @@ class SafetensorsReader:
                 raise ConvertError(f"{hf_dir} holds no *.safetensors weights.{hint}")
             self.location = {}
             for path in paths:
-                with safe_open(str(path), framework="pt") as f:
-                    for name in f.keys():
-                        self.location[name] = path
-        self._handles: dict[Path, object] = {}
+                self.location.update(dict.fromkeys(self._read_header(path), path))
 
-    def _handle(self, file: Path):
-        if file not in self._handles:
-            self._handles[file] = self._safe_open(str(file), framework="pt")
-        return self._handles[file]
+    def _open(self, file: Path):
+        from safetensors import safe_open
+
+        try:
+            return safe_open(str(file), framework="pt")
+        except Exception as exc:  # safetensors raises its own error types for a damaged file
+            raise ConvertError(
+                f"{file} is not a readable safetensors file ({type(exc).__name__}: {exc}); download it again."
+            ) from None
+
+    def _read_header(self, file: Path) -> list[str]:
+        """The tensor names of `file`, recording each one's dtype and shape."""
+        with self._open(file) as f:
+            names = list(f.keys())
+            for name in names:
+                info = f.get_slice(name)
+                self._headers[name] = (info.get_dtype(), tuple(info.get_shape()))
+        return names
+
+    def _header(self, name: str) -> tuple[str, tuple[int, ...]]:
+        if name not in self._headers:
+            self._read_header(self.location[name])
+        return self._headers[name]
 
     def dtype(self, name: str) -> str:
-        """The safetensors dtype name (`F32`, `BF16`, ...), read from the header only."""
-        return self._handle(self.location[name]).get_slice(name).get_dtype()
+        """The safetensors dtype name (`F32`, `BF16`, ...), from the file's header."""
+        return self._header(name)[0]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._header(name)[1]
 
     def get(self, name: str) -> torch.Tensor:
-        return self._handle(self.location[name]).get_tensor(name)
+        with self._open(self.location[name]) as f:
+            return f.get_tensor(name)
 
 
 def parse_size(text: str) -> int:

@@ -10,6 +10,7 @@ The layer spec is chosen once, here (`layer_spec`), from the model's `attention`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
@@ -169,28 +170,33 @@ def build_gpt(
 
     `initialize=False` skips the random initialisation (weights are loaded next, e.g. by `tools/convert.py`). Only at
     tp=1: megatron-core 0.16.1 sets the tensor-parallel attributes of linear weights inside its initialisers, so
-    without them a sharded weight looks replicated to gradient clipping (wrong global norm)."""
+    without them a sharded weight looks replicated to gradient clipping (wrong global norm). `device` meta (with
+    `initialize=False`): the model's structure and shapes without its weights, e.g. the sharded state dict a
+    streamed import writes."""
     assert initialize or parallel.tp == 1, "initialize=False is only valid at tp=1 (see docstring)"
     from megatron.core.models.gpt import GPTModel
 
+    on_meta = device.type == "meta"
     config = transformer_config(
         model,
         parallel,
         params_dtype=params_dtype,
-        use_cpu_initialization=device.type == "cpu",
+        # megatron-core's CPU path allocates weights without naming a device: the meta context below places them
+        use_cpu_initialization=device.type in ("cpu", "meta"),
         initialize=initialize,
         device_type=device.type,
     )
-    gpt = GPTModel(
-        config=config,
-        transformer_layer_spec=layer_spec(model.num_layers // parallel.pp, model.attention),
-        vocab_size=padded_vocab_size,
-        max_sequence_length=max_seq_length,
-        pre_process=pp_rank == 0,
-        post_process=pp_rank == parallel.pp - 1,
-        share_embeddings_and_output_weights=model.tie_embeddings,
-        position_embedding_type="rope",
-        rotary_base=int(model.rotary_base),
-        parallel_output=True,  # keep logits vocab-sharded: the TAID loss reduces across TP itself
-    )
-    return gpt.to(device)
+    with torch.device("meta") if on_meta else contextlib.nullcontext():
+        gpt = GPTModel(
+            config=config,
+            transformer_layer_spec=layer_spec(model.num_layers // parallel.pp, model.attention),
+            vocab_size=padded_vocab_size,
+            max_sequence_length=max_seq_length,
+            pre_process=pp_rank == 0,
+            post_process=pp_rank == parallel.pp - 1,
+            share_embeddings_and_output_weights=model.tie_embeddings,
+            position_embedding_type="rope",
+            rotary_base=int(model.rotary_base),
+            parallel_output=True,  # keep logits vocab-sharded: the TAID loss reduces across TP itself
+        )
+    return gpt if on_meta else gpt.to(device)

@@ -20,6 +20,9 @@ private attribute it touches, the version it was checked against and why:
                       gradient (the schedule receives gradients in the activation's shape otherwise); the pair's
                       pipeline config, a copy of the student's TransformerConfig with `hidden_size` reassigned after
                       validation to size the p2p buffers
+    streamed_save.py  a dist-checkpoint save that asks for each tensor as it writes it (an import larger than host
+                      memory): megatron's torch_dist format through torch DCP with megatron's own
+                      `mcore_to_pyt_state_dict` and `MCoreSavePlanner`, the private key grouping restated
     teardown.py       what megatron-core leaves alive when a run ends: DistributedDataParallel's gradient hooks
                       (they keep the models, optimizer and process groups for the life of the process), two
                       parallel_state groups `destroy_model_parallel` does not reset, RotaryEmbedding's forward cache
@@ -49,6 +52,7 @@ from taidtron.overrides.optimizer import (
     set_schedule_horizon,
     step_if_finite,
 )
+from taidtron.overrides.streamed_save import streamed_save_strategy
 from taidtron.overrides.teardown import forget_parallel_groups, release_grad_hooks
 from taidtron.overrides.timeouts import collective_timeout, current_timeout
 from taidtron.overrides.versions import (
@@ -76,5 +80,6 @@ __all__ = [
     "set_optimizer_hyperparameters",
     "set_schedule_horizon",
     "step_if_finite",
+    "streamed_save_strategy",
     "unchecked_megatron_core",
 ]

@@ -18,18 +18,26 @@ def teacher_overrides(ckpt: Path) -> list[str]:
     return [f"teacher.{k}={v}" for k, v in model.items() if k != "init"] + [f"teacher.init={ckpt}"]
 
 
-def train_args(run_dir: Path, teacher_ckpt: Path, *extra: str) -> list[str]:
-    """A tiny distillation on the smoke corpus: 2-layer 64-wide student, imported Qwen2 teacher, fp32."""
+def train_args(run_dir: Path, teacher_ckpt: Path | None, *extra: str, config: str = "configs/smoke.yaml") -> list[str]:
+    """A tiny distillation on the smoke corpus: 2-layer 64-wide student, imported Qwen2 teacher, fp32. With
+    `teacher_ckpt` None the models are `config`'s own sections."""
+    models = (
+        [
+            "student.num_layers=2",
+            "student.hidden_size=64",
+            "student.num_attention_heads=4",
+            "student.num_query_groups=2",
+            "student.ffn_hidden_size=128",
+            f"student.vocab_size={SMOKE_VOCAB}",
+            *teacher_overrides(teacher_ckpt),
+        ]
+        if teacher_ckpt is not None
+        else []
+    )
     return [
         "--config",
-        "configs/smoke.yaml",
-        "student.num_layers=2",
-        "student.hidden_size=64",
-        "student.num_attention_heads=4",
-        "student.num_query_groups=2",
-        "student.ffn_hidden_size=128",
-        f"student.vocab_size={SMOKE_VOCAB}",
-        *teacher_overrides(teacher_ckpt),
+        config,
+        *models,
         "precision=fp32",
         "data.seq_length=32",
         f"data.cache_dir={run_dir.parent / 'index_cache'}",

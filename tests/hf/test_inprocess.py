@@ -6,8 +6,10 @@ path `tools/convert.py` takes too), so these tests run it in the pytest process 
 
 from __future__ import annotations
 
+import json
 import os
 import runpy
+import shutil
 
 import pytest
 import torch
@@ -91,3 +93,25 @@ def test_command_line_main_in_process_exits_2_with_one_line_and_leaves_the_envir
     assert err.startswith("convert: error: ") and err.count("\n") == 1 and "is not a directory" in err, err
     assert dict(os.environ) == before
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "key,value,needle",
+    [
+        ("intermediate_size", 96, "do not give decoder.layers.0.mlp.linear_fc1.weight the shape (192, 64)"),
+        ("num_key_value_heads", 1, "do not give decoder.layers.0.self_attention.linear_qkv.weight the shape (96, 64)"),
+    ],
+)
+def test_weights_that_do_not_fit_the_config_are_refused_before_anything_is_written(llama, tmp_path, key, value, needle):
+    """The shapes are checked from the safetensors headers against the model config.json implies, before the
+    streamed write begins (q/k/v that do not even combine included)."""
+    hf_dir, _, _ = llama
+    broken = tmp_path / "broken"
+    shutil.copytree(hf_dir, broken)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, key: value}))
+    with pytest.raises(ConvertError, match="config.json and weights disagree") as error:
+        import_hf(broken, tmp_path / "out", quiet=True)
+    assert needle in str(error.value), error.value
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
+    assert not torch.distributed.is_initialized()
