@@ -48,17 +48,19 @@ from taidtron.checkpoint.dcp import (
     LOAD_TIMEOUT,
     RNG_KEY,
     check_architecture,
+    check_vocabulary,
     load_checkpoint,
     load_model_weights,
     save_checkpoint,
     save_model,
 )
-from taidtron.checkpoint.integrity import complete_iterations, verify_checkpoint
+from taidtron.checkpoint.integrity import DIGEST_ALGORITHM, complete_iterations, file_digest, verify_checkpoint
 from taidtron.checkpoint.manager import Checkpointer
 from taidtron.checkpoint.meta import (
     FORMAT_VERSION,
     MODEL_FIELDS_REQUIRED,
     SOURCE_KINDS,
+    UNKNOWN_TOKENIZER,
     CheckpointError,
     CheckpointMeta,
     Layout,
@@ -92,6 +94,7 @@ from taidtron.checkpoint.store import (
 )
 
 __all__ = [
+    "DIGEST_ALGORITHM",
     "EXTRA_STATE_SUFFIX",
     "FORMAT_VERSION",
     "LATEST_FILE",
@@ -111,14 +114,17 @@ __all__ = [
     "SaveError",
     "TeacherSource",
     "TokenizerRef",
+    "UNKNOWN_TOKENIZER",
     "WeightsSource",
     "check_architecture",
+    "check_vocabulary",
     "check_teacher_unchanged",
     "check_tokenizer",
     "compare_configs",
     "complete_iterations",
     "describe_latest",
     "describe_source",
+    "file_digest",
     "find_latest",
     "iteration_name",
     "load_checkpoint",
