@@ -1,11 +1,15 @@
 # taidtron: `make install` then `make test`. Everything lives in $(VENV), made here.
+# PYTHON picks the interpreter and with it megatron-core (pyproject.toml pins one per Python): python3.11 gets
+# 0.16.1, python3.12 gets 0.19.2, e.g. `make install PYTHON=python3.12 VENV=.venv312` (docs/megatron_core.md; with
+# pyenv's shims prefix PYENV_VERSION=3.12).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# CPU wheel of torch for machines without CUDA (a plain `pip install torch` would pull a multi-GB CUDA build).
+# torch for machines without CUDA torch: the CPU wheel on Python 3.11 (a plain `pip install torch` would pull a
+# multi-GB CUDA build). PyPI has no CPU wheel of torch for Python 3.12, so there this is the CUDA build (4 GB).
 CPU_TORCH ?= torch==2.13.0
 
-.PHONY: install lint test test-triton smoke-test slurm-test multinode-test bench bench-step gpu-check paper-mini \
+.PHONY: install lint test test-core test-triton smoke-test slurm-test multinode-test bench bench-step gpu-check paper-mini \
 	paper-mini-quick check clean help
 
 help:
@@ -13,13 +17,14 @@ help:
 	@echo "make lint        ruff: lint rules and the formatter check (configured in pyproject.toml)"
 	@echo "make check       make lint, then make test (what CI runs first)"
 	@echo "make test        run the CPU test suite (single- and multi-process, gloo), without the Triton kernel tests"
+	@echo "make test-core   the core of the suite (CI runs it on Python 3.12 / megatron-core 0.19.2: VENV=.venv312)"
 	@echo "make test-triton install the triton extra if missing, run the Triton kernel tests in its CPU interpreter"
 	@echo "make smoke-test  train a tiny teacher, then distil it into a student with TAID (GPU if present, else CPU)"
 	@echo "make slurm-test  start a local SLURM cluster and run the smoke sbatch plus a preemption/resume test"
 	@echo "make multinode-test  two nodes in network namespaces: 2-node sbatch, preemption, a lost node, torchrun, deepspeed"
 	@echo "make bench       time the fused TAID loss against the reference formula"
 	@echo "make bench-step  time a distillation step against a student step plus a teacher forward (docs/performance.md)"
-	@echo "make gpu-check   on a machine with an NVIDIA GPU: every GPU check in one call, one JSON, one table (wheels from .whl/)"
+	@echo "make gpu-check   on a machine with an NVIDIA GPU: every GPU check in one call of <= 7 min -> runs/gpu_check/report/"
 	@echo "make paper-mini  TAID vs the baselines across 3 teacher sizes on the Python docs (~1 h on 2 cores) ->"
 	@echo "                 docs/results/paper_mini.md; ARGS=... passes options (e.g. ARGS=--report-only)"
 	@echo "make paper-mini-quick  the same pipeline in 1-3 minutes (a check, not a result) -> runs/paper_mini_quick/"
@@ -32,7 +37,8 @@ install:
 		$(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q "$(CPU_TORCH)"; \
 	fi
 	$(PY) -m pip install -q -e ".[dev]"
-	@$(PY) -c "import torch, megatron.core; print('taidtron installed: torch', torch.__version__, 'megatron-core', megatron.core.__version__)"
+	@$(PY) -c "import sys, torch, importlib.metadata as m; print('taidtron installed: Python', sys.version.split()[0], \
+		'torch', torch.__version__, 'megatron-core', m.version('megatron-core'))"
 
 # The Triton kernel tests need the ~700 MB triton wheel and its interpreter: `make test-triton` runs them.
 # Two pytest workers (pytest-xdist, a test file per worker at a time) keep both cores busy: many tests run one
@@ -46,6 +52,15 @@ test:
 		-m "$(TEST_MARKERS) and not serial"
 	$(PY) -m pytest -q tests -m "$(TEST_MARKERS) and serial"
 	@echo "Deselected above: Triton kernel tests (marker triton: make test-triton) and GPU tests (marker gpu: make gpu-check)"
+
+# The core of the suite: losses, the overrides (megatron-core version guard, pipeline p2p), parallel equivalence, exact
+# resume, divergence and resume at another lr, the HF round trip, the smoke test in miniature and its golden loss
+# curve. CI runs it on the second megatron-core (.venv312: Python 3.12, megatron-core 0.19.2); `make test` covers it
+# on the first.
+TEST_CORE := tests/train/test_parallel_equivalence.py tests/checkpoint/test_resume.py tests/train/test_divergence.py \
+	tests/hf tests/train/test_training_run.py tests/train/test_golden_loss_curve.py tests/losses tests/overrides
+test-core:
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(TEST_CORE) -m "$(TEST_MARKERS)"
 
 test-triton:
 	@$(PY) -c "import triton" >/dev/null 2>&1 || $(PY) -m pip install -q -e ".[triton]"
@@ -72,10 +87,11 @@ bench:
 bench-step:
 	$(PY) tools/bench_step.py --pairs smoke,x4 --repeats 7 --json runs/bench_step.json
 
-# A fresh GPU machine has no .venv: use the python3 that holds its CUDA torch. Wheels it lacks come from .whl/.
+# A fresh GPU machine has no .venv: use the python3 that holds its CUDA torch. megatron-core comes from .whl/ when
+# missing; `python3 tools/gpu_check.py --out DIR` is the same without make (docs/performance.md, "GPU check").
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check:
-	$(GPU_PY) tools/gpu_check.py --out runs/gpu_check.json
+	$(GPU_PY) tools/gpu_check.py --out runs/gpu_check/report
 # The capacity-gap experiment (tools/paper_mini.py): fetches python3.11-doc with apt-get, trains, writes the page.
 paper-mini:
 	$(PY) tools/paper_mini.py $(ARGS)

@@ -7,6 +7,7 @@ plain per-step line written instead of a progress bar when the output is not a t
 from __future__ import annotations
 
 import datetime
+import logging
 import warnings
 from typing import Any
 
@@ -47,10 +48,35 @@ _LIBRARY_NOISE = (
 )
 
 
+# Log records (not warnings) of the same kind: logger, message (start), why.
+_LIBRARY_LOG_NOISE = (
+    (
+        "torch.utils.cpp_extension",
+        "No CUDA runtime is found",
+        "a CUDA build of torch without a GPU (Python 3.12, where PyPI has no CPU wheel): megatron-core 0.19 imports "
+        "torch.utils.cpp_extension, which logs it at import on every rank; taidtron builds no extension",
+    ),
+)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
 def quiet_library_warnings() -> None:
-    """Drop the warnings of `_LIBRARY_NOISE` in this process (idempotent: filterwarnings dedupes equal filters)."""
+    """Drop the warnings of `_LIBRARY_NOISE` and the log records of `_LIBRARY_LOG_NOISE` in this process
+    (idempotent: filterwarnings dedupes equal filters, and a logger keeps one filter of ours)."""
     for category, message, _why in _LIBRARY_NOISE:
         warnings.filterwarnings("ignore", message=message, category=category)
+    for name in {name for name, _message, _why in _LIBRARY_LOG_NOISE}:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(tuple(m for n, m, _why in _LIBRARY_LOG_NOISE if n == name)))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -170,7 +170,7 @@ def init_distributed(
         device, backend = torch.device("cpu"), "gloo"
 
     if not dist.is_initialized():
-        _start_process_group(backend, launch, datetime.timedelta(minutes=timeout_minutes))
+        _start_process_group(backend, launch, datetime.timedelta(minutes=timeout_minutes), device=device)
     # megatron-core creates a gloo twin of every data-parallel group by default, for CPU-side exchanges taidtron never
     # makes (its checkpoints gather optimizer state over the main groups). Next to NCCL each twin is a full mesh of TCP
     # connections opened at start-up by every rank and never used (at 128 ranks, thousands of sockets): build them
@@ -202,14 +202,21 @@ def init_distributed(
     )
 
 
-def _start_process_group(backend: str, launch: LaunchEnv | None, timeout: datetime.timedelta) -> None:
+def _start_process_group(
+    backend: str, launch: LaunchEnv | None, timeout: datetime.timedelta, device: torch.device | None = None
+) -> None:
     """The one place taidtron creates a torch.distributed world. `launch` None: a private world of one on an
-    in-memory store (no port, no environment)."""
+    in-memory store (no port, no environment). On NCCL the world is bound to this rank's GPU (`device_id`): its
+    communicator is created at once on the right device instead of at the first collective, from whichever device is
+    current then, and megatron's subgroups are split from it rather than built from scratch."""
+    options = {"device_id": device} if backend == "nccl" else {}
     if launch is None:
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout, **options)
     elif launch.launcher in ("torchrun", "deepspeed"):
         # env:// lets torchrun's workers share the agent's rendezvous store.
-        dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size, timeout=timeout)
+        dist.init_process_group(
+            backend=backend, rank=launch.rank, world_size=launch.world_size, timeout=timeout, **options
+        )
     else:
         # srun-native tasks and single processes: rank 0 hosts the store; the environment stays untouched so
         # child processes (e.g. a later run started from this one) pick their own port.
@@ -219,6 +226,7 @@ def _start_process_group(backend: str, launch: LaunchEnv | None, timeout: dateti
             rank=launch.rank,
             world_size=launch.world_size,
             timeout=timeout,
+            **options,
         )
 
 

@@ -113,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         check_output_dirs(cfg)
     except ConfigError as exc:
         return user_error("configuration error", exc, stop)
-    try:
-        import taidtron.trainer  # noqa: F401 - an install to repair, e.g. a broken Transformer Engine
+    try:  # an install to repair: taidtron.models first, it names a broken Transformer Engine with its fix
+        import taidtron.models  # noqa: F401
+        import taidtron.trainer  # noqa: F401
     except ImportError as exc:
         return user_error("installation error", exc, stop)
     try:

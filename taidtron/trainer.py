@@ -20,9 +20,23 @@ from functools import partial
 
 import torch
 import torch.distributed as dist
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from taidtron import overrides
-from taidtron.config import ModelConfig, OptimConfig, ParallelConfig, TAIDConfig, TrainConfig, padded_vocab_size
+from taidtron import checkpoint, console, overrides
+from taidtron.checkpoint import Checkpointer, TokenizerRef, describe_latest
+from taidtron.config import (
+    ModelConfig,
+    OptimConfig,
+    ParallelConfig,
+    TAIDConfig,
+    TrainConfig,
+    padded_vocab_size,
+    record_run_config,
+)
+from taidtron.data import build_data_iterators, check_blend, load_shared_tokenizer
 from taidtron.distributed import ParallelContext
 from taidtron.flops import count_parameters, distillation_flops_per_token, peak_flops
 from taidtron.losses import (
@@ -33,7 +47,9 @@ from taidtron.losses import (
     vocab_parallel_fkl_loss,
     vocab_parallel_lm_loss,
 )
+from taidtron.metrics import MetricsLogger
 from taidtron.models import DistillationPair, build_gpt
+from taidtron.overrides.pipeline import pipeline_config, student_grad_schedule
 from taidtron.preemption import PREEMPTED_EXIT_CODE, StopSignal
 
 Batch = dict[str, torch.Tensor]
@@ -85,11 +101,6 @@ class Trainer:
         ctx: ParallelContext,
         vocab_size: int,
     ):
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-
-        from taidtron import checkpoint
-        from taidtron.overrides.pipeline import pipeline_config
-
         self.objective = get_loss(taid)
         if self.objective.needs_teacher != (teacher is not None):
             raise ValueError(
@@ -166,12 +177,6 @@ class Trainer:
 
     def _build_optimizer(self, optim: OptimConfig, parallel: ParallelConfig, taid: TAIDConfig, ctx) -> None:
         """Megatron's optimizer and LR schedule around the DDP model, the TAID schedule, and the schedule hooks."""
-        from megatron.core.distributed.finalize_model_grads import finalize_model_grads
-        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-
-        from taidtron.overrides.pipeline import student_grad_schedule
-
         self.optimizer = get_megatron_optimizer(
             OptimizerConfig(
                 optimizer="adam",
@@ -451,11 +456,6 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
     """The whole run: build, resume, train with periodic eval/checkpoints, final eval and save. Returns the
     process exit code: 0 when done, PREEMPTED_EXIT_CODE after a signal-triggered save. `stop` should be created at
     process start, so a signal that arrives while the run is being built still ends in a save."""
-    from taidtron import console
-    from taidtron.checkpoint import Checkpointer, TokenizerRef
-    from taidtron.config import record_run_config
-    from taidtron.data import build_data_iterators, check_blend, load_shared_tokenizer
-    from taidtron.metrics import MetricsLogger
 
     tokenizer = load_shared_tokenizer(cfg.data)
     datasets = check_blend(cfg.data, tokenizer)  # files, index, sizes and tokenizer, before any model is built
@@ -558,7 +558,6 @@ def _step_row(trainer: Trainer, result: StepResult, cfg: TrainConfig, peak, worl
 def _on_skipped_step(result: StepResult, trainer: Trainer, optim: OptimConfig, ckpt_dir, logger) -> None:
     """Say that a step was skipped; stop the run (TrainingDiverged, exit code 2) after optim.max_skipped_steps in a
     row."""
-    from taidtron.checkpoint import describe_latest
 
     streak = trainer.consecutive_skips
     logger.write_console(

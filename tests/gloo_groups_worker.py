@@ -1,6 +1,7 @@
-"""torchrun worker (dp=2): the GPU setting on CPU, megatron built without its gloo side groups. A distillation step
-with the distributed optimizer, then a checkpoint saved and loaded (optimizer state gathered and scattered over the
-data-parallel group), must work without them; reports what was built."""
+"""torchrun worker (dp=2 on CPU, dp=1 on one GPU): the GPU setting, megatron built without its gloo side groups. A
+distillation step with the distributed optimizer, then a checkpoint saved and loaded (optimizer state gathered and
+scattered over the data-parallel group), must work without them; reports what was built and the world's backend and
+bound device."""
 
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ def main() -> None:
         dist.barrier()
     report(
         dp=ctx.dp,
+        backend=dist.get_backend(),
+        bound_device=str(dist.group.WORLD.bound_device_id),
         gloo_groups=ctx.gloo_groups,
         gloo_dp_group_built=built,
         optimizer_gloo_group=any(

@@ -40,7 +40,26 @@ __all__ = [
     "run_torchrun",
     "still_running",
     "subprocess_env",
+    "tiny_model_config",
 ]
+
+
+def tiny_model_config(**changes: Any):
+    """The small model the test workers build when the architecture is not what they test: Qwen2-style, 2 layers,
+    width 64, 4 heads in 2 key/value groups, FFN 128, vocabulary 256 (a multiple of 128: no padding at tp <= 2).
+    `changes` sets any other `ModelConfig` field."""
+    from taidtron.config import ModelConfig
+
+    fields = dict(
+        family="qwen2",
+        num_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_query_groups=2,
+        ffn_hidden_size=128,
+        vocab_size=256,
+    )
+    return ModelConfig(**{**fields, **changes})
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
@@ -172,20 +191,3 @@ def report(**values: Any) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results))
     tmp.replace(path)
-
-
-def tiny_model(**changes: Any):
-    """A small Qwen2-style ModelConfig (2 layers, width 64, GQA 4:2, vocabulary 256) for tests that build real
-    megatron layers; `changes` replace fields (e.g. `attention="local"`, `hidden_size=...`)."""
-    from taidtron.config import ModelConfig
-
-    base = dict(
-        family="qwen2",
-        num_layers=2,
-        hidden_size=64,
-        num_attention_heads=4,
-        num_query_groups=2,
-        ffn_hidden_size=128,
-        vocab_size=256,
-    )
-    return ModelConfig(**{**base, **changes})

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from taidtron.distributed import LaunchEnv, read_launch_env
-from tests.support import run_torchrun
+from tests.support import gpu_env, require_gpu, run_torchrun
 
 WORKER = Path(__file__).with_name("gloo_groups_worker.py")
 
@@ -82,3 +82,14 @@ def test_gloo_side_groups_only_where_gloo_is_the_backend(setting):
         assert r["dp"] == 2
         assert r["gloo_groups"] == r["gloo_dp_group_built"] == r["optimizer_gloo_group"] == expected, r
         assert all(loss == loss and loss > 0 for loss in r["losses"]), r
+
+
+@pytest.mark.gpu
+def test_gpu_world_is_nccl_bound_to_the_rank_device_without_gloo_side_groups():
+    """On a GPU: NCCL bound to the rank's device (`device_id`: eager communicator, subgroups split from it), no gloo
+    side groups by default, and a step, a save and a load with the distributed optimizer work so."""
+    require_gpu()
+    (r,) = run_torchrun(WORKER, 1, "default", env=gpu_env())
+    assert (r["backend"], r["bound_device"]) == ("nccl", "cuda:0"), r
+    assert r["gloo_groups"] is r["gloo_dp_group_built"] is r["optimizer_gloo_group"] is False, r
+    assert all(loss == loss and loss > 0 for loss in r["losses"]), r

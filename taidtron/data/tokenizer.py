@@ -3,12 +3,19 @@
     tok = load_tokenizer("data/smoke/tokenizer.model")
     ids = tok.tokenize("Mia has a red ball.")       # list[int], no BOS, no EOD
     tok.eod, tok.vocab_size, tok.fingerprint()
+    tok.bos, tok.bos_default                        # whether documents start with BOS unless told otherwise
 
 `Tokenizer` implements what megatron-core 0.16.1's `GPTDataset` reads from `GPTDatasetConfig.tokenizer`
 (`vocab_size`, `eod`, `pad`, `unique_identifiers`) on top of `MegatronTokenizerBase`, the base class that config
 field is typed with. Distillation needs the student and the teacher to index the same vocabulary, so
 `check_same_tokenizer` compares `fingerprint()`s (a hash of id -> piece and the special ids) and the trainer
 refuses to start when they differ.
+
+Whether a document starts with BOS is the tokenizer's to say, as transformers reads it: `add_bos_token` in the
+`tokenizer_config.json` beside the tokenizer file, else what a tokenizer.json's post-processor puts before a text
+(Llama 3's template adds `<|begin_of_text|>`, Qwen2's adds nothing). A bare sentencepiece `.model` states nothing:
+its default is no BOS (sentencepiece itself adds one only when asked, and `tools/convert.py export` ships a
+`.model` with `add_bos_token: false`), and either choice is accepted for it.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import json
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +37,17 @@ _HF_PAD_CANDIDATES = ("<pad>", "<|pad|>", "[PAD]", "<|padding|>")
 
 NO_PAD = -1
 """`Tokenizer.pad` when the vocabulary has no dedicated pad token (a value never present in the data)."""
+
+_PROBE_TEXT = "a"  # encoded with and without special tokens to see what a tokenizer.json's post-processor adds
+
+
+@dataclass(frozen=True)
+class BosDefault:
+    """Whether documents start with the BOS token unless the user says otherwise, and on whose word."""
+
+    add: bool
+    stated: bool  # the tokenizer's files say so (tokenizer_config.json, tokenizer.json's post-processor)
+    source: str  # for the start line, the .meta.json and error messages
 
 
 class _SentencePieceBackend:
@@ -120,16 +139,28 @@ class _HFBackend:
                 )
             eod = self.vocab[found[0]]
         pads = [self.vocab[t] for t in _HF_PAD_CANDIDATES if t in self.vocab and self.vocab[t] != eod]
-        return eod, pads[0] if pads else NO_PAD, None
+        prefix = self.template_prefix()
+        return eod, pads[0] if pads else NO_PAD, prefix[0] if len(prefix) == 1 else None
+
+    def template_prefix(self) -> list[int]:
+        """The ids the post-processor puts before a text (its BOS), [] when it adds none."""
+        plain = self.tk.encode(_PROBE_TEXT, add_special_tokens=False).ids
+        full = self.tk.encode(_PROBE_TEXT, add_special_tokens=True).ids
+        for start in range(len(full) - len(plain) + 1):
+            if full[start : start + len(plain)] == plain:
+                return full[:start]
+        return []
 
 
 class Tokenizer(MegatronTokenizerBase):
-    """A loaded tokenizer; see `load_tokenizer`. Documents are encoded without BOS; the data pipeline appends `eod`."""
+    """A loaded tokenizer; see `load_tokenizer`. `tokenize` adds no BOS; the data pipeline adds `bos` (as
+    `bos_default` or the user says) and appends `eod`."""
 
     def __init__(self, path: Path, backend: _SentencePieceBackend | _HFBackend, eod_token: str | None = None) -> None:
         super().__init__(str(path), {})
         self._backend = backend
         self._eod, self._pad, self._bos = backend.special_ids(eod_token)
+        self.bos_default = self._read_bos_default(path)
         self._fingerprint: str | None = None
         # megatron-core hashes this into the name of its sample-index cache: key it on the vocabulary, not the path,
         # so moving the file keeps the cache and swapping the vocabulary invalidates it.
@@ -175,6 +206,8 @@ class Tokenizer(MegatronTokenizerBase):
 
     @property
     def bos(self) -> int | None:
+        """Beginning-of-sequence id (tokenizer_config.json's `bos_token`, the sentencepiece BOS, or what a
+        tokenizer.json's post-processor prepends), or None when the tokenizer has none."""
         return self._bos
 
     @property
@@ -182,6 +215,32 @@ class Tokenizer(MegatronTokenizerBase):
         """The unknown-token piece of a sentencepiece model (None: none, or a Hugging Face tokenizer)."""
         sp = getattr(self._backend, "sp", None)
         return sp.IdToPiece(sp.unk_id()) if sp is not None and sp.unk_id() >= 0 else None
+
+    def _read_bos_default(self, path: Path) -> BosDefault:
+        config_path = path.parent / "tokenizer_config.json"
+        config: dict = {}
+        if config_path.is_file():
+            try:
+                config = json.loads(config_path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                config = exc  # type: ignore[assignment]
+            if not isinstance(config, dict):
+                raise ValueError(f"{config_path} is unreadable ({config!s:.80}); fix it or remove it.")
+        bos_token = config.get("bos_token")
+        if isinstance(bos_token, dict):  # an AddedToken written out
+            bos_token = bos_token.get("content")
+        if isinstance(bos_token, str) and bos_token in (vocab := self.vocab):
+            self._bos = vocab[bos_token]
+        if isinstance(config.get("add_bos_token"), bool):
+            add = config["add_bos_token"]
+            return BosDefault(add, True, f"{config_path.name} add_bos_token={str(add).lower()}")
+        if isinstance(self._backend, _HFBackend):
+            prefix = self._backend.template_prefix()
+            if prefix:
+                return BosDefault(True, True, f"{path.name}'s post-processor adds {self.inv_vocab[prefix[0]]}")
+            return BosDefault(False, True, f"{path.name}'s post-processor adds no BOS")
+        where = "whose tokenizer_config.json has no add_bos_token" if config_path.is_file() else "alone"
+        return BosDefault(False, False, f"a sentencepiece model {where}: sentencepiece adds no BOS unless asked")
 
     def apply_chat_template(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("taidtron pretrains on raw text; chat templates are not supported.")

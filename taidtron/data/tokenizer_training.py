@@ -1,4 +1,5 @@
-"""Training a sentencepiece tokenizer on JSONL / text files (`tools/train_tokenizer.py` is its command line)."""
+"""Training a sentencepiece tokenizer on a corpus (`tools/train_tokenizer.py` is its command line); it reads every
+format `taidtron.data.sources` reads."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from taidtron.data.records import expand_inputs, iter_records, record_text
+from taidtron.data.sources import iter_texts, open_sources
 
 _SP_MAX_SENTENCE_BYTES = 16384
 
@@ -38,15 +39,14 @@ def train_sentencepiece(
         raise ValueError(f"model_type={model_type!r}; use bpe or unigram.")
     if vocab_size < 8:
         raise ValueError(f"vocab_size={vocab_size} is too small; use at least a few hundred.")
-    paths = expand_inputs(inputs)
+    open_sources(inputs, fmt)  # fail on a missing or unreadable input before sentencepiece starts
     out_prefix = str(out_prefix).removesuffix(".model")  # sentencepiece appends .model itself
     Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
 
     def sentences():
         # Whole documents, newlines included, so pieces are learned in the context encode() later sees them;
         # documents longer than sentencepiece's sentence limit are cut at line breaks.
-        for record in iter_records(paths, fmt=fmt):
-            text = record_text(record, json_key)
+        for text in iter_texts(inputs, fmt=fmt, text_key=json_key):
             chunk = ""
             for line in text.splitlines(keepends=True):
                 if chunk and len((chunk + line).encode()) > _SP_MAX_SENTENCE_BYTES:

@@ -9,11 +9,15 @@ For each blend prefix:
 - index: the `.idx` parses (megatron's header, version 1, a known dtype) and is exactly as long as its header says;
 - bytes: the `.bin` holds exactly the bytes the `.idx` describes (the end of its last sequence), and sampled
   sequences start where the previous one ends;
-- tokenizer: the fingerprint in `<prefix>.meta.json` (written by tools/preprocess_data.py) equals the tokenizer's.
-  Without that file (data built by other tools) the data is compared with the tokenizer by sampling: the dtype must
-  fit the vocabulary (megatron stores ids of vocabularies below 65,500 as uint16), sampled token ids must lie inside
-  it, and sampled documents must come back unchanged through decode then encode (a different vocabulary breaks most
-  of them: on the smoke data, 5 of 32 with another 1024-piece BPE tokenizer, 32 of 32 with the right one);
+- tokenizer: the fingerprint in `<prefix>.meta.json` (written by tools/preprocess_data.py) equals the tokenizer's,
+  and so does the BOS choice recorded there: where the tokenizer's config states one (`Tokenizer.bos_default`), data
+  tokenized the other way is refused, since the trained model would then see a document start its tokenizer never
+  produces at inference (a bare sentencepiece model states none, and either choice is accepted).
+  Without that file (data built by other tools; its BOS choice is then not checked) the data is compared with the
+  tokenizer by sampling: the dtype must fit the vocabulary (megatron stores ids of vocabularies below 65,500 as
+  uint16), sampled token ids must lie inside it, and sampled documents (less a leading BOS) must come back unchanged
+  through decode then encode (a different vocabulary breaks most of them: on the smoke data, 5 of 32 with another
+  1024-piece BPE tokenizer, 32 of 32 with the right one);
 - split: every part that `data.split` gives a share keeps at least one document.
 
 Cost is independent of the data size: a few reads of the `.idx` header and tail, ~256 sampled pointers, and ~32
@@ -31,11 +35,10 @@ from typing import Any
 
 import numpy as np
 
+from taidtron.data.index_writer import INDEX_HEADER, INDEX_HEADER_BYTES
 from taidtron.data.indexed import dataset_files, read_meta
 from taidtron.data.tokenizer import Tokenizer
 
-_HEADER = b"MMIDIDX\x00\x00"
-_HEADER_BYTES = 34  # magic (9), version (8), dtype code (1), sequence count (8), document count (8)
 _DTYPES = {
     1: np.uint8,
     2: np.int8,
@@ -148,11 +151,11 @@ def read_index(idx_path: Path) -> _Index:
     """Parse a megatron `.idx` (header, sequence lengths and pointers), checking that it is complete."""
     size = idx_path.stat().st_size
     with open(idx_path, "rb") as f:
-        head = f.read(_HEADER_BYTES)
+        head = f.read(INDEX_HEADER_BYTES)
     rebuild = "rebuild the dataset with tools/preprocess_data.py or copy it again"
-    if len(head) < _HEADER_BYTES or head[:9] != _HEADER:
+    if len(head) < INDEX_HEADER_BYTES or head[:9] != INDEX_HEADER:
         raise DataError(
-            f"{idx_path} is not a megatron index file ({size} bytes, it must start with {_HEADER!r}); {rebuild}."
+            f"{idx_path} is not a megatron index file ({size} bytes, it must start with {INDEX_HEADER!r}); {rebuild}."
         )
     version, code, sequences, boundaries = struct.unpack_from("<QBQQ", head, 9)
     if version != 1 or code not in _DTYPES:
@@ -160,7 +163,7 @@ def read_index(idx_path: Path) -> _Index:
             f"{idx_path} has index version {version} and dtype code {code}; megatron-core reads version 1 "
             f"with codes {sorted(_DTYPES)}; {rebuild}."
         )
-    expected = _HEADER_BYTES + sequences * (4 + 8) + boundaries * 8
+    expected = INDEX_HEADER_BYTES + sequences * (4 + 8) + boundaries * 8
     if size not in (expected, expected + sequences):  # + one mode byte per sequence in multimodal datasets
         state = "truncated" if size < expected else "longer than its header says"
         raise DataError(
@@ -169,8 +172,10 @@ def read_index(idx_path: Path) -> _Index:
         )
     if sequences == 0:
         raise DataError(f"{idx_path} describes no documents; rebuild the dataset from non-empty input.")
-    lengths = np.memmap(idx_path, dtype=np.int32, mode="r", offset=_HEADER_BYTES, shape=(sequences,))
-    pointers = np.memmap(idx_path, dtype=np.int64, mode="r", offset=_HEADER_BYTES + 4 * sequences, shape=(sequences,))
+    lengths = np.memmap(idx_path, dtype=np.int32, mode="r", offset=INDEX_HEADER_BYTES, shape=(sequences,))
+    pointers = np.memmap(
+        idx_path, dtype=np.int64, mode="r", offset=INDEX_HEADER_BYTES + 4 * sequences, shape=(sequences,)
+    )
     return _Index(dtype=np.dtype(_DTYPES[code]), sequences=sequences, lengths=lengths, pointers=pointers)
 
 
@@ -208,7 +213,8 @@ def _check_tokenizer(prefix: str, bin_path: Path, index: _Index, tokenizer: Toke
                 f"{fingerprint[:12]}), not with data.tokenizer {tokenizer.path} "
                 f"({tokenizer.fingerprint()[:12]}); {fix}."
             )
-        return  # the fingerprint settles it
+        _check_bos(prefix, meta, tokenizer)
+        return  # the fingerprint settles the vocabulary
     vocab = tokenizer.vocab_size
     if index.dtype == np.uint16 and vocab >= _UINT16_VOCAB_LIMIT:
         raise DataError(
@@ -236,6 +242,8 @@ def _check_tokenizer(prefix: str, bin_path: Path, index: _Index, tokenizer: Toke
         ids = tokens[start : start + min(length, _ROUND_TRIP_TOKENS)].tolist()
         if length <= _ROUND_TRIP_TOKENS and ids and ids[-1] == tokenizer.eod:
             ids = ids[:-1]
+        if ids and ids[0] == tokenizer.bos:  # documents built with BOS: decode drops it, encode never adds it
+            ids = ids[1:]
         keep = len(ids) if length <= _ROUND_TRIP_TOKENS else len(ids) - _ROUND_TRIP_MARGIN
         survived += tokenizer.tokenize(tokenizer.detokenize(ids))[:keep] == ids[:keep]
     if survived < _ROUND_TRIP_MIN_SHARE * len(documents):
@@ -243,6 +251,26 @@ def _check_tokenizer(prefix: str, bin_path: Path, index: _Index, tokenizer: Toke
             f"dataset {prefix} does not look tokenized with data.tokenizer {tokenizer.path}: only "
             f"{survived} of {len(documents)} sampled documents come back unchanged through its decode "
             f"and encode (it has no {Path(prefix).name}.meta.json to compare fingerprints); {fix}."
+        )
+
+
+def _check_bos(prefix: str, meta: dict, tokenizer: Tokenizer) -> None:
+    """The BOS choice recorded in the dataset's .meta.json agrees with what data.tokenizer's config states."""
+    added = bool(meta.get("bos", False))  # datasets built before --bos existed have no BOS
+    how = meta.get("bos_source", "built before --bos existed")
+    default = tokenizer.bos_default
+    if added and meta.get("bos_id") != tokenizer.bos:
+        raise DataError(
+            f"dataset {prefix} starts its documents with token id {meta.get('bos_id')} as BOS ({how}), but "
+            f"data.tokenizer {tokenizer.path} has BOS id {tokenizer.bos}; rebuild it with tools/preprocess_data.py."
+        )
+    if default.stated and added != default.add:
+        data = "starts every document with BOS" if added else "has no BOS before its documents"
+        wants = "adds one" if default.add else "adds none"
+        raise DataError(
+            f"dataset {prefix} {data} ({how}), but data.tokenizer {tokenizer.path} {wants} ({default.source}); "
+            f"rebuild it with tools/preprocess_data.py {'--bos' if default.add else '--no-bos'}, or make the "
+            "tokenizer's config say what you want (it governs inference too)."
         )
 
 

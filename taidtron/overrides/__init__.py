@@ -29,9 +29,12 @@ private attribute it touches, the version it was checked against and why:
                       it fails (its `fp8_utils` imports `transformer_engine.pytorch` unguarded)
 
 No other module of taidtron patches or pokes at a library, and only `taidtron/distributed.py` and this package read
-megatron's global `parallel_state`. `tests/overrides/test_megatron_version.py` holds both to that (private names,
-attribute writes on library objects, walks of internal structures, `parallel_state`) and fails when the installed
-megatron-core is not one of CHECKED_MEGATRON_CORE: re-check every workaround above, then add the version.
+megatron's global `parallel_state`. Each module above declares the megatron-core versions it was checked on
+(`CHECKED_MEGATRON_CORE`: 0.16.1, the newest for Python 3.11, and 0.19.2, the newest for 3.12) and branches with
+`megatron_core_at_least` where a version changed what it works around (`versions.py`).
+`tests/overrides/test_megatron_version.py` holds the rest of taidtron to that (private names, attribute writes on
+library objects, walks of internal structures, `parallel_state`) and fails when the installed megatron-core is
+missing from any module's list: re-check that module, then add the version.
 """
 
 from __future__ import annotations
@@ -48,37 +51,22 @@ from taidtron.overrides.optimizer import (
 )
 from taidtron.overrides.teardown import forget_parallel_groups, release_grad_hooks
 from taidtron.overrides.timeouts import collective_timeout, current_timeout
-
-CHECKED_MEGATRON_CORE = ("0.16.1",)
-"""megatron-core versions every workaround in this package was checked against."""
-
-
-def megatron_core_version() -> str:
-    from importlib.metadata import version
-
-    return version("megatron-core")
-
-
-def unchecked_megatron_core() -> str | None:
-    """A sentence naming the installed megatron-core when it is not a checked version, else None."""
-    installed = megatron_core_version()
-    if installed in CHECKED_MEGATRON_CORE:
-        return None
-    return (
-        f"megatron-core {installed} is installed, but taidtron's workarounds for its internals "
-        f"(taidtron/overrides/) were checked against {', '.join(CHECKED_MEGATRON_CORE)} only; install "
-        f"megatron-core=={CHECKED_MEGATRON_CORE[-1]} or re-check taidtron/overrides/ for {installed}."
-    )
-
+from taidtron.overrides.versions import (
+    checked_everywhere,
+    megatron_core_at_least,
+    megatron_core_version,
+    unchecked_megatron_core,
+)
 
 __all__ = [
-    "CHECKED_MEGATRON_CORE",
+    "checked_everywhere",
     "collective_timeout",
     "current_timeout",
     "ensure_dataset_helpers",
     "forget_parallel_groups",
     "load_optimizer_state",
     "materialize_optimizer_state",
+    "megatron_core_at_least",
     "megatron_core_version",
     "optimizer_has_state",
     "optimizer_state_tensors",

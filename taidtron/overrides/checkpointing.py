@@ -1,4 +1,4 @@
-"""Workarounds for megatron-core's dist-checkpointing and distributed-optimizer internals (checked: 0.16.1).
+"""Workarounds for megatron-core's dist-checkpointing and distributed-optimizer internals (checked: 0.16.1, 0.19.2).
 
 Each function names the private attribute it touches and why; `taidtron.checkpoint` and `taidtron.trainer` call
 them, and nothing else in taidtron reaches into these internals.
@@ -6,7 +6,8 @@ them, and nothing else in taidtron reaches into these internals.
 - `prepare_writer`: `filesystem_async._results_queue`, the async writer's results queue.
 - `materialize_optimizer_state`: `DistributedOptimizer._init_optimizer_states_with_dummy_values`.
 - `load_optimizer_state`: `DistributedOptimizer._set_main_param_and_optimizer_states` (scoped, restored after the
-  call) and torch Adam's per-parameter `step` tensors.
+  call) and torch Adam's per-parameter `step` tensors; on megatron-core 0.19, the saved param groups' `max_lr` and
+  `min_lr`, which it matches param groups by.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import signal
 import torch
 
 from taidtron.overrides.optimizer import sub_optimizers
+from taidtron.overrides.versions import megatron_core_at_least
+
+CHECKED_MEGATRON_CORE = ("0.16.1", "0.19.2")
 
 
 def prepare_writer(start_method: str | None = None) -> None:
@@ -113,9 +117,40 @@ def _unshare_adam_steps(optimizer) -> None:
                 state["step"] = state["step"].clone()
 
 
+def _saved_param_groups(state) -> list[list[dict]]:
+    """Every `param_groups` list in a loaded optimizer state dict, whatever the optimizer's nesting
+    (`{"optimizer": {"param_groups": ...}}` for the distributed and mixed-precision optimizers, `{"param_groups":
+    ...}` for FP32Optimizer, a list or dict of those for a ChainedOptimizer of several)."""
+    if isinstance(state, dict):
+        if isinstance(state.get("param_groups"), list):
+            return [state["param_groups"]]
+        return [groups for value in state.values() for groups in _saved_param_groups(value)]
+    if isinstance(state, (list, tuple)):
+        return [groups for value in state for groups in _saved_param_groups(value)]
+    return []
+
+
+def _match_saved_lr_bounds(optimizer, state_dict: dict) -> None:
+    """megatron-core 0.19 (not 0.16.1) matches each saved param group to the current one by a key that includes
+    `max_lr` and `min_lr` (`param_group_identifier_keys`, from `ParamGroupOverride`). A resume that changes
+    optim.lr or optim.min_lr (checkpoint.override) then finds no saved group for the current ones and raises
+    KeyError. The saved groups of the default schedule take the current groups' bounds, which come from this run's
+    config (the optimizer's state is unaffected; `set_optimizer_hyperparameters` sets the same values after)."""
+    current = {(g.get("max_lr"), g.get("min_lr")) for g in optimizer.param_groups if g.get("default_config", True)}
+    if len(current) != 1:
+        return  # no default group, or groups with bounds of their own: nothing taidtron changes on resume
+    ((max_lr, min_lr),) = current
+    for groups in _saved_param_groups(state_dict):
+        for group in groups:
+            if group.get("default_config", True) and "max_lr" in group:
+                group["max_lr"], group["min_lr"] = max_lr, min_lr
+
+
 def load_optimizer_state(optimizer, state_dict: dict) -> None:
-    """`optimizer.load_state_dict(state_dict)` with the two 0.16.1 fixes above around it. Call under no_grad:
+    """`optimizer.load_state_dict(state_dict)` with the fixes above around it. Call under no_grad:
     DistributedOptimizer.load_state_dict copies into fp32 parameters in place."""
+    if megatron_core_at_least("0.19"):
+        _match_saved_lr_bounds(optimizer, state_dict)
     with _tolerate_missing_adam_step(optimizer):
         optimizer.load_state_dict(state_dict)
     _unshare_adam_steps(optimizer)

@@ -1,6 +1,6 @@
 """Run megatron-core on CPU (gloo). Opt-in: `install()` is called by `taidtron.distributed` only when the process
-runs without a GPU, so nothing here touches a GPU run. Checked against megatron-core 0.16.1 (see
-`taidtron.overrides.CHECKED_MEGATRON_CORE`).
+runs without a GPU, so nothing here touches a GPU run. Checked against megatron-core 0.16.1 and 0.19.2
+(`CHECKED_MEGATRON_CORE`).
 
 megatron-core assumes CUDA in a handful of places. Each redirection below names the place it serves; none of them
 is ever undone (a CPU process never gets a GPU later).
@@ -15,6 +15,9 @@ is ever undone (a CPU process never gets a GPU later).
    a TorchFunctionMode maps the cuda device to cpu for factory calls and `.cuda()`/`.to("cuda")`.
 5. The optimizer checks `param.type() == 'torch.cuda.FloatTensor'` (distributed optimizer, clip_grads): the
    same mode answers `Tensor.type()` for CPU tensors with the CUDA type name, so fp32 params are recognised.
+6. megatron-core 0.19 (not 0.16.1) takes `torch.cuda.current_stream()` in every gradient sync
+   (`_ParamAndGradBucketGroup.start_grad_sync`, to wait for CUDA-graph replays): it returns the CPU stream, whose
+   `wait_event` is a no-op.
 
 (Sequence parallelism with the local spec needs no patch: `taidtron.overrides.norms.RMSNorm` is a norm of our own whose
 weight is tagged `sequence_parallel`, where megatron's `WrappedTorchNorm` refuses sequence parallelism.)
@@ -25,6 +28,9 @@ from __future__ import annotations
 import torch
 from torch.overrides import TorchFunctionMode
 
+from taidtron.overrides.versions import megatron_core_at_least
+
+CHECKED_MEGATRON_CORE = ("0.16.1", "0.19.2")
 _INSTALLED = False
 _CPU = torch.device("cpu")
 _FACTORIES = {
@@ -94,6 +100,9 @@ def install() -> None:
     # 2. and 3.
     torch.cuda.current_device = lambda: _CPU
     torch.cuda.synchronize = lambda device=None: None
+    # 6.
+    if megatron_core_at_least("0.19"):
+        torch.cuda.current_stream = lambda device=None: torch.cpu.current_stream()
     # 4. and 5. A process-wide mode; entering it here and never leaving is intentional.
     _CudaToCpu().__enter__()
     _INSTALLED = True

@@ -1,4 +1,4 @@
-"""megatron-core's compiled dataset helpers (checked: 0.16.1).
+"""megatron-core's compiled dataset helpers (checked: 0.16.1, 0.19.2).
 
 `GPTDataset` builds its sample index with `megatron.core.datasets.helpers_cpp`. When the installed package lacks the
 compiled module, `ensure_dataset_helpers` compiles it and, if the package directory is read-only, injects the build
@@ -12,13 +12,16 @@ import importlib.util
 import os
 from pathlib import Path
 
+CHECKED_MEGATRON_CORE = ("0.16.1", "0.19.2")
+
 
 def ensure_dataset_helpers() -> None:
     """Make `megatron.core.datasets.helpers_cpp` importable (GPTDataset builds its sample index with it).
 
-    The megatron-core wheels on PyPI ship it compiled (e.g. helpers_cpp.cpython-311-x86_64-linux-gnu.so), so
-    normally this only imports it. Where it is missing (a source install, an unusual platform) it is compiled
-    once from the helpers.cpp that megatron-core ships, which needs a C++ compiler and `pip install pybind11`.
+    The megatron-core wheels on PyPI ship it compiled (helpers_cpp.cpython-311-x86_64-linux-gnu.so in 0.16.1,
+    helpers_cpp.cpython-312-x86_64-linux-gnu.so in 0.19.2), so normally this only imports it. Where it is missing
+    (a source install, an unusual platform) it is compiled once from the helpers.cpp that megatron-core ships,
+    which needs a C++ compiler and `pip install pybind11`.
     The build goes into the package directory when writable, else `$TAIDTRON_CACHE` (default
     ~/.cache/taidtron), and is written under a temporary name then renamed, so concurrent ranks are safe.
     """

@@ -1,4 +1,4 @@
-"""A torch RMSNorm that megatron-core's local layer spec accepts under sequence parallelism (checked: 0.16.1).
+"""A torch RMSNorm that megatron-core's local layer spec accepts under sequence parallelism (checked: 0.16.1, 0.19.2).
 
 megatron-core's own `WrappedTorchNorm` refuses sequence parallelism, although the norm itself is the same under it:
 only its weight gradient is partial on each TP rank. megatron's `finalize_model_grads` all-reduces over the TP group
@@ -9,6 +9,9 @@ internals, also how TE's norms are handled), so the norm tags its weight with it
 from __future__ import annotations
 
 import torch
+
+# 0.16.1 and 0.19.2: finalize_model_grads sums over TP the grads of params tagged `sequence_parallel`.
+CHECKED_MEGATRON_CORE = ("0.16.1", "0.19.2")
 
 
 class RMSNorm(torch.nn.RMSNorm):

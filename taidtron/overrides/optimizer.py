@@ -1,5 +1,5 @@
 """megatron-core's optimizer step, split so that a non-finite step is refused before anything changes (checked:
-0.16.1).
+0.16.1, 0.19.2).
 
 `MegatronOptimizer.step()` (MixedPrecisionOptimizer, FP32Optimizer, ChainedOptimizer alike) is `prepare_grads()`
 (copy to the main grads; with an fp16 grad scaler, unscale and check for inf/nan), the global gradient norm and
@@ -10,7 +10,9 @@ the gradients: a NaN norm makes clipping a no-op (`clip_coeff < 1.0` is false fo
 `step_if_finite` calls the same public methods in the same order, but computes the gradient norm first (always,
 also when clipping is off: megatron then reports 0) and stops before `step_with_ready_grads()` when the loss or the
 norm is not finite. Only public names are used; it lives here because it restates the body of `step()` and must
-be re-checked when megatron-core changes it.
+be re-checked when megatron-core changes it. 0.19 adds two things to `step()` that taidtron does not use: separate
+norms and clipping for parameters tagged with a `grad_norm_group` (multi-token prediction heads), and
+`OptimizerConfig.grad_norm_skip_threshold` (ChainedOptimizer; infinite by default, and a NaN norm passes it too).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+CHECKED_MEGATRON_CORE = ("0.16.1", "0.19.2")
 
 
 def step_if_finite(optimizer, *, loss: float, clip_grad: float) -> tuple[bool, float]:
@@ -51,7 +55,7 @@ def set_optimizer_hyperparameters(
 ) -> None:
     """Give every parameter group the config's learning-rate bounds and Adam hyper-parameters after a resume.
 
-    megatron-core 0.16.1 keeps `max_lr` and `min_lr` in each param group (`_get_param_groups`: the
+    megatron-core (0.16.1, 0.19.2) keeps `max_lr` and `min_lr` in each param group (`_get_param_groups`: the
     `ParamGroupOverride` fields, from OptimizerConfig.lr/min_lr), and `OptimizerParamScheduler.get_lr` prefers them
     to its own `max_lr`/`min_lr`. Loading the optimizer state restores the param groups saved in the checkpoint, so
     a learning rate changed on resume (checkpoint.override) would reach the scheduler but not the groups, and the

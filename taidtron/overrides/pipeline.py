@@ -10,7 +10,7 @@ argument) whose four public methods that carry gradients send `grad[..., :h_stud
 widen it with zeros to the activation's shape for the local backward (a device-memory copy, far cheaper than the
 link). Forward sends and receives are untouched.
 
-Relies on (checked against megatron-core 0.16.1, `taidtron.overrides.CHECKED_MEGATRON_CORE`): the non-interleaved
+Relies on (checked against megatron-core 0.16.1 and 0.19.2, `CHECKED_MEGATRON_CORE`): the non-interleaved
 schedule calls `send_forward_recv_backward` and `recv_backward` with `tensor_shapes` that only size the received
 gradient (the forward send takes the tensor's own shape), and `send_backward[_recv_forward]` with the gradient of
 the received activation. Interleaved (virtual) pipelines are not used by taidtron.
@@ -24,6 +24,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from megatron.core.pipeline_parallel.p2p_communication import P2PCommunicator
+
+CHECKED_MEGATRON_CORE = ("0.16.1", "0.19.2")
 
 
 def _single_shape(shapes) -> bool:

@@ -1,4 +1,4 @@
-"""megatron-core's DistributedDataParallel never frees itself (checked: 0.16.1; torch 2.13).
+"""megatron-core's DistributedDataParallel never frees itself (checked: 0.16.1, 0.19.2; torch 2.13).
 
 `DistributedDataParallel.__init__` registers a backward hook on every parameter's gradient accumulator (an autograd
 node, kept in its private list `grad_accs`); the hook is a closure over the DDP module. Autograd nodes are C++
@@ -17,6 +17,8 @@ refers back to the DDP module, and the whole cluster is ordinary garbage.
 
 from __future__ import annotations
 
+CHECKED_MEGATRON_CORE = ("0.16.1", "0.19.2")
+
 
 def _no_op(*_args) -> None:
     return None
@@ -24,7 +26,7 @@ def _no_op(*_args) -> None:
 
 def release_grad_hooks(ddp) -> None:
     """Remove DDP's gradient hooks so `ddp` (and what it holds) can be freed; it must not train after."""
-    grad_accs = getattr(ddp, "grad_accs", None)  # private in megatron-core 0.16.1
+    grad_accs = getattr(ddp, "grad_accs", None)  # private in megatron-core 0.16.1 and 0.19.2
     for node in grad_accs or ():
         handle = node.register_hook(_no_op)
         hooks = handle.hooks_dict_ref()
@@ -35,7 +37,8 @@ def release_grad_hooks(ddp) -> None:
 
 
 # Module globals of megatron.core.parallel_state that `destroy_model_parallel()` does not reset (megatron-core
-# 0.16.1): they keep the last run's groups alive until the next `initialize_model_parallel` replaces them.
+# 0.16.1 and 0.19.2 alike): they keep the last run's groups alive until the next `initialize_model_parallel`
+# replaces them.
 _GROUPS_LEFT_BY_DESTROY = (
     "_INTRA_PARTIAL_DATA_PARALLEL_GROUP_WITH_CP",
     "_INTRA_PARTIAL_DATA_PARALLEL_GROUP_WITH_CP_GLOO",
@@ -45,8 +48,8 @@ _GROUPS_LEFT_BY_DESTROY = (
 def forget_parallel_groups() -> None:
     """Drop the references megatron-core keeps to a destroyed world's groups (call right after
     `parallel_state.destroy_model_parallel()`): the two globals above, and `RotaryEmbedding.forward`'s class-wide
-    `functools.lru_cache` (megatron-core 0.16.1), whose keys hold the last 32 RotaryEmbedding modules built in the
-    process and with them their `cp_group`."""
+    `functools.lru_cache` (megatron-core 0.16.1, 0.19.2), whose keys hold the last 32 RotaryEmbedding modules built
+    in the process and with them their `cp_group`."""
     from megatron.core import parallel_state
     from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 

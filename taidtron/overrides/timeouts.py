@@ -1,4 +1,4 @@
-"""A longer collective timeout for a while (checked: torch 2.13, megatron-core 0.16.1).
+"""A longer collective timeout for a while (checked: torch 2.13, megatron-core 0.16.1 and 0.19.2).
 
 torch sets a process group's timeout when the group is created and offers no public way to change it later:
 `torch.distributed.distributed_c10d._set_pg_timeout` (which megatron-core's `parallel_state.update_pg_timeout` also
@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import torch.distributed as dist
 from torch.distributed import distributed_c10d
+
+CHECKED_MEGATRON_CORE = ("0.16.1", "0.19.2")
 
 
 def _backends(group: dist.ProcessGroup) -> list:

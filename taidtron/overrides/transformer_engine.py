@@ -1,7 +1,11 @@
 """A broken Transformer Engine install stops start-up with its fix instead of an ImportError deep in megatron-core
-(checked: 0.16.1)."""
+(checked: 0.16.1, 0.19.2)."""
 
 from __future__ import annotations
+
+# 0.16.1 and 0.19.2: fp8_utils sets HAVE_TE from `import transformer_engine` alone, then imports
+# `transformer_engine.pytorch` unguarded (TE >= 2.0).
+CHECKED_MEGATRON_CORE = ("0.16.1", "0.19.2")
 
 
 def check_transformer_engine_imports() -> None:

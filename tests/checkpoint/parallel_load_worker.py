@@ -29,7 +29,7 @@ from taidtron.models import build_gpt
 from taidtron.overrides.norms import RMSNorm
 from tests import support
 
-MODEL = support.tiny_model()
+MODEL = support.tiny_model_config()
 
 
 class ExtraStateNorm(RMSNorm):

@@ -3,6 +3,7 @@ with another teacher; and the exported student of a training run loads in transf
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 from pathlib import Path
 
@@ -159,8 +160,11 @@ def test_resume_at_another_layout_continues_with_same_loss(teacher_ckpt, tmp_pat
 @pytest.mark.gpu
 def test_gpu_restart_halfway_with_the_distributed_optimizer(tmp_path):
     """On a GPU in bf16 with the distributed optimizer: N/2 + restart + N/2 against N straight. Bit-exact when the
-    GPU kernels are deterministic (a second straight run equals the first); otherwise the resumed run may differ
-    from the straight one by no more than a second straight run does."""
+    GPU kernels are deterministic (a second straight run equals the first). Otherwise (atomics in a backward) the
+    resumed run may differ from the straight one by at most 4x what the second straight run does: it shares the
+    straight run's first N/2 steps, so its expected difference is smaller than the second run's, and the factor keeps
+    one unlucky step from failing the test, while a resume that loses state (optimizer moments, the data position)
+    changes the next steps far beyond rounding. The two straight runs share the GPU side by side."""
     require_gpu()
 
     def args(run_dir: Path) -> list[str]:
@@ -182,8 +186,8 @@ def test_gpu_restart_halfway_with_the_distributed_optimizer(tmp_path):
         ]
 
     straight, again, resumed = tmp_path / "straight", tmp_path / "again", tmp_path / "resumed"
-    for run in (straight, again):
-        run_train(args(run), env=gpu_env())
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # two processes, one GPU: one start-up's wait for both
+        list(pool.map(lambda run: run_train(args(run), env=gpu_env()), (straight, again)))
     restart_from(straight, STEPS // 2, resumed)
     proc = run_train(args(resumed), env=gpu_env())
     assert "RNG states not restored" not in proc.stderr
@@ -204,4 +208,4 @@ def test_gpu_restart_halfway_with_the_distributed_optimizer(tmp_path):
     if noise == 0:
         assert rows["resumed"] == rows["straight"]
     else:
-        assert max_rel_diff(rows["resumed"], rows["straight"]) <= noise
+        assert max_rel_diff(rows["resumed"], rows["straight"]) <= 4 * noise

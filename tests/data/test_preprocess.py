@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def test_text_file_mode_makes_one_document_per_file(tmp_path, smoke_tok, smoke_t
 
 def test_hf_tokenizer_json_is_supported(tmp_path, small_jsonl, hf_tokenizer_json):
     tok = load_tokenizer(hf_tokenizer_json)
-    build_indexed_dataset([small_jsonl], tmp_path / "hf", hf_tokenizer_json, json_key="text", progress=False)
+    build_indexed_dataset([small_jsonl], tmp_path / "hf", hf_tokenizer_json, text_key="text", progress=False)
     docs = documents(tmp_path / "hf")
     assert len(docs) == 199 and all(d[-1] == tok.eod and tok.eod not in d[:-1] for d in docs)
 
@@ -94,7 +95,7 @@ def test_bad_json_line_fails_clearly_and_leaves_nothing_under_the_final_name(
 def test_missing_json_key_names_the_key_and_the_flag(tmp_path, smoke_tokenizer_path):
     src = tmp_path / "x.jsonl"
     src.write_text('{"content": "hello"}\n')
-    with pytest.raises(ValueError, match=r"x\.jsonl:1: no key 'text' \(found: content\).*--json-key"):
+    with pytest.raises(ValueError, match=r"x\.jsonl:1: no key 'text' \(found: content\).*--text-key"):
         build_indexed_dataset([src], tmp_path / "x", smoke_tokenizer_path, progress=False)
 
 
@@ -171,3 +172,32 @@ def test_make_smoke_corpus_regenerates_the_shipped_corpus_byte_for_byte(tmp_path
     main(["--out-dir", str(tmp_path), "--corpus-only"])
     shipped = Path(smoke_prefix).parent / "corpus.jsonl"
     assert (tmp_path / "corpus.jsonl").read_bytes() == shipped.read_bytes()
+
+
+def test_a_batch_log_gets_plain_progress_lines(tmp_path, small_jsonl, smoke_tokenizer_path, monkeypatch):
+    monkeypatch.setenv("TAIDTRON_NO_PROGRESS", "1")  # what a job without a terminal gets
+    lines: list[str] = []
+    meta = build_indexed_dataset(
+        [small_jsonl, small_jsonl], tmp_path / "out", smoke_tokenizer_path, log=lines.append, log_interval=0
+    )
+    assert lines[0] == f"inputs: {small_jsonl} (JSONL), {small_jsonl} (JSONL); text under 'text'"
+    assert lines[1].startswith("BOS: no, documents are tokenize(text) + [eod] (default: a sentencepiece model alone")
+    progress = lines[2:]
+    assert len(progress) == 3  # one per batch (a file each here) and the last one
+    size = f"{2 * small_jsonl.stat().st_size / 1e3:.3g} kB"
+    assert re.fullmatch(
+        rf"tokenize -> out: 398 documents, {meta['tokens']:,} tokens, {size} of {size} read \(100\.0%\), "
+        r"[\d,]+ tokens/s \([\d,]+ per worker\), 0:00:\d\d elapsed, ETA 0:00:00",
+        progress[-1],
+    ), progress[-1]
+    assert "199 documents" in progress[0] and "(50.0%)" in progress[0]
+
+
+def test_a_terminal_gets_a_bar_with_documents_tokens_per_second_and_bytes(capsys):
+    from taidtron.data.progress import TokenizeProgress
+
+    bar = TokenizeProgress("ds", 2_000_000, 2, enabled=True, log=None, interactive=True)
+    bar.update(1234, 56_789, 1_000_000)
+    bar.close()
+    shown = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
+    assert re.search(r"tokenize -> ds: +50%.*1\.00M/2\.00M.*1,234 docs, [\d,]+ tok/s", shown), shown

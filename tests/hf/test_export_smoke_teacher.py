@@ -7,7 +7,6 @@ nothing left behind)."""
 from __future__ import annotations
 
 import json
-import runpy
 import shutil
 from pathlib import Path
 
@@ -30,7 +29,8 @@ def make_smoke_teacher(run_dir: Path) -> Path:
     The one place that knows how the smoke test makes its teacher: the trainer with `taid.loss=lm` and the
     overrides tools/smoke_test.py derives from the config's teacher section; `run_dir`/teacher holds `latest`."""
     teacher = run_dir / "teacher"
-    pretraining_overrides = runpy.run_path(str(REPO_ROOT / "tools" / "smoke_test.py"))["teacher_pretraining_overrides"]
+    from taidtron.recipes import teacher_pretraining_overrides as pretraining_overrides
+
     overrides = pretraining_overrides(
         REPO_ROOT / "configs" / "smoke.yaml",
         [f"data.cache_dir={run_dir / 'index_cache'}", "logging.wandb_mode=disabled"],

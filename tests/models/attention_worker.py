@@ -21,7 +21,7 @@ import torch
 from taidtron.config import ModelConfig, ParallelConfig
 from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
 from taidtron.models import SDPAttention, build_gpt, transformer_config
-from tests.support import report, tiny_model
+from tests.support import report, tiny_model_config
 
 SEQ, BATCH, HEAD_DIM = 24, 2, 16
 # fp32 sums in a different order (flash tiles vs one matmul): agreement to a few ulps of the largest terms.
@@ -133,7 +133,7 @@ def check_model(ctx, heads: int, groups: int, sequence_parallel: bool) -> None:
     for attention in ("local", "sdpa"):
         seed_everything(7, ctx)
         models[attention] = build_gpt(
-            tiny_model(**base, attention=attention),
+            tiny_model_config(**base, attention=attention),
             parallel,
             padded_vocab_size=padded,
             max_seq_length=SEQ,

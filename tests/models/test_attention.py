@@ -155,3 +155,16 @@ def test_gpu_sdpa_runs_a_fused_kernel_and_matches_local_attention_in_bf16():
         assert any(v is True for v in layout["fused_kernels"].values()), layout
         assert all(err < 2e-2 for err in layout["max_error_relative_to_max"].values()), layout
         assert layout["peak_mib"]["sdpa"] < layout["peak_mib"]["local"], layout
+
+
+@pytest.mark.gpu
+def test_gpu_transformer_engine_spec_matches_the_local_spec_on_one_checkpoint():
+    """TE's layer spec loads a checkpoint written by the local spec (its `_extra_state` absent) and computes the same
+    bf16 logits to bf16 rounding. Skipped, with the reason, where Transformer Engine is not installed."""
+    require_gpu()
+    (result,) = run_torchrun(Path(__file__).with_name("te_worker.py"), 1, env=gpu_env())
+    if not result["te_usable"]:
+        pytest.skip("Transformer Engine is not installed here (megatron-core's HAVE_TE is False)")
+    print(json.dumps(result))
+    assert result["te_core_attention"] == ["TEDotProductAttention"], result
+    assert result["max_error_relative_to_max"] < 2e-2, result

@@ -2,6 +2,8 @@
 
     step_worker.py OUT_DIR init STUDENT_INIT TEACHER_INIT            (world of 1: write random init checkpoints)
     step_worker.py OUT_DIR train STUDENT_INIT TEACHER_INIT [k=v ...]  (train, save the student, write results)
+    step_worker.py OUT_DIR train+optimizer STUDENT_INIT TEACHER_INIT [k=v ...]  (the same, the student saved with its
+        optimizer state: in bf16 its fp32 main weights, under optimizer.state.param.*)
     step_worker.py OUT_DIR layouts STUDENT_INIT TEACHER_INIT JSON     (train once per layout of JSON, a
         {name: [k=v ...]} map, one after another on the same ranks: megatron's groups are rebuilt for each, the
         torch.distributed world is kept; results under the layout's name, the student in OUT_DIR/<name>/student)
@@ -85,7 +87,9 @@ def weights_meta(cfg, role: str, trainer: Trainer, kind: str) -> checkpoint.Chec
     )
 
 
-def train_layout(out_dir: Path, student_init: str, teacher_init: str, overrides: list[str]) -> dict:
+def train_layout(
+    out_dir: Path, student_init: str, teacher_init: str, overrides: list[str], *, save_optimizer: bool = False
+) -> dict:
     """STEPS optimizer steps at the layout `overrides` give, the student saved to out_dir/student; returns this
     rank's world size and loss, t and grad-norm curves."""
     cfg = load_config(None, BASE + [f"student.init={student_init}", f"teacher.init={teacher_init}"] + overrides)
@@ -116,6 +120,7 @@ def train_layout(out_dir: Path, student_init: str, teacher_init: str, overrides:
         out_dir / "student",
         trainer.step,
         model=pair.student,
+        optimizer=trainer.optimizer if save_optimizer else None,
         meta=weights_meta(cfg, "student", trainer, "training"),
         ctx=ctx,
     )
@@ -136,8 +141,8 @@ def main() -> None:
         for role, model, path in (("student", pair.student, student_init), ("teacher", pair.teacher, teacher_init)):
             checkpoint.save_checkpoint(path, 0, model=model, meta=weights_meta(cfg, role, trainer, "init"), ctx=ctx)
         report(initialized=True)
-    elif mode == "train":
-        report(**train_layout(out_dir, student_init, teacher_init, overrides))
+    elif mode in ("train", "train+optimizer"):
+        report(**train_layout(out_dir, student_init, teacher_init, overrides, save_optimizer=mode != "train"))
     else:  # layouts: one world, megatron's groups rebuilt per layout (a torchrun start costs more than a run here)
         (layouts,) = overrides
         for name, layout_overrides in json.loads(layouts).items():
