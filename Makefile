@@ -25,9 +25,10 @@ help:
 	@echo "make bench       time the fused TAID loss against the reference formula"
 	@echo "make bench-step  time a distillation step against a student step plus a teacher forward (docs/performance.md)"
 	@echo "make gpu-check   on a machine with an NVIDIA GPU: every GPU check in one call of <= 7 min -> runs/gpu_check/report/"
-	@echo "make paper-mini  TAID vs the baselines across 3 teacher sizes on the Python docs (~1 h on 2 cores) ->"
-	@echo "                 docs/results/paper_mini.md; ARGS=... passes options (e.g. ARGS=--report-only)"
-	@echo "make paper-mini-quick  the same pipeline in 1-3 minutes (a check, not a result) -> runs/paper_mini_quick/"
+	@echo "make paper-mini  a pretrained student distilled by TAID and the baselines from 2 teachers, and a domain"
+	@echo "                 transfer, 3 replicates, on the Python docs (hours on 2 cores) -> docs/results/paper_mini.md;"
+	@echo "                 ARGS=... passes options (e.g. ARGS=--report-only)"
+	@echo "make paper-mini-quick  the same pipeline in a few minutes (a check, not a result) -> runs/paper_mini_quick/"
 
 install:
 	@if $(PYTHON) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; then \
@@ -92,7 +93,8 @@ bench-step:
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check:
 	$(GPU_PY) tools/gpu_check.py --out runs/gpu_check/report
-# The capacity-gap experiment (tools/paper_mini.py): fetches python3.11-doc with apt-get, trains, writes the page.
+# The mini-scale experiment (tools/paper_mini.py, taidtron/experiments/paper_mini/): fetches python3.11-doc with
+# apt-get, trains, writes the page.
 paper-mini:
 	$(PY) tools/paper_mini.py $(ARGS)
 

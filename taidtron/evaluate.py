@@ -3,9 +3,11 @@
 Builds the experiment's Trainer (`taidtron.trainer.build_trainer`, which loads `student.init` and, for a
 distillation objective, `teacher.init`) and runs `Trainer.evaluate` over the test split (the third share of
 data.split, which training never reads) or the valid split. Prints one JSON object and, with --out, writes it
-atomically: `<split>_student_lm_loss` (next-token loss of the student), and with a teacher `<split>_teacher_lm_loss`,
-`<split>_kl_teacher_student` (KL(p_teacher || q_student) per token) and `<split>_distill_loss` (the objective of
-`taid.loss` at its initial state: t = t_start for taid), plus the batches and tokens read.
+atomically: `<split>_student_lm_loss` (next-token loss of the student) and `<split>_student_entropy` (the mean entropy
+of its next-token distribution), and with a teacher `<split>_teacher_lm_loss`, `<split>_teacher_entropy`,
+`<split>_kl_teacher_student` (KL(p_teacher || q_student) per token), `<split>_top1_agreement` (the fraction of tokens
+whose most likely next token is the teacher's) and `<split>_distill_loss` (the objective of `taid.loss` at its
+initial state: t = t_start for taid), plus the batches and tokens read.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Runs derived from an experiment config, shared by the tools that chain runs (`tools/smoke_test.py`, the
-paper-mini experiment): the pretraining run of a config's teacher architecture, with the same trainer."""
+paper-mini experiment): the pretraining run of one of a config's models, with the same trainer."""
 
 from __future__ import annotations
 
@@ -7,18 +7,20 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from taidtron.config import load_config
+from taidtron.config import ROLES, load_config
 
 
-def teacher_pretraining_overrides(
-    config: Path, overrides: list[str], teacher_dir: Path, run_dir: Path, steps: int, lr: float
+def pretraining_overrides(
+    config: Path, overrides: list[str], checkpoint_dir: Path, run_dir: Path, steps: int, lr: float, *, role: str
 ) -> list[str]:
-    """Overrides that turn the distillation config into the teacher's pretraining run: the student section takes
-    the teacher's architecture, the objective is next-token loss, one micro-batch per step."""
+    """Overrides that turn the distillation config into the next-token pretraining run of its `role` model (the
+    student section takes that model's architecture and starts from random weights), one micro-batch per step,
+    warm-up a tenth of the steps, cosine to lr / 10, saving only at the end into `checkpoint_dir`."""
+    if role not in ROLES:
+        raise ValueError(f"role={role!r} must be one of {', '.join(ROLES)}.")
     cfg = load_config(config, overrides)
-    architecture = [
-        f"student.{f.name}={json.dumps(getattr(cfg.teacher, f.name))}" for f in fields(cfg.teacher) if f.name != "init"
-    ]
+    model = getattr(cfg, role)
+    architecture = [f"student.{f.name}={json.dumps(getattr(model, f.name))}" for f in fields(model) if f.name != "init"]
     return [
         *overrides,
         *architecture,
@@ -33,6 +35,14 @@ def teacher_pretraining_overrides(
         "logging.eval_iters=0",
         "checkpoint.save_interval=0",
         "checkpoint.keep_last=1",
-        f"checkpoint.dir={teacher_dir}",
+        f"checkpoint.dir={checkpoint_dir}",
         f"logging.run_dir={run_dir}",
     ]
+
+
+def teacher_pretraining_overrides(
+    config: Path, overrides: list[str], teacher_dir: Path, run_dir: Path, steps: int, lr: float
+) -> list[str]:
+    """Overrides that turn the distillation config into the teacher's pretraining run: the student section takes
+    the teacher's architecture, the objective is next-token loss, one micro-batch per step."""
+    return pretraining_overrides(config, overrides, teacher_dir, run_dir, steps, lr, role="teacher")

@@ -47,6 +47,7 @@ from taidtron.losses import (
     vocab_parallel_fkl_loss,
     vocab_parallel_lm_loss,
 )
+from taidtron.losses.diagnostics import vocab_parallel_entropy, vocab_parallel_top1_agreement
 from taidtron.metrics import MetricsLogger
 from taidtron.models import DistillationPair, build_gpt
 from taidtron.overrides.pipeline import pipeline_config, student_grad_schedule
@@ -270,11 +271,15 @@ class Trainer:
 
     def _validation_terms(self, student_logits, teacher_logits, labels, terms: LossTerms) -> dict[str, torch.Tensor]:
         """Per-token validation metrics beyond the objective: the student's (and teacher's) next-token loss and
-        KL(teacher || student), over the true vocabulary."""
-        lm = partial(vocab_parallel_lm_loss, labels=labels, vocab_size=self.vocab_size, group=self.ctx.tp_group)
+        entropy, KL(teacher || student) and top-1 agreement, over the true vocabulary."""
+        shards = {"vocab_size": self.vocab_size, "group": self.ctx.tp_group}
+        lm = partial(vocab_parallel_lm_loss, labels=labels, **shards)
         out = {"student_lm": terms.lm if terms.lm is not None else lm(student_logits)}
+        out["student_entropy"] = vocab_parallel_entropy(student_logits, **shards)
         if teacher_logits is not None:
             out["teacher_lm"] = lm(teacher_logits)
+            out["teacher_entropy"] = vocab_parallel_entropy(teacher_logits, **shards)
+            out["top1_agreement"] = vocab_parallel_top1_agreement(student_logits, teacher_logits, **shards)
             out["kl_teacher_student"] = vocab_parallel_fkl_loss(
                 student_logits,
                 teacher_logits,
@@ -335,8 +340,9 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, batches: Iterator[Batch], num_steps: int) -> dict[str, float]:
-        """Validation at the current t (t is not updated): the objective's terms, the student's next-token loss and,
-        with a teacher, the teacher's next-token loss and KL(teacher || student)."""
+        """Validation at the current t (t is not updated): the objective's terms, the student's next-token loss and
+        entropy and, with a teacher, the teacher's next-token loss and entropy, KL(teacher || student) and top-1
+        agreement (the fraction of tokens whose most likely next token is the same for both)."""
         self.model.eval()
         totals: dict[str, float] = {}
         for _ in range(num_steps):
@@ -358,6 +364,9 @@ class Trainer:
             "student_lm": "valid_student_lm_loss",
             "teacher_lm": "valid_teacher_lm_loss",
             "kl_teacher_student": "valid_kl_teacher_student",
+            "top1_agreement": "valid_top1_agreement",
+            "student_entropy": "valid_student_entropy",
+            "teacher_entropy": "valid_teacher_entropy",
         }
         return {names[key]: totals[key] / tokens for key in names if key in totals}
 
@@ -368,9 +377,9 @@ class Trainer:
         if self.objective.distill_fn is None or self.objective.lm_loss_weight > 0:
             names.append("lm")
         if evaluate:
-            names += (
-                ["student_lm", "teacher_lm", "kl_teacher_student"] if self.objective.needs_teacher else ["student_lm"]
-            )
+            names += ["student_lm", "student_entropy"]
+            if self.objective.needs_teacher:
+                names += ["teacher_lm", "kl_teacher_student", "top1_agreement", "teacher_entropy"]
         return names
 
     def _global_sums(self, per_micro_batch: list[dict], *, evaluate: bool = False) -> dict[str, float]:

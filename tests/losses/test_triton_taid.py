@@ -294,7 +294,7 @@ def test_kernels_compile_for_h100_h200_without_spills_and_with_vector_loads():
         pytest.fail("Triton does not import: `make test-triton` installs the extra and runs these tests")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("triton_compile_check.py")), "sm_90a"],
+        [sys.executable, "-m", "tests.losses.triton_compile_check", "sm_90a"],
         capture_output=True,
         text=True,
         env=env,

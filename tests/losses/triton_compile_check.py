@@ -1,6 +1,6 @@
 """Compile the TAID Triton kernels for a GPU architecture on a machine without one; print what ptxas reports.
 
-    python tests/losses/triton_compile_check.py [sm_90a ...]      (TRITON_INTERPRET must be unset)
+    python -m tests.losses.triton_compile_check [sm_90a ...]   (repository root; TRITON_INTERPRET must be unset)
 
 Triton's interpreter checks what the kernels compute, not that they compile: this runs the real pipeline (Triton
 -> LLVM -> PTX -> cubin with the ptxas that ships in the Triton wheel) at the launch configuration of
@@ -19,13 +19,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler.compiler import ASTSource
 
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler.compiler import ASTSource  # noqa: E402
-
-from taidtron.losses import triton_taid as kernels  # noqa: E402
+from taidtron.losses import triton_taid as kernels
 
 DTYPES = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
 # Arguments Triton specializes as multiples of 16 at a launch on real logits (pointers, row strides and n_full for

@@ -28,7 +28,10 @@ def reference(cfg, ctx) -> dict:
     batches, num_batches = build_test_iterator(
         cfg.data, tokenizer, micro_batch_size=gbs, global_batch_size=gbs, dp_rank=0, dp_size=1
     )
-    sums = {"student_lm_loss": 0.0, "teacher_lm_loss": 0.0, "kl_teacher_student": 0.0}
+    sums = dict.fromkeys(
+        ("student_lm_loss", "teacher_lm_loss", "kl_teacher_student", "student_entropy", "teacher_entropy"), 0.0
+    )
+    sums["top1_agreement"] = 0.0
     tokens = 0.0
     with torch.no_grad():
         for _ in range(num_batches):
@@ -40,6 +43,10 @@ def reference(cfg, ctx) -> dict:
             sums["student_lm_loss"] += float((-log_q.gather(-1, labels).squeeze(-1) * mask).sum())
             sums["teacher_lm_loss"] += float((-log_p.gather(-1, labels).squeeze(-1) * mask).sum())
             sums["kl_teacher_student"] += float(((log_p.exp() * (log_p - log_q)).sum(-1) * mask).sum())
+            sums["student_entropy"] += float((-(log_q.exp() * log_q).sum(-1) * mask).sum())
+            sums["teacher_entropy"] += float((-(log_p.exp() * log_p).sum(-1) * mask).sum())
+            same = log_q.argmax(-1) == log_p.argmax(-1)
+            sums["top1_agreement"] += float((same.double() * mask).sum())
             tokens += float(mask.sum())
     return {**{k: v / tokens for k, v in sums.items()}, "batches": num_batches, "tokens": tokens}
 

@@ -1,4 +1,5 @@
-"""Runs tools/paper_mini.py's jobs one after another in this one process, as its workers do.
+"""Runs paper-mini jobs one after another in this one process, as the experiment's workers do
+(taidtron/experiments/paper_mini/runner.py).
 
 inprocess_worker.py JOBS.json      (a list of {"name", "kind", "overrides", "marker", "log"})
 
@@ -13,10 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tools"))
-
-import paper_mini  # noqa: E402
+from taidtron.experiments.paper_mini.runner import execute
 
 
 def main() -> None:
@@ -24,7 +22,7 @@ def main() -> None:
     cache = str(jobs_file.parent / "cache")
     results = []
     for job in json.loads(jobs_file.read_text()):
-        result = paper_mini.execute({"spec": "test", "max_batches": None, **job}, cache)
+        result = execute({"spec": "test", "max_batches": None, **job}, cache)
         gc.collect()
         from megatron.core.distributed import DistributedDataParallel
 

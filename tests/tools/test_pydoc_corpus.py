@@ -1,4 +1,5 @@
-"""tools/pydoc_corpus.py: the Python documentation .deb -> one prose document per page, reproducibly, without dpkg.
+"""The paper-mini corpus (taidtron/experiments/paper_mini/corpus.py, command line tools/pydoc_corpus.py): the Python
+documentation .deb -> one prose document per page, reproducibly, without dpkg; its target and general domains.
 
 A small .deb is built here with the layout Debian uses (ar archive: debian-binary, control.tar.xz, data.tar.xz;
 Sphinx HTML under usr/share/doc/python3.11/html), so these tests need no network.
@@ -9,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import sys
 import tarfile
 from pathlib import Path
 
-from tests.support import REPO_ROOT, run_cli
+import pytest
 
-sys.path.insert(0, str(REPO_ROOT / "tools"))
-import pydoc_corpus  # noqa: E402
+from taidtron.experiments.paper_mini import corpus as pydoc_corpus
+from tests.support import run_cli
 
 PAGE = """<!DOCTYPE html><html><head><title>{title}</title><script>var x = 1;</script></head><body>
 <div class="related" role="navigation"><ul><li>index</li><li>modules</li></ul></div>
@@ -136,3 +136,19 @@ def test_cli_builds_from_a_given_deb_and_rejects_bad_input_with_exit_2(tmp_path)
         assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (
             proc.stderr
         )
+
+
+def test_domains_split_the_pages_by_section_in_the_corpus_order(tmp_path):
+    deb = make_deb(tmp_path / "doc.deb", PAGES)
+    pydoc_corpus.build_corpus(deb, tmp_path)
+    summary = pydoc_corpus.split_domains(tmp_path / "pydoc.jsonl", tmp_path, ("tutorial", "howto"))
+    pages = {
+        name: [json.loads(line)["page"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+        for name in ("general", "target")
+    }
+    assert pages["target"] == ["tutorial/eggs.html"]
+    order = [json.loads(line)["page"] for line in (tmp_path / "pydoc.jsonl").read_text().splitlines()]
+    assert pages["general"] == [p for p in order if not p.startswith("tutorial/")]
+    assert summary["target"]["documents"] == 1 and summary["general"]["sections"] == ["library", "whatsnew"]
+    with pytest.raises(pydoc_corpus.CorpusError, match="no pages in section"):
+        pydoc_corpus.split_domains(tmp_path / "pydoc.jsonl", tmp_path, ("faq",))

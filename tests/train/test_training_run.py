@@ -229,7 +229,7 @@ def test_lm_objective_trains_the_student_alone_and_reports_its_lm_loss(tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and not any("taid_t" in r for r in rows)
     evals = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
-    assert [set(e) - {"step", "final"} for e in evals] == [{"valid_student_lm_loss"}] * 2
+    assert [set(e) - {"step", "final"} for e in evals] == [{"valid_student_lm_loss", "valid_student_entropy"}] * 2
 
 
 def test_sigusr1_during_start_up_saves_after_one_step_exits_75_and_the_rerun_resumes(tmp_path):
