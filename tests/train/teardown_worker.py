@@ -17,6 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from taidtron.benchmark.measure import malloc_trim, rss_bytes
 from taidtron.checkpoint import CheckpointError
 from taidtron.config import load_config
 from taidtron.distributed import LaunchEnv
@@ -29,8 +30,10 @@ def threads() -> int:
 
 
 def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    """Resident memory once freed heap pages went back to the system: what runs keep alive, not what glibc's
+    allocator keeps cached from them (that grew ~10 MiB over some runs and not others)."""
+    malloc_trim()
+    return rss_bytes() / 2**20
 
 
 def config(run_dir: Path, steps: int = 2):
