@@ -126,8 +126,8 @@ def test_bad_input_through_torchrun_sh_is_one_line_once_and_exit_2(override, say
     then a 40-70 line ChildFailedError traceback and exit 1)."""
     proc = run(["launch/torchrun.sh", "configs/smoke.yaml", override], env={"NPROC": "2"}, timeout=600)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    (line,) = proc.stderr.splitlines()
-    assert line.startswith(says), line
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(says), proc.stderr
     assert proc.stdout == ""
 
 
