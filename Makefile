@@ -47,12 +47,12 @@ install:
 # start or stop (marker serial) run afterwards, alone. TEST_WORKERS=1 runs everything in one process.
 # The slowest directories are named first so that their files start early and the two workers finish together.
 TEST_WORKERS ?= 2
-TEST_MARKERS := not triton and not gpu and not intermittent
+TEST_MARKERS := not triton and not gpu
 test:
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests/train tests/checkpoint tests/hf tests \
 		-m "$(TEST_MARKERS) and not serial"
 	$(PY) -m pytest -q tests -m "$(TEST_MARKERS) and serial"
-	@echo "Deselected above: Triton kernel tests (marker triton: make test-triton), GPU tests (marker gpu: make gpu-check), and the intermittent disk-full test (marker intermittent: pytest -m intermittent tests)"
+	@echo "Deselected above: Triton kernel tests (marker triton: make test-triton) and GPU tests (marker gpu: make gpu-check)"
 
 # The core of the suite: losses, the overrides (megatron-core version guard, pipeline p2p), parallel equivalence, exact
 # resume, divergence and resume at another lr, the HF round trip, the smoke test in miniature and its golden loss

@@ -21,11 +21,12 @@
 # picks a free port), PYTHON (default: <repo>/.venv/bin/python when it exists, else python3), TAIDTRON_MODULE
 # (taidtron.train, the default, or taidtron.cache_teacher), DRY_RUN=1 (print the torchrun command instead of
 # running it).
-# Preemption: `kill -USR1 <torchrun pid>` (or SIGTERM) is forwarded to every rank of that node; the trainer
-# finishes its step, saves a checkpoint and exits 75 (with several nodes, signal every node's torchrun: the ranks
-# agree on the step, so all of them stop there). torchrun itself then exits non-zero (it reports any non-zero
-# worker exit as a failure); run the same command again to resume from the checkpoint. On SLURM use
-# launch/slurm/ instead.
+# Exit code: the ranks' own (torchrun itself, run through `python -m taidtron.torchrun`): 0 done; 2 bad input, the
+# one line printed once; 75 after a preemption save; else the code of the rank that failed first.
+# Preemption: Ctrl-C, or `kill -USR1 <pid>` (or SIGTERM) of this script, is forwarded to every rank of that node;
+# the trainer finishes its step, saves a checkpoint and exits 75 (with several nodes, signal every node's torchrun:
+# the ranks agree on the step, so all of them stop there), and so does this script; run the same command again to
+# resume from the checkpoint. On SLURM use launch/slurm/ instead.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$REPO/launch/common.sh"
@@ -59,7 +60,7 @@ else
     nodes=(--nnodes="$NNODES" --rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:${MASTER_PORT:-29500}"
            --rdzv-id=taidtron --rdzv-conf="is_host=$([ "$NODE_RANK" -eq 0 ] && echo true || echo false)")
 fi
-cmd=("$PYTHON" -m torch.distributed.run "${nodes[@]}" --nproc-per-node="$NPROC"
+cmd=("$PYTHON" -m taidtron.torchrun "${nodes[@]}" --nproc-per-node="$NPROC"
      -m "$MODULE" --config "$CONFIG" "${OVERRIDES[@]}")
 launch_dry_run "${cmd[@]}"
 exec "${cmd[@]}"

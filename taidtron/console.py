@@ -118,10 +118,19 @@ def _count(n: int) -> str:
     return str(n)
 
 
-def banner(cfg, ctx, trainer, *, datasets: list, resumed: str | None = None, wandb_run: str | None = None) -> str:
+def banner(
+    cfg,
+    ctx,
+    trainer,
+    *,
+    datasets: list,
+    resumed: str | None = None,
+    wandb_run: str | None = None,
+    notes: list[str] = (),
+) -> str:
     """The start-up summary a batch log opens with (rank 0): layout, models, data and epochs, the plan, the
-    objective, and where the outputs go. `datasets` are `taidtron.data.validate.DatasetSummary`s; `trainer` is the
-    built (and resumed) `taidtron.trainer.Trainer`."""
+    objective, where the outputs go, and `notes` (what start-up could not check). `datasets` are
+    `taidtron.data.validate.DatasetSummary`s; `trainer` is the built (and resumed) `taidtron.trainer.Trainer`."""
     from taidtron.data.validate import parse_blend, parse_split
     from taidtron.losses import run_models
     from taidtron.models.gpt import resolve_attention
@@ -184,6 +193,7 @@ def banner(cfg, ctx, trainer, *, datasets: list, resumed: str | None = None, wan
         f"checkpoints {_every(cfg.checkpoint.save_interval)}"
         f"{'; wandb ' + wandb_run if wandb_run else ''}"
         f"{'; TensorBoard ' + cfg.logging.run_dir + '/tensorboard' if cfg.logging.tensorboard else ''}",
+        *(f"not checked {note}" for note in notes),
         "=" * 100,
     ]
     return "\n".join(lines)

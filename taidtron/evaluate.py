@@ -36,21 +36,21 @@ def evaluate(cfg, ctx, *, split: str = "test", max_batches: int | None = None) -
         )
     tokenizer = load_shared_tokenizer(cfg.data)
     trainer = build_trainer(cfg, ctx, tokenizer.vocab_size)
-    batch = dict(
-        micro_batch_size=cfg.parallel.micro_batch_size,
-        global_batch_size=cfg.parallel.global_batch_size,
-        dp_rank=ctx.dp_rank,
-        dp_size=ctx.dp,
-    )
-    if split == "test":
-        batches, num_batches = build_test_iterator(cfg.data, tokenizer, max_batches=max_batches, **batch)
-    else:
-        num_batches = max_batches or cfg.logging.eval_iters
-        _, make_valid = build_data_iterators(cfg.data, tokenizer, train_steps=1, eval_iters=num_batches, **batch)
-        if make_valid is None:
-            raise ValueError(f"data.split={cfg.data.split!r} has no valid share to evaluate on.")
-        batches = make_valid()
-    try:
+    try:  # released however this ends: a failed evaluation must not keep the models and their process groups
+        batch = dict(
+            micro_batch_size=cfg.parallel.micro_batch_size,
+            global_batch_size=cfg.parallel.global_batch_size,
+            dp_rank=ctx.dp_rank,
+            dp_size=ctx.dp,
+        )
+        if split == "test":
+            batches, num_batches = build_test_iterator(cfg.data, tokenizer, max_batches=max_batches, **batch)
+        else:
+            num_batches = max_batches or cfg.logging.eval_iters
+            _, make_valid = build_data_iterators(cfg.data, tokenizer, train_steps=1, eval_iters=num_batches, **batch)
+            if make_valid is None:
+                raise ValueError(f"data.split={cfg.data.split!r} has no valid share to evaluate on.")
+            batches = make_valid()
         metrics = trainer.evaluate(batches, num_batches)
     finally:
         trainer.close()

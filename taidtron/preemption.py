@@ -11,6 +11,10 @@ one stays `latest`), with exit code 128 + the signal number:
   ranks when one fails; a job missing a rank cannot save (saving is collective), and a survivor blocked in a
   collective or in start-up would otherwise sit there until torchrun's SIGKILL 30 s later.
 
+A rank that has already decided how it ends (`StopSignal.finish`: saved after a stop signal, or refused bad input)
+exits at once with that code, silently, on any further stop signal: a launcher stopping the rest of the job once
+the first rank exits (torchrun, DeepSpeed's launcher, srun) gets the rank's own word, not 128 + N.
+
 The decision is taken by a watcher thread woken through `signal.set_wakeup_fd`, so it happens even while the main
 thread is inside a collective or another C call, where Python signal handlers cannot run. Light on purpose:
 `train.main` installs all this before importing torch, so a signal that arrives during start-up is not fatal.
@@ -36,6 +40,8 @@ class StopSignal:
 
     def __init__(self):
         self.received: int | None = None
+        self.decided: int | None = None
+        """The exit code this rank ends with, once known (`finish`)."""
         self._deliveries = 0
         self._insistent = 0
         for sig in STOP_SIGNALS:
@@ -47,8 +53,15 @@ class StopSignal:
         if self.received is None:
             self.received = signum
 
+    def finish(self, code: int) -> None:
+        """This rank will exit with `code` (a save after a stop signal is complete, or bad input was refused): a
+        stop signal from now on ends it at once with that code, without a word."""
+        self.decided = code
+
     def _on_delivery(self, signum: int) -> None:
         """Watcher thread, as soon as a stop signal arrives."""
+        if self.decided is not None:
+            os._exit(self.decided)
         name = signal.Signals(signum).name
         self._deliveries += 1
         if signum in _INSISTENT:

@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from taidtron import outcome
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from taidtron.config import config_help
@@ -59,10 +61,12 @@ def check_output_dirs(cfg) -> None:
             ) from None
 
 
-def user_error(kind: str, exc: Exception) -> int:
-    """Bad input: one line on stderr (whatever the message holds), exit code 2."""
-    print(f"taidtron: {kind}: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
-    return 2
+def user_error(kind: str, exc: Exception, stop=None) -> int:
+    """Bad input: one line on stderr (whatever the message holds; a launcher that collects the ranks' outcomes prints
+    it once for all of them, `taidtron.outcome`), exit code 2. `stop`: the rank's StopSignal, told that it ends."""
+    if stop is not None:
+        stop.finish(2)
+    return outcome.finish(2, f"taidtron: {kind}: {' '.join(str(exc).split())}")
 
 
 @contextlib.contextmanager
@@ -70,12 +74,14 @@ def session(cfg, *, launch=None, roles=None) -> Iterator:
     """The distributed world of one run: process groups for `cfg.parallel` (`launch`: where this process sits; by
     default the launcher's environment), the layout checked against the models (`roles`; by default those the run
     builds), every RNG seeded; torn down on exit, also when any of it fails. Yields the `ParallelContext`."""
-    from taidtron.distributed import destroy_distributed, init_distributed, seed_everything
+    from taidtron.distributed import destroy_distributed, init_distributed, read_launch_env, seed_everything
     from taidtron.losses import run_models
 
+    launch = launch or read_launch_env()
+    roles = tuple(run_models(cfg)) if roles is None else roles
+    cfg.validate_layout(launch.world_size, roles)  # before any rank announces itself or connects
     try:
         ctx = init_distributed(cfg.parallel, launch=launch)
-        cfg.validate_layout(ctx.world_size, tuple(run_models(cfg)) if roles is None else roles)
         seed_everything(cfg.seed, ctx)
         yield ctx
     finally:
@@ -113,16 +119,18 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         check_output_dirs(cfg)
     except ConfigError as exc:
-        return user_error("configuration error", exc)
+        return user_error("configuration error", exc, stop)
     try:  # an install to repair: taidtron.models first, it names a broken Transformer Engine with its fix
         import taidtron.models  # noqa: F401
         import taidtron.trainer  # noqa: F401
     except ImportError as exc:
-        return user_error("installation error", exc)
+        return user_error("installation error", exc, stop)
     try:
-        return run(cfg, stop=stop)
+        code = run(cfg, stop=stop)
     except ValueError as exc:  # ConfigError, CheckpointError, tokenizer/data errors: the user must change something
-        return user_error("error", exc)
+        return user_error("error", exc, stop)
+    stop.finish(code)
+    return outcome.finish(code)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ the cache's records, read ahead with the batch (`taidtron.cache`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -107,7 +108,6 @@ class Trainer:
         vocab_size: int,
         teacher_cache=None,
     ):
-
         self.objective = get_loss(taid)
         if teacher is not None and teacher_cache is not None:
             raise ValueError("a teacher model and a teacher cache were both given; distil from one of them.")
@@ -146,8 +146,11 @@ class Trainer:
         )
         student_model = build(student)
         teacher_model = build(teacher) if teacher is not None else None
-        for model_cfg, model in ((student, student_model), (teacher, teacher_model)):
+        for role, model_cfg, model in (("student", student, student_model), ("teacher", teacher, teacher_model)):
             if model_cfg is not None and model_cfg.init:
+                what = f"{role}.init {model_cfg.init}"
+                meta = checkpoint.read_meta(model_cfg.init)
+                checkpoint.check_vocabulary(meta, model_cfg.vocab_size, what, f"{role}.vocab_size")
                 checkpoint.load_model_weights(model, model_cfg.init, group=ctx.dp_group)
         self.teacher_source = checkpoint.describe_source(teacher.init) if teacher is not None and teacher.init else None
         if teacher_cache is not None:
@@ -176,6 +179,18 @@ class Trainer:
             use_distributed_optimizer=parallel.distributed_optimizer,
         )
         self.model = DistributedDataParallel(config=pair.config, ddp_config=ddp_config, module=pair)
+        try:
+            self._build_optimizer(optim, parallel, taid, ctx)
+        except BaseException:
+            self.close()  # else DDP's hooks keep this half-built trainer and its process groups alive
+            raise
+        self.step = 0
+        self.consumed_samples = 0
+        self.skipped_steps = 0
+        self.consecutive_skips = 0
+
+    def _build_optimizer(self, optim: OptimConfig, parallel: ParallelConfig, taid: TAIDConfig, ctx) -> None:
+        """Megatron's optimizer and LR schedule around the DDP model, the TAID schedule, and the schedule hooks."""
         self.optimizer = get_megatron_optimizer(
             OptimizerConfig(
                 optimizer="adam",
@@ -221,16 +236,12 @@ class Trainer:
         self.objective_parameters = None if trainable is None else ObjectiveParameters(trainable, optim, ctx.device)
 
         # megatron's schedules read their hooks from the model config.
-        model_config = pair.config
+        model_config = self.model.module.config
         model_config.no_sync_func = self.model.no_sync
         model_config.finalize_model_grads_func = finalize_model_grads
         model_config.grad_scale_func = self.optimizer.scale_loss
         # 1F1B whose backward p2p carries only the student's half of the activation gradient (the teacher's is 0)
-        self.forward_backward = student_grad_schedule(model_config, student_model.config.hidden_size)
-        self.step = 0
-        self.consumed_samples = 0
-        self.skipped_steps = 0
-        self.consecutive_skips = 0
+        self.forward_backward = student_grad_schedule(model_config, self.student.config.hidden_size)
 
     @property
     def student(self):
@@ -515,41 +526,55 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
 
         consumed = int(resume.meta.trainer["consumed_samples"]) if resume is not None else 0
         teacher_cache = open_run_cache(cfg, ctx, tokenizer_ref, consumed_samples=consumed)
-    trainer = build_trainer(cfg, ctx, tokenizer.vocab_size, teacher_cache)
-    checkpointer.restore(trainer, resume)
-    started = resume.describe() if resume is not None else None
-    if ctx.is_main:
-        record_run_config(cfg, cfg.logging.run_dir, started or "fresh start")
+    # From here on the trainer holds the models, the optimizer and (through megatron's DDP) every process group:
+    # it is released however the run ends, or a failed run keeps them and their gloo threads for the process's life.
+    with contextlib.ExitStack() as release:
+        trainer = build_trainer(cfg, ctx, tokenizer.vocab_size, teacher_cache)
+        release.callback(trainer.close)
+        checkpointer.restore(trainer, resume)
+        started = resume.describe() if resume is not None else None
+        if ctx.is_main:
+            record_run_config(cfg, cfg.logging.run_dir, started or "fresh start")
 
-    train_iter, make_valid_iter = build_data_iterators(
-        cfg.data,
-        tokenizer,
-        micro_batch_size=cfg.parallel.micro_batch_size,
-        global_batch_size=cfg.parallel.global_batch_size,
-        dp_rank=ctx.dp_rank,
-        dp_size=ctx.dp,
-        train_steps=cfg.optim.train_steps,
-        eval_iters=cfg.logging.eval_iters,
-        consumed_samples=trainer.consumed_samples,
-        dataset_samples=teacher_cache.dataset_samples if teacher_cache is not None else None,
-    )
-    if teacher_cache is not None and ctx.is_last_stage:  # only the loss reads the records
-        vocab = dict(padded_vocab_size=trainer.padded_vocab_size, vocab_size=trainer.vocab_size)
-        train_iter, make_valid_iter = teacher_cache.attach_run(train_iter, make_valid_iter, ctx=ctx, **vocab)
-    logger = MetricsLogger(
-        cfg.logging,
-        enabled=ctx.is_main,
-        total_steps=cfg.optim.train_steps,
-        start_step=trainer.step,
-        config_dict=checkpointer.config,
-    )
-    if ctx.is_main:
-        logger.write_console(
-            console.banner(cfg, ctx, trainer, datasets=datasets, resumed=started, wandb_run=logger.wandb_description)
+        train_iter, make_valid_iter = build_data_iterators(
+            cfg.data,
+            tokenizer,
+            micro_batch_size=cfg.parallel.micro_batch_size,
+            global_batch_size=cfg.parallel.global_batch_size,
+            dp_rank=ctx.dp_rank,
+            dp_size=ctx.dp,
+            train_steps=cfg.optim.train_steps,
+            eval_iters=cfg.logging.eval_iters,
+            consumed_samples=trainer.consumed_samples,
+            dataset_samples=teacher_cache.dataset_samples if teacher_cache is not None else None,
         )
-    peak = peak_flops(torch.cuda.get_device_name() if ctx.device.type == "cuda" else None)
-    stop = stop or StopSignal()
-    try:
+        if teacher_cache is not None and ctx.is_last_stage:  # only the loss reads the records
+            vocab = dict(padded_vocab_size=trainer.padded_vocab_size, vocab_size=trainer.vocab_size)
+            train_iter, make_valid_iter = teacher_cache.attach_run(train_iter, make_valid_iter, ctx=ctx, **vocab)
+        if hasattr(train_iter, "close"):  # the cache's read-ahead thread
+            release.callback(train_iter.close)
+        logger = MetricsLogger(
+            cfg.logging,
+            enabled=ctx.is_main,
+            total_steps=cfg.optim.train_steps,
+            start_step=trainer.step,
+            config_dict=checkpointer.config,
+        )
+        release.callback(logger.close)  # closed first
+        if ctx.is_main:
+            logger.write_console(
+                console.banner(
+                    cfg,
+                    ctx,
+                    trainer,
+                    datasets=datasets,
+                    resumed=started,
+                    wandb_run=logger.wandb_description,
+                    notes=checkpointer.notes,
+                )
+            )
+        peak = peak_flops(torch.cuda.get_device_name() if ctx.device.type == "cuda" else None)
+        stop = stop or StopSignal()
         while trainer.step < cfg.optim.train_steps:
             result = trainer.train_step(train_iter)
             logger.log(_step_row(trainer, result, cfg, peak, ctx.world_size))
@@ -566,17 +591,13 @@ def fit(cfg: TrainConfig, ctx: ParallelContext, stop: StopSignal | None = None) 
             if checkpointer.due(trainer.step, skipped=result.skipped, now=preempted or last):
                 logger.write_console(f"saved {checkpointer.save(trainer)}")
             if preempted and not last:
+                stop.finish(PREEMPTED_EXIT_CODE)  # saved: a further signal (the launcher stopping the job) ends it
                 logger.write_console(
                     f"signal {stop.received}: saved at step {trainer.step}; exiting with "
                     f"{PREEMPTED_EXIT_CODE} so the job is requeued"
                 )
                 return PREEMPTED_EXIT_CODE
         return 0
-    finally:
-        if hasattr(train_iter, "close"):
-            train_iter.close()
-        logger.close()
-        trainer.close()
 
 
 def _step_row(trainer: Trainer, result: StepResult, cfg: TrainConfig, peak, world_size: int) -> dict:

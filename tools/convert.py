@@ -1,12 +1,16 @@
 """Convert between Hugging Face Llama / Qwen2 checkpoints and taidtron (megatron-core dist) checkpoints.
 
     python tools/convert.py import --hf HF_DIR --out CKPT_DIR [--force] [--dtype auto|float32|bfloat16|float16]
+                                   [--tokenizer PATH]
     python tools/convert.py export --ckpt CKPT_DIR --out HF_DIR [--force] [--max-shard-size 5GB] [--tokenizer PATH]
 
 import: a local HF directory (config.json + model.safetensors, or shards with model.safetensors.index.json) of a
     Llama or Qwen2 model (GQA, qkv bias, tied or untied embeddings, any RoPE base) becomes one taidtron iteration
     directory with no optimizer state. Use it as `teacher.init` or `student.init` at any tp/pp (dist_checkpointing
-    reshards on load); the model section to paste into the config is printed at the end.
+    reshards on load); the model section to paste into the config is printed at the end. The fingerprint of the
+    model's tokenizer (HF_DIR's tokenizer.json, else tokenizer.model; --tokenizer names another) is recorded, so a
+    run whose data.tokenizer differs is refused; a folder without one is recorded as `unknown` (said at import and
+    in the run's start-up banner).
 export: the model of any taidtron checkpoint (the student of a distillation run; a run's checkpoint directory,
     which follows `latest`, or one iteration directory; saved at any tp/pp) becomes an HF directory that
     `transformers.AutoModelForCausalLM.from_pretrained` loads: config.json, generation_config.json, safetensors
@@ -37,6 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["auto", "float32", "bfloat16", "float16"],
         help="dtype of the stored weights (default: the HF weights' own)",
     )
+    imp.add_argument(
+        "--tokenizer",
+        default=None,
+        help="the model's tokenizer (file or folder) to record (default: HF_DIR's tokenizer.json / tokenizer.model)",
+    )
     imp.add_argument("--no-progress", action="store_true", help="no progress bar")
     exp = sub.add_parser("export", help="taidtron checkpoint (its student) -> Hugging Face directory")
     exp.add_argument("--ckpt", required=True, help="run checkpoint directory (follows `latest`) or iteration dir")
@@ -64,12 +73,23 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "import":
-            meta = import_hf(args.hf, args.out, force=args.force, dtype=args.dtype, quiet=args.no_progress)
+            meta = import_hf(
+                args.hf, args.out, force=args.force, dtype=args.dtype, quiet=args.no_progress, tokenizer=args.tokenizer
+            )
             print(
                 f"wrote {args.out} ({meta.model.family}, {meta.model.num_layers} layers, {meta.params_dtype}). "
                 f"Use it as teacher or student; the model section for the config:\n"
             )
             print("\n".join("  " + line for line in model_yaml(meta.model, str(args.out)).splitlines()))
+            if meta.tokenizer.known:
+                print(f"\ntokenizer {meta.tokenizer.path} (fingerprint {meta.tokenizer.fingerprint[:12]}) recorded")
+            else:
+                print(
+                    f"convert: note: {args.hf} holds no tokenizer.json or tokenizer.model, so the tokenizer is "
+                    f"recorded as unknown and runs cannot check data.tokenizer against it; pass --tokenizer PATH "
+                    f"to record the model's own.",
+                    file=sys.stderr,
+                )
         else:
             summary = export_hf(
                 args.ckpt,

@@ -1,6 +1,6 @@
 """Benchmarks and the one-call GPU check: the library behind `tools/bench_loss.py`, `tools/bench_step.py`,
-`tools/bench_attention.py`, `tools/bench_cache.py`, `tools/bench_convert_memory.py`, `tools/bench_preprocess.py` and
-`tools/gpu_check.py` (docs/performance.md, docs/checkpoints.md, docs/cluster.md).
+`tools/bench_attention.py`, `tools/bench_cache.py`, `tools/bench_checkpoint.py`, `tools/bench_convert_memory.py`,
+`tools/bench_preprocess.py` and `tools/gpu_check.py` (docs/performance.md, docs/checkpoints.md, docs/cluster.md).
 
     measure      timers that sync the device, median of N interleaved rounds, peak-memory probes, the machine's
                  name, measured copy bandwidth and the bandwidth floors of the loss (docs/losses.md)
@@ -12,6 +12,7 @@
                  from a cache against the student and online steps (tools/bench_cache.py, bench_step.py --cache)
     attention    one decoder layer with each core attention
     convert_memory  peak resident memory of `tools/convert.py import` / `export` against generated models' size
+    checkpoint   checkpoint file digests against a plain read: per GiB, in the smoke save, a 1.5B student's estimate
     environment  versions, the device and its peak FLOP/s (the GPU check's first record)
     runner       running checks in their own process groups under budgets and one deadline (standard library only)
     gpu_check    the checks of `tools/gpu_check.py` and its command line (standard library only)

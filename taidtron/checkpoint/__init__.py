@@ -4,10 +4,12 @@ One concern per module:
 
     meta       taidtron.json: the schema (`CheckpointMeta`), format migration, the errors (no torch)
     store      directories: finding an iteration, `latest`, renames into place, leftovers (no torch)
-    integrity  is a checkpoint whole: manifest and dist_checkpointing index, before any tensor is read
+    integrity  is a checkpoint whole and intact: manifest, dist_checkpointing index and file digests, before
+               any tensor is read
     resume     which checkpoint a start resumes, and what of the config may change (the resume rules)
     dcp        save and load of model, optimizer and RNG states; non-finite and failed saves; the
-               architecture check
+               architecture and vocabulary checks
+    failures   why a save failed (a full disk as megatron's writers report it) and the room a save needs
     manager    `Checkpointer`: what `Trainer.fit` calls (plan, restore, due, save)
 
 
@@ -21,8 +23,8 @@ Layout of a checkpoint directory:
         common.pt            optimizer param groups (non-sharded state)
         metadata.json        dist_checkpointing format marker
         taidtron.json        `CheckpointMeta`: architecture, where the weights came from, tokenizer, teacher,
-                             trainer state, the file manifest (name -> size) and the parallel layout it was saved
-                             with
+                             trainer state, the file manifest (name -> size and digest) and the parallel layout it
+                             was saved with
 
 A directory made by `tools/convert.py import` is a single iteration directory with no optimizer state; anything
 that takes a checkpoint path accepts either the top directory (it follows `latest`) or an iteration directory.
@@ -30,8 +32,9 @@ that takes a checkpoint path accepts either the top directory (it follows `lates
 Completeness: an iteration directory is written under a hidden temporary name and renamed into place only when
 every rank has finished and `taidtron.json` (written last, with the manifest) is in it; `latest` moves after the
 rename. Loading first checks `taidtron.json` against its schema, the manifest (every file present, exact size) and
-the DCP index (every byte range it names lies inside its file), then the architecture and the tensor keys, and
-only then reads tensors; any failure is a `CheckpointError` naming the file and what to do, never a partial load.
+the DCP index (every byte range it names lies inside its file), then the architecture, every file's bytes against
+its digest (the ranks split the reading) and the tensor keys, and only then reads tensors; any failure is a
+`CheckpointError` naming the file and what to do, never a partial load.
 
 Loading at scale: the ranks of the group passed as `group` (the data-parallel group: its ranks need the same
 shards) split the reading between them and exchange what they read (megatron-core's fully parallel load), under a
@@ -48,17 +51,19 @@ from taidtron.checkpoint.dcp import (
     LOAD_TIMEOUT,
     RNG_KEY,
     check_architecture,
+    check_vocabulary,
     load_checkpoint,
     load_model_weights,
     save_checkpoint,
     save_model,
 )
-from taidtron.checkpoint.integrity import complete_iterations, verify_checkpoint
+from taidtron.checkpoint.integrity import DIGEST_ALGORITHM, complete_iterations, file_digest, verify_checkpoint
 from taidtron.checkpoint.manager import Checkpointer
 from taidtron.checkpoint.meta import (
     FORMAT_VERSION,
     MODEL_FIELDS_REQUIRED,
     SOURCE_KINDS,
+    UNKNOWN_TOKENIZER,
     CheckpointError,
     CheckpointMeta,
     Layout,
@@ -92,6 +97,7 @@ from taidtron.checkpoint.store import (
 )
 
 __all__ = [
+    "DIGEST_ALGORITHM",
     "EXTRA_STATE_SUFFIX",
     "FORMAT_VERSION",
     "LATEST_FILE",
@@ -111,14 +117,17 @@ __all__ = [
     "SaveError",
     "TeacherSource",
     "TokenizerRef",
+    "UNKNOWN_TOKENIZER",
     "WeightsSource",
     "check_architecture",
+    "check_vocabulary",
     "check_teacher_unchanged",
     "check_tokenizer",
     "compare_configs",
     "complete_iterations",
     "describe_latest",
     "describe_source",
+    "file_digest",
     "find_latest",
     "iteration_name",
     "load_checkpoint",

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import errno
 import logging
-import os
 import random
+import re
 import shutil
 import time
 import uuid
@@ -33,7 +32,22 @@ from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyPara
 from torch.distributed.checkpoint.api import CheckpointException
 
 from taidtron import overrides
-from taidtron.checkpoint.integrity import choose_another_hint, verify_checkpoint
+from taidtron.checkpoint.failures import (
+    bytes_to_write,
+    failure_message,
+    free_bytes,
+    is_out_of_space,
+    is_refused_write,
+    latest_bytes,
+    no_room_message,
+    room_needed,
+)
+from taidtron.checkpoint.integrity import (
+    choose_another_hint,
+    file_digest,
+    verify_checkpoint,
+    verify_contents_together,
+)
 from taidtron.checkpoint.meta import FORMAT_VERSION, CheckpointError, CheckpointMeta, Layout, SaveError
 from taidtron.checkpoint.store import (
     LATEST_FILE,
@@ -88,36 +102,20 @@ def save_checkpoint(
     final = ckpt_dir / iteration_name(step)
     tmp = ckpt_dir / f".tmp_{final.name}"
     _refuse_non_finite(model, optimizer, ckpt_dir, step, ctx)
-    if ctx.is_main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-    _barrier(ctx)
-    error: BaseException | None = None
-    try:
-        _write_iteration(
+    # Each stage ends with the ranks agreeing whether any of them failed (`_together`), so that a rank whose write
+    # failed never leaves the others waiting in a collective it does not join.
+    what = f"step {step}"
+    _together(ctx, ckpt_dir, what, tmp, lambda: _start_empty(tmp, parents=True) if ctx.is_main else None)
+    _together(
+        ctx,
+        ckpt_dir,
+        what,
+        tmp,
+        lambda: _write_iteration(
             tmp, model=model, optimizer=optimizer, meta=meta, step=step, save_rng=optimizer is not None, ctx=ctx
-        )
-    except (Exception, CheckpointException) as exc:  # torch's CheckpointException is a BaseException
-        error = exc
-    failed, out_of_space = _any_rank(ctx, error is not None, error is not None and _is_out_of_space(error))
-    if failed:
-        if ctx.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        _barrier(ctx)
-        if error is not None and not out_of_space and not _is_os_error(error):
-            raise error  # not the file system: a bug, keep its traceback
-        raise SaveError(_save_failure_message(error, out_of_space, ckpt_dir, step)) from error
-    if ctx.is_main:
-        replace_dir(tmp, final)  # a re-save of the same step (e.g. a signal right after a periodic save)
-        write_latest(ckpt_dir, final)
-        remove_leftovers(ckpt_dir)
-        if keep_last > 0:
-            older = sorted(p for p in ckpt_dir.glob("iter_*") if p.is_dir() and p.name < final.name)
-            for old in older[: max(0, len(older) - (keep_last - 1))]:
-                discard(old)
-    _barrier(ctx)
+        ),
+    )
+    _together(ctx, ckpt_dir, what, tmp, lambda: _publish(ckpt_dir, tmp, final, keep_last) if ctx.is_main else None)
     return final
 
 
@@ -141,16 +139,16 @@ def save_model(
     weights it streams); None: `meta.content_id`."""
     directory = Path(directory)
     tmp = directory.with_name(f".tmp_{directory.name}")
-    if ctx.is_main:
-        if directory.exists() and any(directory.iterdir()) and not overwrite:
-            raise CheckpointError(f"{directory} exists and is not empty; choose another directory or overwrite it.")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-    _barrier(ctx)
-    try:
-        _write_iteration(
+    if ctx.is_main and directory.exists() and any(directory.iterdir()) and not overwrite:
+        raise CheckpointError(f"{directory} exists and is not empty; choose another directory or overwrite it.")
+    where, what = directory.parent, directory.name
+    _together(ctx, where, what, tmp, lambda: _start_empty(tmp, parents=True) if ctx.is_main else None)
+    _together(
+        ctx,
+        where,
+        what,
+        tmp,
+        lambda: _write_iteration(
             tmp,
             model=model,
             optimizer=None,
@@ -160,14 +158,39 @@ def save_model(
             ctx=ctx,
             materialize=materialize,
             content_id=content_id,
-        )
-        if ctx.is_main:
-            replace_dir(tmp, directory)
-    finally:
-        if ctx.is_main and tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    _barrier(ctx)
+        ),
+    )
+    _together(ctx, where, what, tmp, lambda: replace_dir(tmp, directory) if ctx.is_main else None)
     return directory
+
+
+def _start_empty(tmp: Path, parents: bool) -> None:
+    """Rank 0: an empty temporary directory to write into (one left by an interrupted save is removed)."""
+    tmp.parent.mkdir(parents=parents, exist_ok=True)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+
+
+def _publish(ckpt_dir: Path, tmp: Path, final: Path, keep_last: int) -> None:
+    """Rank 0, once every rank's write succeeded: rename the save into place, then point `latest` at it, then tidy.
+    A failure before `latest` moved leaves no trace of this save; one after it (tidying) only a warning."""
+    replace_dir(tmp, final)  # a re-save of the same step (e.g. a signal right after a periodic save)
+    try:
+        write_latest(ckpt_dir, final)
+    except OSError:
+        latest = ckpt_dir / LATEST_FILE
+        if not (latest.is_file() and latest.read_text().strip() == final.name):
+            shutil.rmtree(final, ignore_errors=True)
+        raise
+    try:
+        remove_leftovers(ckpt_dir)
+        if keep_last > 0:
+            older = sorted(p for p in ckpt_dir.glob("iter_*") if p.is_dir() and p.name < final.name)
+            for old in older[: max(0, len(older) - (keep_last - 1))]:
+                discard(old)
+    except OSError as exc:
+        log.warning("%s saved, but removing older checkpoints failed (%s); the next save retries", final, exc)
 
 
 def _write_iteration(
@@ -195,9 +218,11 @@ def _write_iteration(
     state = _sharded_state(model, optimizer, is_loading=False)
     if save_rng:
         state[RNG_KEY] = _rng_sharded_object(ctx, _rng_state())
+    _check_room(state, tmp, ctx)
     strategy = overrides.streamed_save_strategy(materialize) if materialize is not None else None
     dist_checkpointing.save(state, str(tmp), sharded_strategy=strategy)
     _barrier(ctx)  # every rank's files are closed before rank 0 lists them
+    digests = _digest_together(tmp, ctx)
     if ctx.is_main:
         params_dtype = next(iter(model.parameters())).dtype
         meta = dataclasses.replace(
@@ -211,8 +236,31 @@ def _write_iteration(
             has_optimizer=optimizer is not None,
             has_rng=save_rng,
             files=scan_files(tmp),
+            digests=digests,
         )
         atomic_write_text(tmp / META_FILE, meta.to_json())
+
+
+_OWN_FILE = re.compile(r"__(\d+)_\d+\.distcp")
+"""megatron-core's FileSystemWriterAsync names the tensor files a rank writes `__<global rank>_<n>.distcp`."""
+
+
+def _digest_together(directory: Path, ctx: ParallelContext) -> dict[str, str]:
+    """Right after the write, while the bytes are still in the page cache: every rank hashes the tensor files it
+    wrote itself, in parallel, and rank 0 the rest (the index, common.pt, and any file no rank claims). Returns
+    name -> digest of every file on rank 0, {} elsewhere."""
+    names = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != META_FILE)
+
+    def owner(name: str) -> int:
+        match = _OWN_FILE.fullmatch(name)
+        return int(match.group(1)) if match and int(match.group(1)) < ctx.world_size else 0
+
+    mine = {name: file_digest(directory / name) for name in names if owner(name) == ctx.rank}
+    if ctx.world_size == 1:
+        return mine
+    gathered: list[dict[str, str] | None] = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(mine, gathered, dst=0)
+    return {name: digest for part in gathered or [] for name, digest in (part or {}).items()}
 
 
 def _refuse_non_finite(model: torch.nn.Module, optimizer, ckpt_dir: Path, step: int, ctx: ParallelContext) -> None:
@@ -252,74 +300,64 @@ def _non_finite_tensors(model: torch.nn.Module, optimizer) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# why a save failed
-
-
-def _exception_chain(error: BaseException) -> list[BaseException]:
-    """`error`, its causes and contexts, and the per-rank exceptions a torch CheckpointException carries."""
-    seen: list[BaseException] = []
-    todo = [error]
-    while todo:
-        exc = todo.pop()
-        if exc is None or any(exc is s for s in seen):
-            continue
-        seen.append(exc)
-        todo += [exc.__cause__, exc.__context__]
-        for wrapped in getattr(exc, "failures", {}).values():  # {rank: (exception, traceback)}
-            todo.append(wrapped[0] if isinstance(wrapped, tuple) else wrapped)
-    return seen
-
-
-def _is_os_error(error: BaseException) -> bool:
-    return any(isinstance(exc, OSError) for exc in _exception_chain(error))
-
-
-def _is_out_of_space(error: BaseException) -> bool:
-    """ENOSPC or EDQUOT anywhere in the chain. megatron's writer processes report their OSError as the text of a
-    RuntimeError gathered from every rank (the OSError itself does not survive), so the text counts too."""
-    codes = (errno.ENOSPC, errno.EDQUOT)
-    texts = [os.strerror(code) for code in codes]
-    return any(
-        getattr(exc, "errno", None) in codes or any(t in str(exc) for t in texts) for exc in _exception_chain(error)
-    )
-
-
-def _save_failure_message(error: BaseException | None, out_of_space: bool, ckpt_dir: Path, step: int) -> str:
-    free = shutil.disk_usage(ckpt_dir).free if ckpt_dir.exists() else 0
-    previous = describe_latest(ckpt_dir)
-    if out_of_space:
-        need = ""
-        latest = ckpt_dir / LATEST_FILE
-        if latest.is_file() and (ckpt_dir / latest.read_text().strip()).is_dir():
-            size = sum(f.stat().st_size for f in (ckpt_dir / latest.read_text().strip()).rglob("*") if f.is_file())
-            need = f"; one checkpoint takes {_mib(size)}"
-        return (
-            f"no space left on the file system of {ckpt_dir} while saving step {step}: {_mib(free)} free after "
-            f"removing the partial save{need}. The partial save was removed and {previous}. Free space there, "
-            f"lower checkpoint.keep_last, or set checkpoint.dir to a larger file system, then resume."
-        )
-    reason = (
-        "it failed on another rank"
-        if error is None
-        else f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
-    )
-    return (
-        f"saving step {step} to {ckpt_dir} failed ({reason}). The partial save was removed and {previous}; "
-        f"check that the directory is writable, then resume."
-    )
-
-
-def _mib(size: int) -> str:
-    return f"{size / 2**20:.1f} MiB"
-
-
-# ----------------------------------------------------------------------------------------------------------
 # the ranks together
 
 
 def _barrier(ctx: ParallelContext) -> None:
     if ctx.world_size > 1:
         dist.barrier()
+
+
+class _NoRoom(SaveError):
+    """The file system has no room for the save (`_check_room`); nothing was written."""
+
+    def __init__(self, need: int, free: int):
+        super().__init__(f"{need} bytes needed, {free} free")
+        self.need, self.free = need, free
+
+
+def _check_room(state: dict, tmp: Path, ctx: ParallelContext) -> None:
+    """Before a byte is written: what every rank writes together (or the previous checkpoint's size, when more)
+    against the least free space any rank sees. Raises _NoRoom on every rank alike."""
+    total = torch.tensor([float(bytes_to_write(state))], dtype=torch.float64, device=ctx.device)
+    # the least free space any rank sees (as the most negative), the previous checkpoint's size (rank 0 reads it)
+    most = torch.tensor(
+        [-float(free_bytes(tmp)), float(latest_bytes(tmp.parent) if ctx.is_main else 0)],
+        dtype=torch.float64,
+        device=ctx.device,
+    )
+    if ctx.world_size > 1:
+        dist.all_reduce(total)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    need = room_needed(int(total.item()), previous=int(most[1].item()))
+    free = int(-most[0].item())
+    if free < need:
+        raise _NoRoom(need, free)
+
+
+def _together(ctx: ParallelContext, where: Path, what: str, tmp: Path, stage) -> None:
+    """Run one stage of a save on every rank, then agree: if it failed on any rank, rank 0 removes `tmp` and every
+    rank raises the same SaveError (a refused write or no space, worded by `failures`); an error that is not the
+    file system's (a bug) keeps its own type and traceback on the rank that raised it."""
+    error: BaseException | None = None
+    try:
+        stage()
+    except (Exception, CheckpointException) as exc:  # torch's CheckpointException is a BaseException
+        error = exc
+    no_room = isinstance(error, _NoRoom)  # already agreed on by every rank
+    failed, out_of_space = _any_rank(
+        ctx, error is not None, error is not None and not no_room and is_out_of_space(error, where)
+    )
+    if not failed:
+        return
+    if ctx.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _barrier(ctx)
+    if no_room:
+        raise SaveError(no_room_message(where, what, error.need, error.free))
+    if error is not None and not out_of_space and not is_refused_write(error):
+        raise error  # not the file system: a bug, keep its traceback
+    raise SaveError(failure_message(error, out_of_space, where, what)) from error
 
 
 def _any_rank(ctx: ParallelContext, *flags: bool) -> tuple[bool, ...]:
@@ -417,6 +455,20 @@ def check_architecture(model: torch.nn.Module, meta: CheckpointMeta, where: Path
         )
 
 
+def check_vocabulary(meta: CheckpointMeta, vocab_size: int, what: str, key: str) -> None:
+    """The checkpoint's true vocabulary (recorded before padding) must be the config's `key` (`teacher.vocab_size`,
+    ...): padding is the only difference allowed. Otherwise the rows of the ids one side lacks would be zeros or
+    dropped, silently."""
+    saved = meta.model.vocab_size
+    if saved == vocab_size:
+        return
+    raise CheckpointError(
+        f"{what} holds a model with a vocabulary of {saved} tokens (padded to {meta.padded_vocab_size} rows), but "
+        f"{key}={vocab_size}; only the padding may differ. Set {key}={saved} (the `model` section of its "
+        f"{META_FILE}, which tools/convert.py import prints), or use a checkpoint of a {vocab_size}-token model."
+    )
+
+
 def _match_checkpoint_keys(state: dict, directory: Path, is_main: bool) -> set[str]:
     """Check that the checkpoint has every model tensor `state` asks for, before anything is read; drop from `state`
     the Transformer Engine `_extra_state` entries it lacks and return their state dict names (what the model's
@@ -507,10 +559,13 @@ def load_model_weights(model: torch.nn.Module, path: str | Path, *, group) -> Ch
     directory = resolve_iteration_dir(path)
     meta = verify_checkpoint(directory)
     check_architecture(model, meta, directory)
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    with overrides.collective_timeout([None], LOAD_TIMEOUT):
+        verify_contents_together(directory, meta, rank, world_size)
     # Nested as saved: dist_checkpointing merges the checkpoint's common (non-tensor) state, e.g. the optimizer's
     # param groups of a training checkpoint, into the top level of what it returns.
     state = _sharded_state(model, None, is_loading=True)
-    absent = _match_checkpoint_keys(state, directory, is_main=not dist.is_initialized() or dist.get_rank() == 0)
+    absent = _match_checkpoint_keys(state, directory, is_main=rank == 0)
     loaded = _dist_load(state, directory, group)
     _load_model_state(model, loaded["model"], absent, directory)
     return meta
@@ -539,6 +594,8 @@ def load_checkpoint(
             f"parallel.tp that pads to {saved_padded}, or start a new run with "
             f"student.init={directory}."
         )
+    with overrides.collective_timeout([None], LOAD_TIMEOUT):
+        verify_contents_together(directory, meta, ctx.rank, ctx.world_size)
     if optimizer is not None:
         overrides.materialize_optimizer_state(optimizer)
     state = _sharded_state(model, optimizer, is_loading=True)

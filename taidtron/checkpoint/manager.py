@@ -1,8 +1,9 @@
 """`Checkpointer`: what a training run does with checkpoints, in the order `Trainer.fit` calls it.
 
 checkpointer = Checkpointer(cfg, ctx)
-plan = checkpointer.plan(tokenizer)      # before building: leftovers cleared, init checkpoints' tokenizers
-                                         # checked, the resume decided (None: a fresh start)
+plan = checkpointer.plan(tokenizer)      # before building: leftovers cleared, init checkpoints' tokenizers and
+                                         # vocabularies checked, the resume decided (None: a fresh start);
+                                         # checkpointer.notes: what could not be checked, for the banner
 trainer = build_trainer(...)
 checkpointer.restore(trainer, plan)      # weights, optimizer, RNG, trainer state; the writer made ready
 ...
@@ -18,9 +19,15 @@ from pathlib import Path
 import torch.distributed as dist
 
 from taidtron import overrides
-from taidtron.checkpoint.dcp import load_checkpoint, save_checkpoint
+from taidtron.checkpoint.dcp import check_vocabulary, load_checkpoint, save_checkpoint
 from taidtron.checkpoint.meta import CheckpointMeta, TokenizerRef, WeightsSource
-from taidtron.checkpoint.resume import ResumePlan, check_teacher_unchanged, check_tokenizer, plan_resume
+from taidtron.checkpoint.resume import (
+    ResumePlan,
+    check_teacher_unchanged,
+    check_tokenizer,
+    plan_resume,
+    unchecked_tokenizer,
+)
 from taidtron.checkpoint.store import read_meta, remove_leftovers
 from taidtron.config import TrainConfig
 from taidtron.distributed import ParallelContext
@@ -40,20 +47,35 @@ class Checkpointer:
         self.dir = Path(cfg.checkpoint.dir or self.run_dir / "checkpoints")
         self.config = cfg.to_dict()
         self.tokenizer: TokenizerRef | None = None
+        self.notes: list[str] = []
+        """What `plan` could not check (an init checkpoint that records no tokenizer), for the start-up banner."""
         self._periodic_pending = False  # a periodic save that fell on a skipped step waits for the next applied one
 
     def plan(self, tokenizer: TokenizerRef) -> ResumePlan | None:
-        """Before anything is built: refuse init checkpoints trained with another tokenizer, finish what an
-        interrupted save left, and decide what this start resumes from (None: a fresh start)."""
+        """Before anything is built: refuse init checkpoints trained with another tokenizer or holding another
+        vocabulary, finish what an interrupted save left, and decide what this start resumes from (None: a fresh
+        start)."""
         self.tokenizer = tokenizer
         for role, model_cfg in run_models(self.cfg).items():
             if model_cfg.init:
-                check_tokenizer(read_meta(model_cfg.init), f"{role}.init {model_cfg.init}", tokenizer)
+                what = f"{role}.init {model_cfg.init}"
+                meta = read_meta(model_cfg.init)
+                check_tokenizer(meta, what, tokenizer)
+                check_vocabulary(meta, model_cfg.vocab_size, what, f"{role}.vocab_size")
+                if meta.tokenizer is None or not meta.tokenizer.known:
+                    self.notes.append(
+                        f"{what} records no tokenizer ({unchecked_tokenizer(meta)}), so it cannot be checked "
+                        f"against data.tokenizer; make sure they are the same (re-import with --tokenizer to record it)"
+                    )
         if self.ctx.is_main:
             remove_leftovers(self.dir)
         if self.ctx.world_size > 1:
             dist.barrier()  # nobody reads the directory while rank 0 tidies it
-        return plan_resume(self.cfg.checkpoint, self.dir, self.config, tokenizer)
+        plan = plan_resume(self.cfg.checkpoint, self.dir, self.config, tokenizer)
+        if plan is not None:
+            what = f"the checkpoint {plan.directory}"
+            check_vocabulary(plan.meta, self.cfg.student.vocab_size, what, "student.vocab_size")
+        return plan
 
     def restore(self, trainer, plan: ResumePlan | None) -> None:
         """Load what `plan` resumes (weights, optimizer, RNG states, the trainer's step, data position and

@@ -8,7 +8,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from taidtron.config import ModelConfig
 from taidtron.schema import Reader
@@ -48,18 +48,34 @@ class WeightsSource:
             raise ValueError(f"kind {self.kind!r} is not one of {', '.join(SOURCE_KINDS)}")
 
 
+UNKNOWN_TOKENIZER = "unknown"
+"""`TokenizerRef.fingerprint` of an import whose Hugging Face folder held no tokenizer: recorded as unknown, so that
+a run using it says it cannot check the tokenizer instead of staying silent."""
+
+
 @dataclass(frozen=True)
 class TokenizerRef:
     """The tokenizer the weights were trained with."""
 
     path: str
-    """The tokenizer file or folder as the run configured it (absolute when written by this version)."""
+    """The tokenizer file or folder as the run configured it, or the Hugging Face folder an import read it from
+    (absolute when written by this version)."""
     fingerprint: str
-    """`Tokenizer.fingerprint()`: equal fingerprints index the same vocabulary."""
+    """`Tokenizer.fingerprint()`: equal fingerprints index the same vocabulary. `unknown` (UNKNOWN_TOKENIZER) for an
+    import whose folder held no tokenizer."""
 
     @classmethod
     def of(cls, path: str | Path, fingerprint: str) -> TokenizerRef:
         return cls(path=str(Path(path).resolve()), fingerprint=fingerprint)
+
+    @classmethod
+    def unknown(cls, searched: str | Path) -> TokenizerRef:
+        """An import from `searched`, a folder without tokenizer.json or tokenizer.model."""
+        return cls.of(searched, UNKNOWN_TOKENIZER)
+
+    @property
+    def known(self) -> bool:
+        return self.fingerprint != UNKNOWN_TOKENIZER
 
 
 @dataclass(frozen=True)
@@ -95,7 +111,9 @@ class CheckpointMeta:
     source: WeightsSource
     """Where the weights came from."""
     tokenizer: TokenizerRef | None = None
-    """The tokenizer the weights were trained with; None for imports (the HF folder has it) and tests."""
+    """The tokenizer the weights were trained with: for imports the Hugging Face folder's (its fingerprint
+    `unknown` when the folder had none); None in checkpoints that record none (imports written before they did,
+    tests)."""
     seq_length: int | None = None
     """Tokens per training sequence; an export's max_position_embeddings when no Hugging Face config is known."""
     teacher: TeacherSource | None = None
@@ -123,6 +141,30 @@ class CheckpointMeta:
     files: dict[str, int] = field(default_factory=dict)
     """The manifest: every other file of the iteration directory and its size in bytes (empty in format 1 files
     that predate it; the DCP index check still applies)."""
+    digests: dict[str, str] = field(default_factory=dict)
+    """The content digest of every file of the manifest, `<algorithm>:<hex>` (`taidtron.checkpoint.integrity`);
+    empty in checkpoints written before digests were recorded, whose bytes a load cannot verify."""
+
+    RECORDED_FIELDS: ClassVar[tuple[str, ...]] = (
+        "model",
+        "padded_vocab_size",
+        "source",
+        "tokenizer",
+        "seq_length",
+        "teacher",
+        "trainer",
+        "config",
+        "format_version",
+        "step",
+        "content_id",
+        "saved_at",
+        "params_dtype",
+        "layout",
+        "has_optimizer",
+        "has_rng",
+        "files",
+    )
+    """The fields every format 2 file holds; `digests`, added later, takes its default when absent."""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)

@@ -36,8 +36,8 @@ def check_teacher_unchanged(saved: TeacherSource | None, current: TeacherSource 
 
 def check_tokenizer(meta: CheckpointMeta, what: str, tokenizer: TokenizerRef) -> None:
     """The checkpoint's weights were trained with the run's tokenizer (equal fingerprints), when it records one
-    (Hugging Face imports do not: their folder holds it)."""
-    if meta.tokenizer is None or meta.tokenizer.fingerprint == tokenizer.fingerprint:
+    (`unchecked_tokenizer` says why one that does not cannot be checked)."""
+    if meta.tokenizer is None or not meta.tokenizer.known or meta.tokenizer.fingerprint == tokenizer.fingerprint:
         return
     raise CheckpointError(
         f"{what} was trained with the tokenizer {meta.tokenizer.path} (fingerprint "
@@ -46,6 +46,16 @@ def check_tokenizer(meta: CheckpointMeta, what: str, tokenizer: TokenizerRef) ->
         f"to the tokenizer the checkpoint was trained with, or use a checkpoint trained with this "
         f"one."
     )
+
+
+def unchecked_tokenizer(meta: CheckpointMeta) -> str:
+    """Why a checkpoint's tokenizer is not known, for a note: an import from a folder without one, or a checkpoint
+    written before imports recorded it."""
+    if meta.tokenizer is not None:
+        return f"imported from {meta.tokenizer.path}, which holds no tokenizer.json or tokenizer.model"
+    if meta.source.kind == "hf_import":
+        return "imported before taidtron recorded the tokenizer of imports"
+    return f"{meta.source.kind} checkpoint written without one"
 
 
 RESUME_FREE_KEYS = (

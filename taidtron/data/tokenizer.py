@@ -267,13 +267,17 @@ class Tokenizer(MegatronTokenizerBase):
         )
 
 
+TOKENIZER_FILE_NAMES = ("tokenizer.json", "tokenizer.model")
+"""What a directory given as a tokenizer (an HF model folder) is searched for, in this order."""
+
+
 def _resolve(path: str | os.PathLike) -> Path:
-    """A tokenizer file, or a directory holding tokenizer.model or tokenizer.json (an HF model folder)."""
+    """A tokenizer file, or a directory holding tokenizer.json or tokenizer.model (an HF model folder)."""
     p = Path(path)
     if str(path) == "":
         raise ValueError("no tokenizer given; set data.tokenizer to a sentencepiece .model or a tokenizer.json.")
     if p.is_dir():
-        for name in ("tokenizer.json", "tokenizer.model"):
+        for name in TOKENIZER_FILE_NAMES:
             if (p / name).is_file():
                 return p / name
         raise ValueError(

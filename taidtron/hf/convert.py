@@ -138,13 +138,53 @@ def _check_hf_keys(reader: SafetensorsReader, model_cfg: ModelConfig, hf_dir: Pa
         )
 
 
+def _import_tokenizer(hf_dir: Path, tokenizer: str | None, model_cfg: ModelConfig) -> checkpoint.TokenizerRef:
+    """The tokenizer an import records: `--tokenizer` (a file or a folder holding one), else the HF folder's own
+    (tokenizer.json, else tokenizer.model), fingerprinted as the data pipeline fingerprints `data.tokenizer`;
+    `unknown` when the folder holds none."""
+    from taidtron.data.tokenizer import TOKENIZER_FILE_NAMES, load_tokenizer
+
+    if tokenizer is None:
+        if not any((hf_dir / name).is_file() for name in TOKENIZER_FILE_NAMES):
+            return checkpoint.TokenizerRef.unknown(hf_dir)
+        source = hf_dir
+    else:
+        source = Path(tokenizer)
+        if not source.exists():
+            raise ConvertError(
+                f"--tokenizer {source} does not exist; pass the tokenizer the model was trained with (a "
+                f"tokenizer.json or sentencepiece .model, or a folder holding one)."
+            )
+    try:
+        tok = load_tokenizer(source)
+    except ValueError as exc:
+        raise ConvertError(
+            f"the tokenizer of {source} cannot be read ({exc}); pass the one the model was trained with as "
+            f"--tokenizer PATH."
+        ) from None
+    if tok.vocab_size > model_cfg.vocab_size:
+        raise ConvertError(
+            f"the tokenizer {tok.path} has {tok.vocab_size} tokens, more than the model's vocabulary of "
+            f"{model_cfg.vocab_size} (config.json vocab_size): it is not this model's tokenizer. Pass the one the "
+            f"model was trained with as --tokenizer PATH."
+        )
+    return checkpoint.TokenizerRef.of(source, tok.fingerprint())
+
+
 def import_hf(
-    hf_dir: str | Path, out: str | Path, *, force: bool = False, dtype: str = "auto", quiet: bool = False
+    hf_dir: str | Path,
+    out: str | Path,
+    *,
+    force: bool = False,
+    dtype: str = "auto",
+    quiet: bool = False,
+    tokenizer: str | None = None,
 ) -> CheckpointMeta:
     """HF directory -> taidtron iteration directory `out`. Returns the metadata written.
 
-    `dtype`: `auto` (the HF weights' own) or a torch dtype name (`float32`, `bfloat16`, `float16`). Raises
-    ConvertError (UnsupportedModelError for architectures it cannot represent exactly) naming what to change."""
+    `dtype`: `auto` (the HF weights' own) or a torch dtype name (`float32`, `bfloat16`, `float16`). `tokenizer`:
+    the tokenizer to record (default: the folder's own; see `_import_tokenizer`). Raises ConvertError
+    (UnsupportedModelError for architectures it cannot represent exactly) naming what to change."""
     _require_cpu_process()
     hf_dir, out = Path(hf_dir), Path(out)
     if not hf_dir.is_dir():
@@ -156,6 +196,7 @@ def import_hf(
     hf = read_hf_config(hf_dir)
     model_cfg = model_config_from_hf(hf)
     _check_output(out, force)
+    tokenizer_ref = _import_tokenizer(hf_dir, tokenizer, model_cfg)
     reader = SafetensorsReader(hf_dir)
     _check_hf_keys(reader, model_cfg, hf_dir)
     entries = key_map(model_cfg)
@@ -197,7 +238,7 @@ def import_hf(
             path=str(hf_dir.resolve()),
             hf_config=hf,
         )
-        meta = CheckpointMeta(model=model_cfg, padded_vocab_size=padded_vocab, source=source)
+        meta = CheckpointMeta(model=model_cfg, padded_vocab_size=padded_vocab, source=source, tokenizer=tokenizer_ref)
         with _progress(len(entries), f"import {hf_dir.name}", quiet) as bar:
             # Each weight is read from the safetensors when the writer stores it; the content id hashes what was
             # read, so that re-importing the same weights is recognised.
@@ -255,7 +296,7 @@ def _tokenizer_source(meta: CheckpointMeta, override: str | None) -> Path | None
                 f"a folder holding one."
             )
         return path
-    if meta.tokenizer is not None:
+    if meta.tokenizer is not None and meta.tokenizer.known:
         return Path(meta.tokenizer.path)
     if meta.source.path is not None:
         return Path(meta.source.path)
@@ -266,13 +307,15 @@ def _write_tokenizer(source: Path, tmp: Path, model_max_length: int) -> tuple[li
     """Copy the tokenizer files into the export; returns (files written, special token ids for the configs).
     A sentencepiece .model without its own tokenizer_config.json gets a minimal one (LlamaTokenizer, no BOS/EOS
     added: the training data was encoded without them)."""
+    from taidtron.data.tokenizer import TOKENIZER_FILE_NAMES, load_tokenizer
+
     written: list[str] = []
     if source.is_dir():
         for name in TOKENIZER_FILES:
             if (source / name).is_file():
                 shutil.copy2(source / name, tmp / name)
                 written.append(name)
-        tok_file = next((source / n for n in ("tokenizer.json", "tokenizer.model") if (source / n).is_file()), None)
+        tok_file = next((source / n for n in TOKENIZER_FILE_NAMES if (source / n).is_file()), None)
     else:
         tok_file = source
         target = "tokenizer.json" if source.suffix == ".json" else "tokenizer.model"
@@ -284,8 +327,6 @@ def _write_tokenizer(source: Path, tmp: Path, model_max_length: int) -> tuple[li
                 written.append(sibling)
     if tok_file is None:
         return written, {}
-    from taidtron.data.tokenizer import load_tokenizer
-
     try:
         tok = load_tokenizer(tok_file)
     except Exception as exc:  # sentencepiece / tokenizers raise their own types for a damaged file
@@ -375,7 +416,7 @@ def export_hf(
     out = Path(out)
     _check_output(out, force)
     directory = checkpoint.resolve_iteration_dir(ckpt)
-    meta = checkpoint.verify_checkpoint(directory)
+    meta = checkpoint.verify_checkpoint(directory, contents=True)
     model_cfg = meta.model
     limit = parse_size(max_shard_size)
     tokenizer_source = _tokenizer_source(meta, tokenizer)

@@ -7,6 +7,7 @@ Cases:
   keep_last          four saves with keep_last=2 leave the newest two iterations, `latest` names the newest
   rng_roundtrip      Python/NumPy/torch/megatron-tracker random streams continue identically after a load
   corrupt:<how>      a damaged checkpoint raises CheckpointError and leaves the model's weights untouched
+  loads_without_digests  a checkpoint whose taidtron.json has no digests (written before them) loads exactly
   architecture       loading into a model of another shape raises CheckpointError naming the field
   non_finite:<what>  a NaN weight / an inf Adam moment: the save raises SaveError before writing, `latest` unchanged
   prune_killed       a kill while keep_last removes an old iteration leaves no partial `iter_*`, only a hidden
@@ -234,6 +235,12 @@ def main() -> None:
         def latest_missing(d: Path):
             shutil.rmtree(d)
 
+        def overwrite_distcp(d: Path):  # other bytes, same size: only the recorded digests tell
+            target = max(d.glob("*.distcp"), key=lambda p: p.stat().st_size)
+            with open(target, "r+b") as f:
+                f.seek(target.stat().st_size // 2)
+                f.write(b"\xff" * 64)
+
         cases = {
             "truncated_distcp": truncate("distcp"),
             "deleted_distcp": delete_distcp,
@@ -242,6 +249,7 @@ def main() -> None:
             "deleted_common": lambda d: (d / "common.pt").unlink(),
             "legacy_truncated": legacy_truncated,
             "latest_missing_dir": latest_missing,
+            "overwritten_distcp": overwrite_distcp,
         }
         before = weights(student)
         with torch.no_grad():
@@ -265,6 +273,19 @@ def main() -> None:
         checkpoint.load_checkpoint(good, model=student, optimizer=trainer.optimizer, ctx=ctx)
         restored = all(torch.equal(before[k], v) for k, v in weights(student).items())
         report("intact_after_corrupt_attempts", restored, "the undamaged checkpoint still loads exactly")
+
+        # a checkpoint written before digests were recorded still loads (its bytes cannot be checked) -----------
+        legacy = work / "no_digests" / good.name
+        shutil.copytree(good, legacy)
+        recorded = json.loads((legacy / checkpoint.META_FILE).read_text())
+        del recorded["digests"]
+        (legacy / checkpoint.META_FILE).write_text(json.dumps(recorded))
+        with torch.no_grad():
+            for p in student.parameters():
+                p.add_(1.0)
+        checkpoint.load_checkpoint(legacy, model=student, optimizer=trainer.optimizer, ctx=ctx)
+        loaded = all(torch.equal(before[k], v) for k, v in weights(student).items())
+        report("loads_without_digests", loaded, "a checkpoint without digests loads exactly")
 
         # architecture ---------------------------------------------------------------------------------------
         from taidtron.models import build_gpt

@@ -58,9 +58,9 @@ def run_train(
 ) -> subprocess.CompletedProcess:
     if nproc == 1:
         return run_cli("-m", "taidtron.train", *args, expect_ok=expect_ok, env=env)
-    launcher = [
+    launcher = [  # as launch/torchrun.sh runs it: the job exits with the ranks' code, their error line once
         "-m",
-        "torch.distributed.run",
+        "taidtron.torchrun",
         f"--nproc-per-node={nproc}",
         "--nnodes=1",
         "--master-addr=127.0.0.1",

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from taidtron import checkpoint
 from tests.support import gpu_env, require_gpu, run_torchrun
@@ -70,6 +71,8 @@ def test_gpu_cuda_rng_states_roundtrip(tmp_path):
         ("deleted_common", ("common.pt", "missing")),
         ("legacy_truncated", ("truncated", "index")),
         ("latest_missing_dir", ("latest", "missing")),
+        # bytes overwritten in place, the size unchanged: before digests, this loaded without a word
+        ("overwritten_distcp", (".distcp is damaged: its bytes differ from those written", "No complete and intact")),
     ],
 )
 def test_damaged_checkpoint_raises_and_loads_nothing(results, case, needles):
@@ -79,6 +82,11 @@ def test_damaged_checkpoint_raises_and_loads_nothing(results, case, needles):
 
 def test_undamaged_checkpoint_still_loads_exactly(results):
     _check(results, "intact_after_corrupt_attempts")
+
+
+def test_a_checkpoint_without_digests_still_loads(results):
+    """Written before taidtron recorded digests: its sizes and index are checked, its bytes cannot be."""
+    _check(results, "loads_without_digests")
 
 
 def test_architecture_mismatch_is_named(results):
@@ -108,3 +116,22 @@ def test_find_latest_ignores_unfinished_saves(tmp_path):
     (tmp_path / "latest").write_text("iter_0000009")
     with pytest.raises(checkpoint.CheckpointError, match="missing or incomplete"):
         checkpoint.find_latest(tmp_path)
+
+
+def test_file_digest_is_xxh3_128_of_the_bytes(tmp_path):
+    import xxhash
+
+    data = torch.randint(0, 256, (3_000_001,), dtype=torch.uint8).numpy().tobytes()  # crosses read buffers
+    (tmp_path / "f").write_bytes(data)
+    assert checkpoint.file_digest(tmp_path / "f") == "xxh3_128:" + xxhash.xxh3_128(data).hexdigest()
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 8])
+def test_the_ranks_verifying_together_read_every_file_once_in_even_shares(world_size):
+    from taidtron.checkpoint.integrity import share_of_files
+
+    sizes = {f"__{r}_{n}.distcp": 1000 * (r + 1) + n for r in range(5) for n in range(3)} | {"common.pt": 7}
+    shares = [share_of_files(sizes, rank, world_size) for rank in range(world_size)]
+    assert sorted(name for share in shares for name in share) == sorted(sizes)  # each file once
+    loads = [sum(sizes[n] for n in share) for share in shares]
+    assert max(loads) - min(loads) <= max(sizes.values()), loads

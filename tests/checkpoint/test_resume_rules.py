@@ -183,6 +183,27 @@ def test_a_damaged_latest_names_the_complete_checkpoints_and_load_iteration_resu
     assert len(list((run / "configs").glob("start_*.yaml"))) == 2
 
 
+def test_bytes_overwritten_in_latest_are_refused_naming_the_newest_intact_iteration(finished, tmp_path):
+    """Same sizes, other bytes (the sizes and the index check pass): the digests catch it. Two ranks split the
+    reading; the message names the file and skips to the newest iteration that is complete and intact."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    ckpts = run / "checkpoints"
+    for name in ("iter_0000004", "iter_0000003"):
+        largest = max((ckpts / name).glob("*.distcp"), key=lambda f: f.stat().st_size)
+        with open(largest, "r+b") as f:
+            f.seek(largest.stat().st_size // 2)
+            f.write(b"\xff" * 64)
+    before = snapshot(run)
+    line = error_line(run_train(args_for(run, "optim.train_steps=6"), nproc=2, expect_ok=False))
+    assert f"{ckpts / 'iter_0000004'}/__0_" in line and "is damaged: its bytes differ from those written" in line
+    assert (
+        "The newest complete and intact checkpoint there is iter_0000002 (step 2); resume from it with "
+        "checkpoint.load_iteration=2." in line
+    )
+    assert snapshot(run) == before  # nothing trained, nothing rewritten
+
+
 def cosine_lr(num_steps: int, *, max_lr: float, min_lr: float, warmup: int, horizon: int) -> float:
     if num_steps <= warmup:
         return max_lr * num_steps / warmup

@@ -48,13 +48,13 @@ def make_llama(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def make_qwen2(path: Path, seed: int = 0) -> Path:
-    """QKV bias, tied embeddings, vocab 1024 (the smoke tokenizer's), RoPE base 1e6."""
+def make_qwen2(path: Path, seed: int = 0, vocab_size: int = SMOKE_VOCAB) -> Path:
+    """QKV bias, tied embeddings, vocab 1024 (the smoke tokenizer's) unless told, RoPE base 1e6."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     config = Qwen2Config(
-        vocab_size=SMOKE_VOCAB,
+        vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=160,
         num_hidden_layers=2,

@@ -51,7 +51,9 @@ SBATCH_STAND_IN = textwrap.dedent("""\
 """)
 
 
-def run(cmd: str | list[str], cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+def run(
+    cmd: str | list[str], cwd: Path = REPO, env: dict | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     """Run like a user whose shell has no venv activated: PATH without the venv, no PYTHON, no SLURM job."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PYTHON", "VIRTUAL_ENV"))}
     base["PATH"] = os.pathsep.join(
@@ -64,7 +66,7 @@ def run(cmd: str | list[str], cwd: Path = REPO, env: dict | None = None) -> subp
         env=base,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
         shell=isinstance(cmd, str),
         executable="/bin/bash" if isinstance(cmd, str) else None,
@@ -106,6 +108,27 @@ def test_help_prints_the_usage_line(launcher):
 def test_sbatch_scripts_outside_a_job_say_to_submit_them():
     proc = run(["bash", "launch/slurm/pretrain.sbatch", "configs/smoke.yaml"])
     assert proc.returncode == 2 and "not inside a SLURM job; submit it: sbatch" in proc.stderr, proc.stderr
+
+
+# ---- the ranks' word -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("optim.bogus=1", "taidtron: configuration error: unknown config key(s) optim.bogus"),
+        ("parallel.tp=3", "taidtron: error: world size 2 is not divisible by parallel.tp * parallel.pp = 3 * 1"),
+    ],
+)
+def test_bad_input_through_torchrun_sh_is_one_line_once_and_exit_2(override, says):
+    """Both ranks refuse it; torchrun.sh prints the line once, no torchrun report (plain torchrun: the line per rank,
+    then a 40-70 line ChildFailedError traceback and exit 1)."""
+    proc = run(["launch/torchrun.sh", "configs/smoke.yaml", override], env={"NPROC": "2"}, timeout=600)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(says), proc.stderr
+    assert proc.stdout == ""
 
 
 # ---- the project's Python --------------------------------------------------------------------------------------
@@ -235,7 +258,7 @@ def world_size(cmd: list[str], command: str) -> int:
             return flag("ntasks")
         script = REPO / re.search(r"launch/\S+\.sbatch", command).group(0)  # the job shape is the script's
         return int(re.search(r"^#SBATCH --ntasks=(\d+)", script.read_text(), flags=re.MULTILINE).group(1))
-    if "torch.distributed.run" in cmd:
+    if "taidtron.torchrun" in cmd:
         return flag("nproc-per-node") * flag("nnodes")
     if "deepspeed.launcher.runner" in cmd:
         return 16  # the test's hostfile: 2 hosts x 8 slots

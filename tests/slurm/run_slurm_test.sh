@@ -7,7 +7,9 @@
 #                   `#SBATCH --signal=USR1@<s>` does near the time limit); the trainer checkpoints the step it reached
 #                   and exits 75; the batch script requeues the job; the requeued job resumes at the next step and
 #                   completes;
-#   (c) pretrain.sbatch --nodes=1 --gpus-per-node=2 on two fake GPUs: 2 ranks from the job shape.
+#   (c) pretrain.sbatch --nodes=1 --gpus-per-node=2 on two fake GPUs: 2 ranks from the job shape;
+#   (d) bad input: a job whose 2 ranks both refuse an unknown key ends with exit code 2 and the line once in its
+#                   output (not once per rank).
 # All state (slurm.conf, munge key and socket, spool, logs, run directories) lives in one temp dir; every daemon it
 # starts is stopped by pid on exit. Needs root (to install the packages when missing and to run munged as `munge`).
 # tests/multinode/run_multinode_test.sh does the same on two nodes; tests/slurm/lib.sh holds what they share.
@@ -111,4 +113,17 @@ rank_log="$T/logs/pretrain-$JOB_C/$(hostname -s).log"
 [ -f "$rank_log" ] && grep -q '^0: ' "$rank_log" && grep -q '^1: ' "$rank_log" \
     || fail "(c) expected rank 0 and rank 1 output in $rank_log"
 pass "(c) pretrain job $JOB_C COMPLETED with 2 ranks (from gpus-per-node=2), rank logs in logs/pretrain-$JOB_C/"
+
+# (d) bad input: the ranks' word, once ---------------------------------------------------------------------------
+say "(d) bad input: smoke.sbatch with an unknown key"
+rc=0
+JOB_D="$(submit badkey --wait -- "${COMMON[@]}" optim.bogus=1 logging.run_dir="$T/runs/badkey")" || rc=$?
+JOB_D="${JOB_D%%;*}"
+SUBMITTED+=("$JOB_D")
+[ "$(job_field "$JOB_D" ExitCode)" = "2:0" ] \
+    || fail "(d) job $JOB_D: exit code $(job_field "$JOB_D" ExitCode), expected 2:0 (sbatch --wait exit $rc)"
+lines="$(grep -c 'taidtron: configuration error: unknown config key(s) optim.bogus' "$T/jobs/badkey-$JOB_D.out" || true)"
+[ "$lines" = 1 ] || fail "(d) job $JOB_D printed the error line $lines times (expected once): $T/jobs/badkey-$JOB_D.out"
+! grep -q Traceback "$T/jobs/badkey-$JOB_D.out" || fail "(d) job $JOB_D printed a traceback"
+pass "(d) bad input: job $JOB_D exit code 2, the line once, no traceback"
 say "all checks passed"

@@ -184,6 +184,30 @@ def test_sigterm_to_torchrun_of_a_healthy_job_saves_on_every_rank_and_exits_75(t
     assert "SIGKILL" not in output and "stopping now" not in output, output[-4000:]
 
 
+@pytest.mark.multiprocess
+def test_ctrl_c_to_torchrun_sh_saves_on_every_rank_and_the_launcher_exits_75(tmp_path):
+    """launch/torchrun.sh keeps the ranks' word: plain torchrun exits 1 with a SignalException traceback here."""
+    proc = subprocess.Popen(
+        ["launch/torchrun.sh", "configs/smoke.yaml", *LONG_RUN, f"logging.run_dir={tmp_path}"],
+        cwd=REPO_ROOT,
+        env=subprocess_env(NPROC="2", MASTER_PORT=str(free_port())),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: steps_logged(tmp_path) >= 2, proc, what="two optimizer steps")
+    proc.send_signal(
+        signal.SIGINT
+    )  # what Ctrl-C in its terminal sends (the ranks, in their own sessions, do not get it)
+    stdout, stderr = proc.communicate(timeout=300)
+    output = stdout + stderr
+    steps = steps_logged(tmp_path)
+    assert proc.returncode == 75, output[-4000:]
+    assert f"saved at step {steps}; exiting with 75" in output, output[-4000:]
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == f"iter_{steps:07d}"
+    assert "Traceback" not in output and "stopping now" not in output, output[-4000:]
+
+
 def test_a_second_sigterm_or_sigint_stops_at_once_without_saving(tmp_path):
     proc = start_training(tmp_path)
     wait_for(lambda: steps_logged(tmp_path) >= 1, proc, what="one optimizer step")

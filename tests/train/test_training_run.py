@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from taidtron import checkpoint
 from tests.support import REPO_ROOT, free_port, subprocess_env
 
 TINY = [
@@ -124,6 +125,9 @@ def test_run_writes_config_validation_and_periodic_checkpoints(short_run):
     assert all(e["valid_kl_teacher_student"] >= 0 for e in evals)
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "iter_0000040"
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("iter_*")) == ["iter_0000020", "iter_0000040"]
+    # each of the 2 ranks hashed the files it wrote, rank 0 the rest: every file has its digest, and they hold
+    meta = checkpoint.verify_checkpoint(run_dir / "checkpoints", contents=True)
+    assert set(meta.digests) == set(meta.files) and {"__0_0.distcp", "__1_0.distcp"} <= set(meta.digests)
 
 
 @pytest.mark.parametrize(

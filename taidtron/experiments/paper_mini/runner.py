@@ -32,10 +32,6 @@ different thread count gives (slightly) different numbers."""
 # on another CPU, which round differently. On an AVX2 machine these are what the libraries choose anyway.
 PINNED_CODE_PATHS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 X86_AVX2_OR_WIDER = ("AVX2", "AVX512", "AVX512_VNNI", "AVX512_BF16", "AMX")
-# A worker retires after this many jobs and a fresh one takes its place: whatever a run may leave in the process
-# (megatron-core kept every model and its gloo threads until taidtron/overrides/teardown.py; ~1,900 threads after
-# ~12 runs, each run 3-5x slower) is bounded, at the cost of one torch import per JOBS_PER_WORKER runs.
-JOBS_PER_WORKER = 16
 
 
 @contextlib.contextmanager
@@ -95,15 +91,14 @@ def worker_main(parent: int, jobs: mp.Queue, results: mp.Queue, cache_dir: str) 
     import torch
 
     torch.set_num_threads(THREADS_PER_WORKER)
-    for _ in range(JOBS_PER_WORKER):
-        if (job := jobs.get()) is None:
-            return
+    # One worker serves every job it is given: a run, failed or not, leaves no thread or model behind
+    # (tests/train/test_teardown.py).
+    while (job := jobs.get()) is not None:
         results.put({"started": job["name"], "pid": os.getpid()})
         try:
             results.put(execute(job, cache_dir))
         except BaseException as exc:  # keep serving: the orchestrator decides
             results.put({"name": job["name"], "ok": False, "error": repr(exc), "log": job["log"]})
-    results.put({"retired": os.getpid()})
 
 
 def _message(job: Job) -> dict:
@@ -182,12 +177,6 @@ def run_jobs(jobs: list[Job], work: Path, workers: int) -> dict[str, dict]:
                 continue
             if "started" in message:
                 in_flight[message["started"]] = message["pid"]
-                continue
-            if "retired" in message:  # replace it (its last result came before this message)
-                (process,) = [p for p in pool if p.pid == message["retired"]]
-                process.join(timeout=60)
-                slot = pool.index(process)
-                pool[slot] = spawn(slot)  # same slot, same index cache: it had exited
                 continue
             name = message["name"]
             in_flight.pop(name, None)
