@@ -91,7 +91,7 @@ def session(cfg, *, launch=None, roles=None) -> Iterator:
 def run(cfg, *, launch=None, stop=None) -> int:
     """Train one run in this process (`session` + `fit`): what `main` does after parsing, and what every tool that
     trains calls. Returns the exit code (0 done, 75 preempted after a save); bad input raises ValueError."""
-    from taidtron.trainer import fit
+    from taidtron.loop import fit
 
     with session(cfg, launch=launch) as ctx:
         return fit(cfg, ctx, stop)

@@ -7,10 +7,10 @@ One concern per module:
     integrity  is a checkpoint whole and intact: manifest, dist_checkpointing index and file digests, before
                any tensor is read
     resume     which checkpoint a start resumes, and what of the config may change (the resume rules)
-    dcp        save and load of model, optimizer and RNG states; non-finite and failed saves; the
-               architecture and vocabulary checks
+    dcp        save and load of model, optimizer and RNG states; non-finite and failed saves
+    model_check  does a checkpoint fit the model: architecture and true vocabulary, before any weight is read
     failures   why a save failed (a full disk as megatron's writers report it) and the room a save needs
-    manager    `Checkpointer`: what `Trainer.fit` calls (plan, restore, due, save)
+    manager    `Checkpointer`: what `taidtron.loop.fit` calls (plan, restore, due, save)
 
 
 Layout of a checkpoint directory:
@@ -50,8 +50,6 @@ from taidtron.checkpoint.dcp import (
     EXTRA_STATE_SUFFIX,
     LOAD_TIMEOUT,
     RNG_KEY,
-    check_architecture,
-    check_vocabulary,
     load_checkpoint,
     load_model_weights,
     save_checkpoint,
@@ -73,6 +71,7 @@ from taidtron.checkpoint.meta import (
     WeightsSource,
     parse_meta,
 )
+from taidtron.checkpoint.model_check import check_architecture, check_vocabulary
 from taidtron.checkpoint.resume import (
     RESUME_FREE_KEYS,
     RESUME_FROZEN_KEYS,

@@ -1,4 +1,4 @@
-"""`Checkpointer`: what a training run does with checkpoints, in the order `Trainer.fit` calls it.
+"""`Checkpointer`: what a training run does with checkpoints, in the order `taidtron.loop.fit` calls it.
 
 checkpointer = Checkpointer(cfg, ctx)
 plan = checkpointer.plan(tokenizer)      # before building: leftovers cleared, init checkpoints' tokenizers and
@@ -19,8 +19,9 @@ from pathlib import Path
 import torch.distributed as dist
 
 from taidtron import overrides
-from taidtron.checkpoint.dcp import check_vocabulary, load_checkpoint, save_checkpoint
+from taidtron.checkpoint.dcp import load_checkpoint, save_checkpoint
 from taidtron.checkpoint.meta import CheckpointMeta, TokenizerRef, WeightsSource
+from taidtron.checkpoint.model_check import check_vocabulary
 from taidtron.checkpoint.resume import (
     ResumePlan,
     check_teacher_unchanged,

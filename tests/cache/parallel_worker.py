@@ -18,7 +18,7 @@ from pathlib import Path
 from taidtron.cache import CacheOptions, write_cache
 from taidtron.config import load_config
 from taidtron.distributed import destroy_distributed, destroy_model_parallel, init_distributed, seed_everything
-from taidtron.trainer import fit
+from taidtron.loop import fit
 from tests.cache.conftest import SHARD_SAMPLES
 from tests.support import report
 
