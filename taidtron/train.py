@@ -17,7 +17,7 @@ from taidtron import outcome
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from taidtron.config import config_help
+    from taidtron.config_docs import config_help
 
     parser = argparse.ArgumentParser(
         prog="taidtron-train",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from taidtron.config import ConfigError, ModelConfig, TrainConfig, config_help, load_config, save_config
+from taidtron.config import ConfigError, ModelConfig, TrainConfig, load_config, save_config
+from taidtron.config_docs import config_help
 
 QWEN2_1_5B = dict(
     family="qwen2",

@@ -54,7 +54,7 @@ def test_no_file_cites_a_document_outside_the_repository():
 
 
 def test_generated_pages_are_current():
-    from taidtron.config import config_reference
+    from taidtron.config_docs import config_reference
 
     assert (REPO_ROOT / "docs" / "config.md").read_text() == config_reference(), (
         "docs/config.md is out of date: run python tools/render_docs.py"

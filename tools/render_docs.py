@@ -1,6 +1,6 @@
 """Regenerate the documentation pages that are made from the code, so that no table is kept by hand:
 
-docs/config.md    every config key with its default and meaning (`taidtron.config.config_reference`)
+docs/config.md    every config key with its default and meaning (`taidtron.config_docs.config_reference`)
 
 python tools/render_docs.py            # rewrite them
 python tools/render_docs.py --check    # exit 1 when a committed page differs from what the code gives
@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from taidtron.config import config_reference
+from taidtron.config_docs import config_reference
 from taidtron.io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
