@@ -123,28 +123,33 @@ def run_torchrun(
     with tempfile.TemporaryDirectory(prefix="taidtron-results-") as tmp:
         out_dir = Path(results_dir or tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc-per-node={nproc}",
-            "--nnodes=1",
-            "--master-addr=127.0.0.1",
-            f"--master-port={free_port()}",
-            str(script),
-            *args,
-        ]
-        try:
-            proc = subprocess.run(
-                cmd,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                cwd=REPO_ROOT,
-                env=subprocess_env(**{RESULTS_ENV: str(out_dir)}, **(env or {})),
-            )
-        except subprocess.TimeoutExpired as exc:
-            pytest.fail(f"torchrun {script} timed out after {timeout}s\n{exc.stdout}\n{exc.stderr}")
+        # free_port() closes the port it found, so another process can take it before torchrun's store binds it;
+        # that fails before any rank runs (EADDRINUSE), so a fresh port is tried, at most three times.
+        for _ in range(3):
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                f"--nproc-per-node={nproc}",
+                "--nnodes=1",
+                "--master-addr=127.0.0.1",
+                f"--master-port={free_port()}",
+                str(script),
+                *args,
+            ]
+            try:
+                proc = subprocess.run(
+                    cmd,
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                    cwd=REPO_ROOT,
+                    env=subprocess_env(**{RESULTS_ENV: str(out_dir)}, **(env or {})),
+                )
+            except subprocess.TimeoutExpired as exc:
+                pytest.fail(f"torchrun {script} timed out after {timeout}s\n{exc.stdout}\n{exc.stderr}")
+            if not (proc.returncode != 0 and "EADDRINUSE" in proc.stderr and "server socket" in proc.stderr):
+                break
         if proc.returncode != 0:
             pytest.fail(
                 f"torchrun {script} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-8000:]}\n"

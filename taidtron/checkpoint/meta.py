@@ -166,6 +166,13 @@ class CheckpointMeta:
     )
     """The fields every format 2 file holds; `digests`, added later, takes its default when absent."""
 
+    def __post_init__(self):
+        # The architecture only: a config section that extends ModelConfig (the teacher's, with its `cache`) records
+        # the ModelConfig fields, which is all a reader of the file accepts.
+        if type(self.model) is not ModelConfig and isinstance(self.model, ModelConfig):
+            model = ModelConfig(**{f.name: getattr(self.model, f.name) for f in dataclasses.fields(ModelConfig)})
+            object.__setattr__(self, "model", model)
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
 

@@ -33,9 +33,10 @@ OBJECTIVES = (*LOSSES, "lm")
 """Every value `taid.loss` accepts."""
 FUSED = ("taid", "fkl")
 """The losses with a Triton kernel (`taid.loss_impl`)."""
-FROM_LOG_PROBS = ("taid", "fkl", "rkl", "tvd", "skew_fkl", "skew_rkl", "js")
-"""The objectives that see the teacher only through softmax(teacher logits), which a per-token constant does not
-change: they give the same loss from log p_T, so they can distil from a teacher cache (`teacher.cache`)."""
+FROM_LOG_PROBS = ("taid", "fkl", "rkl", "tvd", "skew_fkl", "skew_rkl", "js", "akl", "ctkd", "dkd")
+"""The objectives that see the teacher only through softmax(teacher logits / a temperature) and, for akl, the order
+of the teacher's logits, none of which a per-token constant changes: they give the same loss from log p_T, so they
+can distil from a teacher cache (`teacher.cache`)."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from .helpers import run_train, train_args
 def refusal(proc) -> str:
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("taidtron: error:")]
+    # "taidtron: error: ..." or "taidtron: configuration error: ..."
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("taidtron: ") and "error: " in line]
     print(line)
     return line
 
@@ -59,16 +60,29 @@ def test_the_same_vocabulary_in_a_tokenizer_json_is_the_same_tokenizer(imports):
 
 
 def test_a_vocabulary_other_than_the_configs_is_refused_both_ways(imports, teacher_ckpt, tmp_path):
+    # Through the command line the config's architecture, resolved against the init checkpoint before anything is
+    # built (taidtron/architecture.py), refuses it first, with both numbers.
     # a 1,500-token teacher under teacher.vocab_size=2000: both pad to whole multiples of 128 and loaded silently
     args = train_args(tmp_path / "larger", imports["v1500"], "teacher.vocab_size=2000", "student.vocab_size=2000")
     line = refusal(run_train(args, expect_ok=False))
-    assert "holds a model with a vocabulary of 1500 tokens (padded to 1536 rows), but teacher.vocab_size=2000" in line
-    assert "Set teacher.vocab_size=1500" in line
+    assert "teacher.vocab_size=2000 but the checkpoint has 1500" in line
     # a 1,024-token teacher under teacher.vocab_size=1000: 1000 pads to the same 1024 rows, so it loaded too
     line = refusal(
         run_train(train_args(tmp_path / "smaller", teacher_ckpt, "teacher.vocab_size=1000"), expect_ok=False)
     )
-    assert "vocabulary of 1024 tokens (padded to 1024 rows), but teacher.vocab_size=1000" in line
+    assert "teacher.vocab_size=1000 but the checkpoint has 1024" in line
+    assert not (tmp_path / "larger" / "config.yaml").exists()  # nothing built or written
+
+    # The check at load time (build_trainer, the Checkpointer), for what reaches it without the config's resolution
+    # (a trainer built in-process, a resumed student): the true vocabulary against the config's, padding aside.
+    meta = checkpoint.read_meta(imports["v1500"])
+    checkpoint.check_vocabulary(meta, 1500, "teacher.init", "teacher.vocab_size")  # equal: no error
+    for config_vocab in (2000, 1400):
+        with pytest.raises(checkpoint.CheckpointError) as refused:
+            checkpoint.check_vocabulary(meta, config_vocab, "teacher.init", "teacher.vocab_size")
+        message = str(refused.value)
+        assert f"a vocabulary of 1500 tokens (padded to 1536 rows), but teacher.vocab_size={config_vocab}" in message
+        assert "Set teacher.vocab_size=1500" in message
 
 
 def test_an_import_without_a_tokenizer_trains_and_the_banner_says_it_was_not_checked(teacher_ckpt, tmp_path):

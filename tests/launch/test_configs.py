@@ -113,4 +113,5 @@ def test_sbatch_writes_the_job_shape_once_and_requeues_on_exit_75(script):
     # Node and task counts are never repeated as numbers in the script body: srun derives them from SLURM_*.
     assert not re.search(r"--(nodes|nnodes|ntasks|ntasks-per-node|nproc-per-node|gpus-per-node)[= ]\d", body)
     assert re.search(r'-eq 75 \]; then\s+echo [^\n]*\n\s+scontrol requeue "\$SLURM_JOB_ID"', body)
-    assert re.search(r'-m taidtron\.train --config "\$CONFIG" .*"\$\{OVERRIDES\[@\]\}"', body, flags=re.S)
+    # the entry point: taidtron.train, or $MODULE, which launch/common.sh resolves (taidtron.train by default)
+    assert re.search(r'-m (taidtron\.train|"\$MODULE") --config "\$CONFIG" .*"\$\{OVERRIDES\[@\]\}"', body, flags=re.S)

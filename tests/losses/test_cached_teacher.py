@@ -107,6 +107,10 @@ def test_every_cacheable_loss_gives_the_online_loss_and_gradient_from_the_full_l
     full = vocab_parallel_log_probs(teacher, vocab_size=VOCAB)
     rebuilt = teacher_logits_from_full(full, local_vocab=PADDED_VOCAB, dtype=dtype).view(5, 3, -1)
     options = dict(OPTIONS.get(name, {}))
+    if name == "ctkd":  # its learnable temperature, at a value away from 1
+        options["temperature"] = torch.tensor(3.7)
+    if name == "dkd":  # the next tokens (dkd separates the target class)
+        options["labels"] = torch.randint(0, VOCAB, (5, 3), generator=torch.Generator().manual_seed(5))
 
     def loss_and_grad(teacher_logits):
         s = student.clone().requires_grad_(True)
