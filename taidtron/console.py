@@ -45,6 +45,11 @@ _LIBRARY_NOISE = (
         r"Please use DTensor instead and we are deprecating ShardedTensor",
         "megatron-core's dist_checkpointing builds ShardedTensors",
     ),
+    (
+        UserWarning,
+        r"MimoModelConfig is experimental",
+        "megatron-core 0.19 warns at import, from a class body of a model family taidtron does not use",
+    ),
 )
 
 
@@ -55,6 +60,22 @@ _LIBRARY_LOG_NOISE = (
         "No CUDA runtime is found",
         "a CUDA build of torch without a GPU (Python 3.12, where PyPI has no CPU wheel): megatron-core 0.19 imports "
         "torch.utils.cpp_extension, which logs it at import on every rank; taidtron builds no extension",
+    ),
+    (
+        "megatron.core.models.gpt.gpt_model",
+        "GPTModel IS DEPRECATED",
+        "megatron-core 0.19 asks for a migration to HybridModel, which 0.16.1 (the other supported release) lacks; "
+        "GPTModel is what both run",
+    ),
+    (
+        "megatron.core.distributed.distributed_data_parallel",
+        "DistributedDataParallel: full_param_layout not provided",
+        "megatron-core 0.19 computes the layout itself, as 0.16.1 always did; passing one is a 0.19-only API",
+    ),
+    (
+        "megatron.core.dist_checkpointing.strategies.torch",
+        "MCore's async save is deprecated",
+        "megatron-core 0.19 logs it from its default save strategy; taidtron saves synchronously",
     ),
 )
 
