@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from loss_reference import OPTIONS, PADDED_VOCAB, make_logits
+from loss_reference import PADDED_VOCAB, loss_options, make_logits
 
 from taidtron.losses import FROM_LOG_PROBS, LOSSES, vocab_parallel_log_probs, vocab_parallel_top_k
 from taidtron.losses.cached_teacher import teacher_logits_from_top_k
@@ -56,8 +56,8 @@ def main() -> None:
     checks.append("shards")
 
     for name in FROM_LOG_PROBS:
-        options = dict(OPTIONS.get(name, {}))
         s_local = shard(student, rank, world).reshape(-1, local).requires_grad_(True)
+        options = loss_options(name, (s_local.shape[0],))
         loss = LOSSES[name](s_local, mine, t=0.6, vocab_size=VOCAB, group=group, **options)
         loss.sum().backward()
         s_full = student.reshape(-1, PADDED_VOCAB).clone().requires_grad_(True)

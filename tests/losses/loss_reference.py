@@ -94,6 +94,17 @@ OPTIONS = {"skew_fkl": {"skew": 0.1}, "skew_rkl": {"skew": 0.1}, "js": {"beta": 
 REFERENCE_OPTION = {"skew_fkl": 0.1, "skew_rkl": 0.1, "js": 0.5}
 
 
+def loss_options(name: str, tokens: tuple[int, ...]) -> dict:
+    """Keyword arguments of LOSSES[name] for logits whose leading shape is `tokens`: OPTIONS, plus ctkd's learnable
+    temperature (away from 1) and dkd's next tokens (it separates the target class)."""
+    options = dict(OPTIONS.get(name, {}))
+    if name == "ctkd":
+        options["temperature"] = torch.tensor(3.7)
+    if name == "dkd":
+        options["labels"] = torch.randint(0, VOCAB, tokens, generator=torch.Generator().manual_seed(5))
+    return options
+
+
 def upstream_grad(seq: int, batch: int, seed: int) -> torch.Tensor:
     """A [seq, batch] upstream gradient with positive, zero (masked token) and negative entries."""
     g = torch.rand(seq, batch, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 0.1

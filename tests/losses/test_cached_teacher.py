@@ -19,7 +19,7 @@ from taidtron.losses import (
     vocab_parallel_top_k,
 )
 from taidtron.losses.cached_teacher import teacher_logits_from_full, teacher_logits_from_top_k
-from tests.losses.loss_reference import OPTIONS, PADDED_VOCAB, VOCAB, make_logits
+from tests.losses.loss_reference import PADDED_VOCAB, VOCAB, loss_options, make_logits
 from tests.support import run_torchrun
 
 WORKER = Path(__file__).with_name("cached_teacher_worker.py")
@@ -106,11 +106,7 @@ def test_every_cacheable_loss_gives_the_online_loss_and_gradient_from_the_full_l
     student, teacher = make_logits((5, 3), "wide", seed=11, dtype=dtype)
     full = vocab_parallel_log_probs(teacher, vocab_size=VOCAB)
     rebuilt = teacher_logits_from_full(full, local_vocab=PADDED_VOCAB, dtype=dtype).view(5, 3, -1)
-    options = dict(OPTIONS.get(name, {}))
-    if name == "ctkd":  # its learnable temperature, at a value away from 1
-        options["temperature"] = torch.tensor(3.7)
-    if name == "dkd":  # the next tokens (dkd separates the target class)
-        options["labels"] = torch.randint(0, VOCAB, (5, 3), generator=torch.Generator().manual_seed(5))
+    options = loss_options(name, (5, 3))
 
     def loss_and_grad(teacher_logits):
         s = student.clone().requires_grad_(True)
