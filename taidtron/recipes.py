@@ -18,7 +18,9 @@ def pretraining_overrides(
     warm-up a tenth of the steps, cosine to lr / 10, saving only at the end into `checkpoint_dir`."""
     if role not in ROLES:
         raise ValueError(f"role={role!r} must be one of {', '.join(ROLES)}.")
-    cfg = load_config(config, overrides)
+    # The model is trained from random weights: the section's own init (e.g. the checkpoint this run will write, from
+    # an earlier run) must not resolve its architecture.
+    cfg = load_config(config, [*overrides, f"{role}.init=null"])
     model = getattr(cfg, role)
     architecture = [
         f"student.{f.name}={json.dumps(getattr(model, f.name))}" for f in fields(ModelConfig) if f.name != "init"
