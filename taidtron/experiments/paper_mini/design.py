@@ -140,8 +140,9 @@ HEADLINE = ("taid", "taid_linear", "fkl", "skew_fkl", "skew_rkl", "akl", "lm")
 FULL = Design(
     teachers=(
         # one layer: a teacher that cannot compose attention heads; four: one that can (the gap is in depth, width
-        # and parameters; the student has one layer, narrower still)
-        Teacher("small", layers=1, hidden=96, heads=4, groups=2, ffn=256, steps=1000, lr=3e-3),
+        # and parameters; the student has one layer, narrower still). The small one trains 400 steps: after 1,000
+        # its validation loss came within 0.24-0.27 nats of the large one's (the design wants >= 0.3).
+        Teacher("small", layers=1, hidden=96, heads=4, groups=2, ffn=256, steps=400, lr=3e-3),
         Teacher("large", layers=4, hidden=256, heads=8, groups=4, ffn=704, steps=1000, lr=2e-3),
     ),
     arms=HEADLINE,
