@@ -79,7 +79,9 @@ def change_across_teachers(raw: dict, variant: str, first: str, second: str, sma
             by_metric[metric] = interval(diffs)
     if not by_metric:
         return None
-    return Contrast(variant, None, first, second, f"change from teacher {small} to {large}", by_metric)
+    labels = raw["arms"][first]["label"].split(" (")[0], raw["arms"][second]["label"]
+    description = f"{labels[0]} - {labels[1]}: change from teacher {small} to {large}"
+    return Contrast(variant, None, first, second, description, by_metric)
 
 
 def key_contrasts(raw: dict, variant: str, arms: list[str], teachers: list[str]) -> list[Contrast]:

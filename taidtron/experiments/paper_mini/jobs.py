@@ -26,6 +26,13 @@ from taidtron.experiments.paper_mini.paths import CONFIG, read_json
 
 GENERAL, TARGET = "general", "target"
 """The two variants: distillation on the general domain, and the transfer to the target domain."""
+FINETUNING_COST = "fine-tuning on the target"
+"""End of the cost-table line of the transfer teacher's fine-tuning; the variant's runs' lines begin `target:`."""
+
+
+def is_transfer_cost(cost_group: str) -> bool:
+    """Whether a line of the page's cost table belongs to the domain-transfer variant."""
+    return cost_group.startswith(f"{TARGET}:") or cost_group.endswith(FINETUNING_COST)
 
 
 @dataclass
@@ -172,7 +179,7 @@ def plan_jobs(work: Path, design: Design, data_fingerprint: dict) -> tuple[list[
                 ],
                 run_dir,
                 transfer.finetune_steps,
-                f"teacher {teacher.name}: fine-tuning on the target",
+                f"teacher {teacher.name}: {FINETUNING_COST}",
                 deps=[f"teacher-{teacher.name}-s{seed}"],
             )
             variants.append((TARGET, (teacher,), transfer.arms))

@@ -8,6 +8,7 @@ from pathlib import Path
 from taidtron.experiments.paper_mini import analysis, reading
 from taidtron.experiments.paper_mini.design import DISTILL_DATA_SEED_OFFSET, EVAL_DATA_SEED, START
 from taidtron.experiments.paper_mini.figures import CAPTIONS, write_plots
+from taidtron.experiments.paper_mini.jobs import is_transfer_cost
 from taidtron.experiments.paper_mini.stats import CONFIDENCE, interval, t_quantile
 from taidtron.io import atomic_write_text
 
@@ -318,6 +319,14 @@ def _run(raw: dict, timing: dict) -> list[str]:
             f"{timing['reused']} of the runs were reused from an earlier invocation with the same configuration: "
             "their CPU time is in the totals, their wall time is not.",
         ]
+    workers = timing["workers"]
+    transfer_cpu = sum(entry["cpu_s"] for kind, entry in timing["by_kind"].items() if is_transfer_cost(kind))
+    lines += [
+        "",
+        f"From scratch, with no run reused, the experiment needs about {_minutes(timing['cpu_s'] / workers)} of "
+        f"wall time on {workers} workers (its CPU time divided by the workers, which were busy throughout), of which "
+        f"the domain-transfer variant's fine-tuning and runs take {_minutes(transfer_cpu / workers)}.",
+    ]
     if raw["failures"]:
         lines += [
             "",
@@ -326,6 +335,10 @@ def _run(raw: dict, timing: dict) -> list[str]:
             + ".",
         ]
     return lines
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min"
 
 
 def _test_batches(raw: dict) -> str:
