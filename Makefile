@@ -26,7 +26,7 @@ help:
 	@echo "make bench-step  time a distillation step against a student step plus a teacher forward (docs/performance.md)"
 	@echo "make gpu-check   on a machine with an NVIDIA GPU: every GPU check in one call of <= 7 min -> runs/gpu_check/report/"
 	@echo "make paper-mini  a pretrained student distilled by TAID and the baselines from 2 teachers, and a domain"
-	@echo "                 transfer, 3 replicates, on the Python docs (hours on 2 cores) -> docs/results/paper_mini.md;"
+	@echo "                 transfer, 3 replicates, on the Python docs (~100 min on 2 cores) -> docs/results/paper_mini.md;"
 	@echo "                 ARGS=... passes options (e.g. ARGS=--report-only)"
 	@echo "make paper-mini-quick  the same pipeline in a few minutes (a check, not a result) -> runs/paper_mini_quick/"
 
