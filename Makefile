@@ -45,11 +45,12 @@ install:
 # Two pytest workers (pytest-xdist, a test file per worker at a time) keep both cores busy: many tests run one
 # single-threaded child process, and with one worker the second core sat idle (1.2 cores busy on average). Tests that assert how fast processes
 # start or stop (marker serial) run afterwards, alone. TEST_WORKERS=1 runs everything in one process.
-# The slowest directories are named first so that their files start early and the two workers finish together.
+# The slowest directories are named first so that their files start early and the two workers finish together
+# (tests/results holds the longest file: the quick experiment, run twice, ~5 min).
 TEST_WORKERS ?= 2
 TEST_MARKERS := not triton and not gpu
 test:
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests/train tests/checkpoint tests/hf tests \
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests/results tests/train tests/checkpoint tests/hf tests \
 		-m "$(TEST_MARKERS) and not serial"
 	$(PY) -m pytest -q tests -m "$(TEST_MARKERS) and serial"
 	@echo "Deselected above: Triton kernel tests (marker triton: make test-triton) and GPU tests (marker gpu: make gpu-check)"
