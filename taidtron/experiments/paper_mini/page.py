@@ -324,7 +324,7 @@ def _run(raw: dict, timing: dict) -> list[str]:
     lines += [
         "",
         f"From scratch, with no run reused, the experiment needs about {_minutes(timing['cpu_s'] / workers)} of "
-        f"wall time on {workers} workers (its CPU time divided by the workers, which were busy throughout), of which "
+        f"wall time on {workers} workers (its CPU time divided by the workers, as if they never wait), of which "
         f"the domain-transfer variant's fine-tuning and runs take {_minutes(transfer_cpu / workers)}.",
     ]
     if raw["failures"]:
