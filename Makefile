@@ -62,7 +62,7 @@ test:
 # covers it on the first.
 # Left to `make test`: the conversion memory benchmark's test and the loss functions' float64 references (TAID and
 # every baseline at TP 1/2/4, the schedule, the diagnostics): the functions use torch.distributed only, nothing from
-# megatron-core, so a second megatron-core cannot change them. Keeps CI under an hour.
+# megatron-core, so a second megatron-core cannot change them. Left out to bring CI back under an hour.
 TEST_CORE := tests/train/test_parallel_equivalence.py tests/checkpoint/test_resume.py tests/train/test_divergence.py \
 	tests/hf tests/train/test_training_run.py tests/train/test_golden_loss_curve.py tests/overrides \
 	tests/losses/test_objective.py tests/losses/test_baseline_training.py tests/losses/test_cached_teacher.py

@@ -65,7 +65,9 @@ def contrast(raw: dict, variant: str, teacher: str, first: str, second: str, des
     return Contrast(variant, teacher, first, second, description, by_metric) if by_metric else None
 
 
-def change_across_teachers(raw: dict, variant: str, first: str, second: str, small: str, large: str) -> Contrast | None:
+def change_across_teachers(
+    raw: dict, variant: str, first: str, second: str, small: str, large: str, description: str
+) -> Contrast | None:
     """Per replicate, (first - second) with the large teacher minus (first - second) with the small one: < 0 in loss
     means `first`'s advantage grows with the teacher."""
     by_metric = {}
@@ -79,8 +81,6 @@ def change_across_teachers(raw: dict, variant: str, first: str, second: str, sma
             by_metric[metric] = interval(diffs)
     if not by_metric:
         return None
-    labels = raw["arms"][first]["label"].split(" (")[0], raw["arms"][second]["label"]
-    description = f"{labels[0]} - {labels[1]}: change from teacher {small} to {large}"
     return Contrast(variant, None, first, second, description, by_metric)
 
 
@@ -100,7 +100,9 @@ def key_contrasts(raw: dict, variant: str, arms: list[str], teachers: list[str])
             found.append(contrast(raw, variant, teacher, "taid", "lm", "TAID - no teacher"))
     if len(teachers) >= 2:
         for other in comparators:
-            found.append(change_across_teachers(raw, variant, "taid", other, teachers[0], teachers[-1]))
+            small, large = teachers[0], teachers[-1]
+            description = f"TAID - {raw['arms'][other]['label']}: change from teacher {small} to {large}"
+            found.append(change_across_teachers(raw, variant, "taid", other, small, large, description))
     return [c for c in found if c is not None]
 
 
